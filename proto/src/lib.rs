@@ -1,0 +1,32 @@
+//! The contracts of `rooms`, in one place.
+//!
+//! Layout:
+//! * [`admin`] and [`host`]: generated gRPC code for the operator API
+//!   (`rooms.v1.Admin`) and the gateway <-> roomhost room stream.
+//! * [`names`]: validated identifiers (`RoomId`, `UserId`).
+//! * [`client`]: frames a WebSocket client sends, parsed and validated at the edge.
+//! * [`server`]: frames the server sends, serialized once and shared as bytes.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod names;
+pub mod server;
+
+/// Generated code, nested as the protobuf packages are.
+pub mod rooms {
+    pub mod v1 {
+        tonic::include_proto!("rooms.v1");
+    }
+    pub mod host {
+        pub mod v1 {
+            tonic::include_proto!("rooms.host.v1");
+        }
+    }
+}
+
+/// `rooms.v1`: the operator API.
+pub use rooms::v1 as admin;
+/// `rooms.host.v1`: the gateway <-> roomhost contract.
+pub use rooms::host::v1 as host;
+
+pub use names::{NameError, RoomId, UserId};
