@@ -1,0 +1,93 @@
+//! The roomhost: owns rooms. Gateways open one gRPC stream per room they
+//! serve; the room's actor orders, persists and fans out its events.
+//!
+//! Layout:
+//! * [`config`]: flags and validated configuration.
+//! * [`service`]: the gRPC `RoomHost` service (room streams, admin calls).
+//! * [`registry`]: the active rooms of this process, started on demand.
+//! * [`room`]: one room's actor: seq, presence, names, group commit, output gate.
+//! * [`store`]: Redis (and the in-memory dev store).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod registry;
+pub mod room;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rooms_proto::host::room_host_server::RoomHostServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+pub use config::{Args, Config};
+use registry::Registry;
+use room::RoomSettings;
+use store::{MemoryStore, RedisStore, Store, StoreError};
+
+/// Concurrent room streams one gateway connection may hold: a gateway keeps
+/// one stream per active room, so the HTTP/2 default (~100-200) is far too low.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100_000;
+pub const STREAM_WINDOW: u32 = 1 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomhostError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the configured store: Redis, or memory when no URL is given.
+pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
+    Ok(match &config.redis {
+        Some(url) => Store::Redis(RedisStore::connect(url, config.history_limit).await?),
+        None => {
+            tracing::warn!("no --redis: using the in-memory store (development only, nothing survives a restart)");
+            Store::Memory(MemoryStore::new(config.history_limit))
+        }
+    })
+}
+
+/// Serves rooms on `listener` until `shutdown` resolves, then flushes every
+/// room and closes the gateways' streams (bounded by the shutdown grace).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RoomhostError> {
+    let local = listener.local_addr()?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| local.to_string());
+    let settings = RoomSettings {
+        idle_timeout: config.room_idle_timeout,
+        history_limit: config.history_limit,
+    };
+    let registry = Registry::new(store, settings, config.max_rooms);
+    let service = service::RoomHostService::new(Arc::clone(&registry), advertise.clone());
+    tracing::info!(listen = %local, advertise = %advertise, "roomhost serving");
+    let grace = config.shutdown_grace;
+    let drain = async move {
+        shutdown.await;
+        tracing::info!("roomhost stopping: flushing rooms");
+        registry.shutdown(grace).await;
+    };
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(RoomHostServer::new(service).max_decoding_message_size(1 << 20))
+        .serve_with_incoming_shutdown(incoming, drain)
+        .await?;
+    tracing::info!("roomhost stopped");
+    Ok(())
+}

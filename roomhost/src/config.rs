@@ -1,0 +1,115 @@
+//! Command-line flags (each also read from an environment variable) and the
+//! validated configuration they produce.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use rooms_cluster::MembershipSource;
+use rooms_cluster::process::LogFormat;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
+pub const DEFAULT_IDLE_TIMEOUT: &str = "30s";
+pub const DEFAULT_HISTORY_LIMIT: usize = 1000;
+pub const DEFAULT_MAX_ROOMS: usize = 100_000;
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "20s";
+
+/// A rooms roomhost: owns rooms, persists them to Redis, serves gateways over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "roomhost", version)]
+pub struct Args {
+    /// gRPC listen address.
+    #[arg(long, env = "ROOMHOST_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Address other processes use to reach this roomhost (default: the listen address).
+    #[arg(long, env = "ROOMHOST_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Roomhost membership: static:A,B | file:PATH | dns:NAME:PORT.
+    #[arg(long, env = "ROOMHOST_ROOMHOSTS")]
+    pub roomhosts: Option<MembershipSource>,
+    /// Redis URL (redis://...). Absent: an in-memory store, for development only.
+    #[arg(long, env = "ROOMHOST_REDIS")]
+    pub redis: Option<String>,
+    /// Evict a room from memory after this long without connections.
+    #[arg(long, env = "ROOMHOST_ROOM_IDLE_TIMEOUT", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub room_idle_timeout: Duration,
+    /// Events kept per room.
+    #[arg(long, env = "ROOMHOST_HISTORY_LIMIT", default_value_t = DEFAULT_HISTORY_LIMIT)]
+    pub history_limit: usize,
+    /// Most rooms held in memory; more are refused (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "ROOMHOST_MAX_ROOMS", default_value_t = DEFAULT_MAX_ROOMS)]
+    pub max_rooms: usize,
+    /// Longest time SIGTERM waits for rooms to flush and streams to close.
+    #[arg(long, env = "ROOMHOST_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Log format: text or json.
+    #[arg(long, env = "ROOMHOST_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Validated roomhost configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub advertise: Option<String>,
+    pub roomhosts: Option<MembershipSource>,
+    pub redis: Option<String>,
+    pub room_idle_timeout: Duration,
+    pub history_limit: usize,
+    pub max_rooms: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--history-limit must be at least 100 (the history sent on join)")]
+    HistoryLimit,
+    #[error("--max-rooms must be at least 1")]
+    MaxRooms,
+    #[error("--room-idle-timeout must be at least 1s")]
+    IdleTimeout,
+    #[error("--redis must be a redis:// or rediss:// URL")]
+    RedisUrl,
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if self.history_limit < crate::store::RECENT_EVENTS {
+            return Err(ConfigError::HistoryLimit);
+        }
+        if self.max_rooms == 0 {
+            return Err(ConfigError::MaxRooms);
+        }
+        if self.room_idle_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::IdleTimeout);
+        }
+        if let Some(url) = &self.redis
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::RedisUrl);
+        }
+        Ok(Config {
+            advertise: self.advertise,
+            roomhosts: self.roomhosts,
+            redis: self.redis,
+            room_idle_timeout: self.room_idle_timeout,
+            history_limit: self.history_limit,
+            max_rooms: self.max_rooms,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+impl Config {
+    /// The embedded dev default: in-memory store, default limits.
+    pub fn embedded() -> Self {
+        Self {
+            advertise: None,
+            roomhosts: None,
+            redis: None,
+            room_idle_timeout: Duration::from_secs(30),
+            history_limit: DEFAULT_HISTORY_LIMIT,
+            max_rooms: DEFAULT_MAX_ROOMS,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}

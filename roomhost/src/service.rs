@@ -1,0 +1,194 @@
+//! The roomhost's gRPC service: room streams from gateways, and the unary
+//! calls the gateways' Admin API forwards here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rooms_proto::RoomId;
+use rooms_proto::admin::{
+    GetRoomReply, GetRoomRequest, KickReply, KickRequest, ListRoomsReply, ListRoomsRequest,
+    PublishReply, PublishRequest, RoomSummary,
+};
+use rooms_proto::host::room_host_server::RoomHost;
+use rooms_proto::host::{GatewayFrame, HostFrame, StatusReply, StatusRequest, gateway_frame};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::registry::{Registry, RegistryError};
+use crate::room::{Command, GATEWAY_QUEUE, RoomError, RoomInfo};
+
+pub struct RoomHostService {
+    registry: Arc<Registry>,
+    advertise: String,
+    next_gateway: AtomicU64,
+}
+
+impl RoomHostService {
+    pub fn new(registry: Arc<Registry>, advertise: String) -> Self {
+        Self { registry, advertise, next_gateway: AtomicU64::new(1) }
+    }
+}
+
+fn parse_room(room: &str) -> Result<RoomId, Status> {
+    RoomId::parse(room).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+impl From<RegistryError> for Status {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Full(_) => Status::resource_exhausted(e.to_string()),
+            RegistryError::Unavailable(_) | RegistryError::ShuttingDown => {
+                Status::unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<RoomError> for Status {
+    fn from(e: RoomError) -> Self {
+        Status::unavailable(e.to_string())
+    }
+}
+
+fn dropped<T>(_: T) -> Status {
+    Status::unavailable("room stopped before answering")
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<HostFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RoomHost for RoomHostService {
+    type AttachStream = FrameStream;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<GatewayFrame>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let open = match inbound.message().await? {
+            Some(GatewayFrame { kind: Some(gateway_frame::Kind::Open(open)) }) => open,
+            _ => return Err(Status::invalid_argument("a room stream starts with Open")),
+        };
+        let room = parse_room(&open.room)?;
+        let gateway = self.next_gateway.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
+        let mut handle = self.registry.dispatch(&room, Command::Attach { gateway, tx }).await?;
+        tracing::debug!(room.id = %room, gateway, gateway.name = %open.gateway_id, "room stream attached");
+        let registry = Arc::clone(&self.registry);
+        // Owned by the stream: ends when the gateway closes it or the server stops.
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = inbound.message().await {
+                let Some(frame) = frame.kind else { continue };
+                let cmd = Command::Frame { gateway, frame };
+                if let Err(mpsc::error::SendError(cmd)) = handle.tx.send(cmd).await {
+                    // The actor hibernated and handed our Attach to its successor.
+                    match registry.dispatch(&room, cmd).await {
+                        Ok(next) => handle = next,
+                        Err(_) => break,
+                    }
+                }
+            }
+            let _ = registry.dispatch(&room, Command::Detach { gateway }).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishReply>, Status> {
+        let request = request.into_inner();
+        let room = parse_room(&request.room)?;
+        let data = rooms_proto::server::parse_system_data(&request.data_json)
+            .map_err(Status::invalid_argument)?;
+        let (reply, answer) = oneshot::channel();
+        let persist = request.persist.unwrap_or(true);
+        self.registry.dispatch(&room, Command::Publish { data, persist, reply }).await?;
+        let seq = answer.await.map_err(dropped)??;
+        Ok(Response::new(PublishReply { seq }))
+    }
+
+    async fn get_room(
+        &self,
+        request: Request<GetRoomRequest>,
+    ) -> Result<Response<GetRoomReply>, Status> {
+        let room = parse_room(&request.into_inner().room)?;
+        let info = match self.registry.get(&room) {
+            Some(handle) => {
+                let (reply, answer) = oneshot::channel();
+                handle.tx.send(Command::Info { reply }).await.map_err(dropped)?;
+                answer.await.map_err(dropped)?
+            }
+            // Not in memory: report what the store knows without loading it.
+            None => {
+                let seq = self
+                    .registry
+                    .store()
+                    .latest_seq(&room)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                RoomInfo { connections: 0, users: 0, seq }
+            }
+        };
+        Ok(Response::new(GetRoomReply {
+            room: room.to_string(),
+            owner: self.advertise.clone(),
+            connections: info.connections,
+            users: info.users,
+            seq: info.seq,
+        }))
+    }
+
+    async fn list_rooms(
+        &self,
+        _request: Request<ListRoomsRequest>,
+    ) -> Result<Response<ListRoomsReply>, Status> {
+        let mut rooms = Vec::new();
+        for room in self.registry.active_rooms() {
+            let Some(handle) = self.registry.get(&room) else { continue };
+            let (reply, answer) = oneshot::channel();
+            if handle.tx.send(Command::Info { reply }).await.is_err() {
+                continue;
+            }
+            if let Ok(info) = answer.await {
+                rooms.push(RoomSummary {
+                    room: room.to_string(),
+                    owner: self.advertise.clone(),
+                    connections: info.connections,
+                });
+            }
+        }
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        Ok(Response::new(ListRoomsReply { rooms }))
+    }
+
+    async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickReply>, Status> {
+        let request = request.into_inner();
+        let room = parse_room(&request.room)?;
+        if request.user_id.is_empty() {
+            return Err(Status::invalid_argument("user_id is required"));
+        }
+        let Some(handle) = self.registry.get(&room) else {
+            return Ok(Response::new(KickReply { closed: 0 }));
+        };
+        let (reply, answer) = oneshot::channel();
+        let reason = if request.reason.is_empty() { "kicked".to_owned() } else { request.reason };
+        handle
+            .tx
+            .send(Command::Kick { user: request.user_id, reason, reply })
+            .await
+            .map_err(dropped)?;
+        let closed = answer.await.map_err(dropped)?;
+        Ok(Response::new(KickReply { closed }))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        Ok(Response::new(StatusReply {
+            address: self.advertise.clone(),
+            active_rooms: self.registry.active_count() as u32,
+        }))
+    }
+}
