@@ -60,10 +60,18 @@ impl Ring {
         let mut ring = HashRing::new();
         for (member, address) in members.iter().enumerate() {
             for replica in 0..VNODES_PER_MEMBER {
-                ring.add(VNodeKey { member, address: address.clone(), replica });
+                ring.add(VNodeKey {
+                    member,
+                    address: address.clone(),
+                    replica,
+                });
             }
         }
-        Self { members, ring, version }
+        Self {
+            members,
+            ring,
+            version,
+        }
     }
 
     /// The member that should own `room`, or None for an empty ring.
@@ -78,7 +86,9 @@ impl Ring {
     }
 
     pub fn contains(&self, member: &str) -> bool {
-        self.members.binary_search_by(|m| m.as_str().cmp(member)).is_ok()
+        self.members
+            .binary_search_by(|m| m.as_str().cmp(member))
+            .is_ok()
     }
 
     pub fn version(&self) -> u64 {
@@ -101,7 +111,9 @@ mod tests {
     }
 
     fn rooms(n: usize) -> Vec<RoomId> {
-        (0..n).map(|i| RoomId::parse(&format!("room-{i}")).unwrap()).collect()
+        (0..n)
+            .map(|i| RoomId::parse(&format!("room-{i}")).unwrap())
+            .collect()
     }
 
     #[test]

@@ -57,11 +57,17 @@ pub struct FrameError {
 
 impl FrameError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::InvalidMessage, message: message.into() }
+        Self {
+            code: ErrorCode::InvalidMessage,
+            message: message.into(),
+        }
     }
 
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::TooLarge, message: message.into() }
+        Self {
+            code: ErrorCode::TooLarge,
+            message: message.into(),
+        }
     }
 }
 
@@ -85,8 +91,12 @@ pub fn parse(input: &str) -> Result<ClientFrame, FrameError> {
     match raw.kind.as_str() {
         // `join` is the alias used by blog-post clients.
         "name" | "join" => {
-            let name = raw.name.ok_or_else(|| FrameError::invalid("`name` is required"))?;
-            Ok(ClientFrame::Name { name: validate_name(&name)? })
+            let name = raw
+                .name
+                .ok_or_else(|| FrameError::invalid("`name` is required"))?;
+            Ok(ClientFrame::Name {
+                name: validate_name(&name)?,
+            })
         }
         // `message` and `chat` with a `message` field are aliases.
         "chat" | "message" => {
@@ -95,14 +105,16 @@ pub fn parse(input: &str) -> Result<ClientFrame, FrameError> {
                 .or(raw.message)
                 .ok_or_else(|| FrameError::invalid("`text` is required"))?;
             validate_text(&text)?;
-            let id = match raw.id {
-                Some(id) if id.is_empty() || id.chars().count() > MAX_ID_CHARS => {
-                    return Err(FrameError::invalid(format!(
-                        "`id` must be 1-{MAX_ID_CHARS} characters"
-                    )));
-                }
-                other => other,
-            };
+            // An empty id is the same as none: the server makes one.
+            let id = raw.id.filter(|id| !id.is_empty());
+            if id
+                .as_ref()
+                .is_some_and(|id| id.chars().count() > MAX_ID_CHARS)
+            {
+                return Err(FrameError::invalid(format!(
+                    "`id` must be at most {MAX_ID_CHARS} characters"
+                )));
+            }
             Ok(ClientFrame::Chat { text, id })
         }
         "history" => {
@@ -112,10 +124,16 @@ pub fn parse(input: &str) -> Result<ClientFrame, FrameError> {
                     "`limit` must be 1-{MAX_HISTORY_PAGE}"
                 )));
             }
-            Ok(ClientFrame::History { before: raw.before, limit: limit as u32 })
+            Ok(ClientFrame::History {
+                before: raw.before,
+                limit: limit as u32,
+            })
         }
         "typing" => Ok(ClientFrame::Typing),
-        other => Err(FrameError::invalid(format!("unknown type `{}`", truncate(other, 32)))),
+        other => Err(FrameError::invalid(format!(
+            "unknown type `{}`",
+            truncate(other, 32)
+        ))),
     }
 }
 
@@ -132,7 +150,9 @@ pub fn validate_name(name: &str) -> Result<String, FrameError> {
         )));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(FrameError::invalid("`name` must not contain control characters"));
+        return Err(FrameError::invalid(
+            "`name` must not contain control characters",
+        ));
     }
     Ok(trimmed.to_owned())
 }
@@ -174,19 +194,31 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"type":"chat","text":"hi","id":"c1"}"#),
-            Ok(ClientFrame::Chat { text: "hi".into(), id: Some("c1".into()) })
+            Ok(ClientFrame::Chat {
+                text: "hi".into(),
+                id: Some("c1".into())
+            })
         );
         assert_eq!(
             parse(r#"{"type":"message","message":"yo"}"#),
-            Ok(ClientFrame::Chat { text: "yo".into(), id: None })
+            Ok(ClientFrame::Chat {
+                text: "yo".into(),
+                id: None
+            })
         );
         assert_eq!(
             parse(r#"{"type":"chat","message":"yo"}"#),
-            Ok(ClientFrame::Chat { text: "yo".into(), id: None })
+            Ok(ClientFrame::Chat {
+                text: "yo".into(),
+                id: None
+            })
         );
         assert_eq!(
             parse(r#"{"type":"history","before":10,"limit":5}"#),
-            Ok(ClientFrame::History { before: Some(10), limit: 5 })
+            Ok(ClientFrame::History {
+                before: Some(10),
+                limit: 5
+            })
         );
         assert_eq!(parse(r#"{"type":"typing"}"#), Ok(ClientFrame::Typing));
     }
@@ -197,11 +229,26 @@ mod tests {
         assert_eq!(code("{"), ErrorCode::InvalidMessage);
         assert_eq!(code("[]"), ErrorCode::InvalidMessage);
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::InvalidMessage);
-        assert_eq!(code(r#"{"type":"chat","text":""}"#), ErrorCode::InvalidMessage);
-        assert_eq!(code(r#"{"type":"chat","text":"   "}"#), ErrorCode::InvalidMessage);
-        assert_eq!(code(r#"{"type":"chat","text":5}"#), ErrorCode::InvalidMessage);
-        assert_eq!(code(r#"{"type":"name","name":" "}"#), ErrorCode::InvalidMessage);
-        assert_eq!(code(r#"{"type":"history","limit":101}"#), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code(r#"{"type":"chat","text":""}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"chat","text":"   "}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"chat","text":5}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"name","name":" "}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"history","limit":101}"#),
+            ErrorCode::InvalidMessage
+        );
         let long_text = format!(r#"{{"type":"chat","text":"{}"}}"#, "x".repeat(4097));
         assert_eq!(code(&long_text), ErrorCode::TooLarge);
         let long_name = format!(r#"{{"type":"name","name":"{}"}}"#, "é".repeat(65));

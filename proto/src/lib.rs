@@ -24,9 +24,9 @@ pub mod rooms {
     }
 }
 
-/// `rooms.v1`: the operator API.
-pub use rooms::v1 as admin;
 /// `rooms.host.v1`: the gateway <-> roomhost contract.
 pub use rooms::host::v1 as host;
+/// `rooms.v1`: the operator API.
+pub use rooms::v1 as admin;
 
 pub use names::{NameError, RoomId, UserId};

@@ -24,8 +24,7 @@ impl RoomId {
     pub fn parse(s: &str) -> Result<Self, NameError> {
         let ok = !s.is_empty()
             && s.len() <= MAX_ROOM_LEN
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if ok {
             Ok(Self(s.to_owned()))

@@ -49,7 +49,9 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
     Ok(match &config.redis {
         Some(url) => Store::Redis(RedisStore::connect(url, config.history_limit).await?),
         None => {
-            tracing::warn!("no --redis: using the in-memory store (development only, nothing survives a restart)");
+            tracing::warn!(
+                "no --redis: using the in-memory store (development only, nothing survives a restart)"
+            );
             Store::Memory(MemoryStore::new(config.history_limit))
         }
     })
@@ -64,7 +66,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RoomhostError> {
     let local = listener.local_addr()?;
-    let advertise = config.advertise.clone().unwrap_or_else(|| local.to_string());
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local.to_string());
     let settings = RoomSettings {
         idle_timeout: config.room_idle_timeout,
         history_limit: config.history_limit,

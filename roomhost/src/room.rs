@@ -44,15 +44,33 @@ pub type GatewayTx = mpsc::Sender<Result<HostFrame, Status>>;
 /// What a room actor is asked to do.
 pub enum Command {
     /// A gateway opened a room stream; frames for it go to `tx`.
-    Attach { gateway: GatewayId, tx: GatewayTx },
+    Attach {
+        gateway: GatewayId,
+        tx: GatewayTx,
+    },
     /// The gateway's stream ended: its connections left.
-    Detach { gateway: GatewayId },
+    Detach {
+        gateway: GatewayId,
+    },
     /// A frame from a gateway's stream.
-    Frame { gateway: GatewayId, frame: gateway_frame::Kind },
+    Frame {
+        gateway: GatewayId,
+        frame: gateway_frame::Kind,
+    },
     /// Operator publish of a `system` event.
-    Publish { data: Box<RawValue>, persist: bool, reply: oneshot::Sender<Result<u64, RoomError>> },
-    Info { reply: oneshot::Sender<RoomInfo> },
-    Kick { user: String, reason: String, reply: oneshot::Sender<u32> },
+    Publish {
+        data: Box<RawValue>,
+        persist: bool,
+        reply: oneshot::Sender<Result<u64, RoomError>>,
+    },
+    Info {
+        reply: oneshot::Sender<RoomInfo>,
+    },
+    Kick {
+        user: String,
+        reason: String,
+        reply: oneshot::Sender<u32>,
+    },
     /// Flush and stop (process shutdown).
     Shutdown,
 }
@@ -91,7 +109,11 @@ enum Output {
     /// An ephemeral frame for everyone.
     All(Bytes),
     /// An ephemeral frame for everyone but one connection.
-    Except { gateway: GatewayId, conn: ConnId, frame: Bytes },
+    Except {
+        gateway: GatewayId,
+        conn: ConnId,
+        frame: Bytes,
+    },
 }
 
 #[derive(Default)]
@@ -214,10 +236,16 @@ impl Room {
             }
             Command::Detach { gateway } => self.detach(gateway),
             Command::Frame { gateway, frame } => self.frame(gateway, frame).await,
-            Command::Publish { data, persist, reply } => {
+            Command::Publish {
+                data,
+                persist,
+                reply,
+            } => {
                 let time = server::timestamp(SystemTime::now());
                 if !persist {
-                    self.staged.outputs.push(Output::All(server::system(0, &data, &time)));
+                    self.staged
+                        .outputs
+                        .push(Output::All(server::system(0, &data, &time)));
                     let _ = reply.send(Ok(0));
                     return;
                 }
@@ -225,7 +253,10 @@ impl Room {
                     let _ = reply.send(Err(RoomError::Unavailable("store unreachable".into())));
                     return;
                 };
-                self.stage(Event { seq, frame: server::system(seq, &data, &time) });
+                self.stage(Event {
+                    seq,
+                    frame: server::system(seq, &data, &time),
+                });
                 self.staged.replies.push((reply, seq));
             }
             Command::Info { reply } => {
@@ -236,12 +267,24 @@ impl Room {
                     seq: self.seq,
                 });
             }
-            Command::Kick { user, reason, reply } => {
+            Command::Kick {
+                user,
+                reason,
+                reply,
+            } => {
                 self.flush().await;
-                let targets: Vec<(GatewayId, ConnId)> =
-                    self.conns.iter().filter(|(_, u)| **u == user).map(|(k, _)| *k).collect();
+                let targets: Vec<(GatewayId, ConnId)> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, u)| **u == user)
+                    .map(|(k, _)| *k)
+                    .collect();
                 for (gateway, conn) in &targets {
-                    let close = CloseConn { conn: *conn, code: 4001, reason: reason.clone() };
+                    let close = CloseConn {
+                        conn: *conn,
+                        code: 4001,
+                        reason: reason.clone(),
+                    };
                     self.send(*gateway, host_frame::Kind::Close(close));
                 }
                 let _ = reply.send(targets.len() as u32);
@@ -257,39 +300,65 @@ impl Room {
             Kind::Join(join) => self.join(gateway, join).await,
             Kind::Leave(leave) => self.leave(gateway, leave.conn),
             Kind::Chat(chat) => {
-                let Some(user) = self.conns.get(&(gateway, chat.conn)).cloned() else { return };
+                let Some(user) = self.conns.get(&(gateway, chat.conn)).cloned() else {
+                    return;
+                };
                 if let Err(e) = validate_text(&chat.text) {
-                    return self.direct(gateway, chat.conn, vec![server::error(e.code, &e.message)]);
+                    return self.direct(
+                        gateway,
+                        chat.conn,
+                        vec![server::error(e.code, &e.message)],
+                    );
                 }
                 let Some(seq) = self.next_seq().await else {
                     return self.unavailable(gateway, chat.conn);
                 };
-                let id = if chat.id.is_empty() { format!("{}-{seq}", self.epoch) } else { chat.id };
+                let id = if chat.id.is_empty() {
+                    format!("{}-{seq}", self.epoch)
+                } else {
+                    chat.id
+                };
                 let time = server::timestamp(SystemTime::now());
-                let frame = server::chat(seq, &id, &user, self.display_name(&user), &chat.text, &time);
+                let frame =
+                    server::chat(seq, &id, &user, self.display_name(&user), &chat.text, &time);
                 self.stage(Event { seq, frame });
                 self.staged.senders.push((gateway, chat.conn));
             }
             Kind::SetName(set) => {
-                let Some(user) = self.conns.get(&(gateway, set.conn)).cloned() else { return };
+                let Some(user) = self.conns.get(&(gateway, set.conn)).cloned() else {
+                    return;
+                };
                 let name = match validate_name(&set.name) {
                     Ok(name) => name,
                     Err(e) => {
-                        return self.direct(gateway, set.conn, vec![server::error(e.code, &e.message)]);
+                        return self.direct(
+                            gateway,
+                            set.conn,
+                            vec![server::error(e.code, &e.message)],
+                        );
                     }
                 };
                 let Some(seq) = self.next_seq().await else {
                     return self.unavailable(gateway, set.conn);
                 };
                 let time = server::timestamp(SystemTime::now());
-                self.stage(Event { seq, frame: server::name(seq, &user, &name, &time) });
+                self.stage(Event {
+                    seq,
+                    frame: server::name(seq, &user, &name, &time),
+                });
                 self.staged.commit.names.push((user, name));
                 self.staged.senders.push((gateway, set.conn));
             }
             Kind::Typing(typing) => {
-                let Some(user) = self.conns.get(&(gateway, typing.conn)) else { return };
+                let Some(user) = self.conns.get(&(gateway, typing.conn)) else {
+                    return;
+                };
                 let frame = server::typing(user);
-                self.staged.outputs.push(Output::Except { gateway, conn: typing.conn, frame });
+                self.staged.outputs.push(Output::Except {
+                    gateway,
+                    conn: typing.conn,
+                    frame,
+                });
             }
             Kind::History(request) => {
                 self.flush().await;
@@ -302,11 +371,19 @@ impl Room {
     async fn join(&mut self, gateway: GatewayId, join: rooms_proto::host::Join) {
         self.flush().await;
         let Ok(user) = UserId::parse(&join.user_id) else {
-            let close = CloseConn { conn: join.conn, code: 1008, reason: "invalid user id".into() };
+            let close = CloseConn {
+                conn: join.conn,
+                code: 1008,
+                reason: "invalid user id".into(),
+            };
             return self.send(gateway, host_frame::Kind::Close(close));
         };
         if self.conns.len() >= MAX_CONNS_PER_ROOM {
-            let close = CloseConn { conn: join.conn, code: 1013, reason: "room is full".into() };
+            let close = CloseConn {
+                conn: join.conn,
+                code: 1013,
+                reason: "room is full".into(),
+            };
             return self.send(gateway, host_frame::Kind::Close(close));
         }
         let user = user.as_str().to_owned();
@@ -317,7 +394,11 @@ impl Room {
         *count += 1;
         if *count == 1 {
             let frame = server::join(&user, self.display_name(&user));
-            self.staged.outputs.push(Output::Except { gateway, conn: join.conn, frame });
+            self.staged.outputs.push(Output::Except {
+                gateway,
+                conn: join.conn,
+                frame,
+            });
             self.emit();
         }
         let mut frames = vec![self.welcome(&user)];
@@ -333,7 +414,9 @@ impl Room {
 
     /// One connection of `user` is gone; announce `leave` if it was the last.
     fn release(&mut self, user: &str) {
-        let Some(count) = self.presence.get_mut(user) else { return };
+        let Some(count) = self.presence.get_mut(user) else {
+            return;
+        };
         *count -= 1;
         if *count == 0 {
             self.presence.remove(user);
@@ -344,8 +427,12 @@ impl Room {
 
     fn detach(&mut self, gateway: GatewayId) {
         self.gateways.remove(&gateway);
-        let gone: Vec<ConnId> =
-            self.conns.keys().filter(|(g, _)| *g == gateway).map(|(_, c)| *c).collect();
+        let gone: Vec<ConnId> = self
+            .conns
+            .keys()
+            .filter(|(g, _)| *g == gateway)
+            .map(|(_, c)| *c)
+            .collect();
         for conn in gone {
             self.leave(gateway, conn);
         }
@@ -356,7 +443,10 @@ impl Room {
             .presence
             .keys()
             .take(MAX_WELCOME_USERS)
-            .map(|u| UserEntry { user_id: u, name: self.display_name(u) })
+            .map(|u| UserEntry {
+                user_id: u,
+                name: self.display_name(u),
+            })
             .collect();
         let more = self.presence.len().saturating_sub(users.len());
         server::welcome(self.id.as_str(), user, self.seq, &self.epoch, &users, more)
@@ -367,7 +457,13 @@ impl Room {
     async fn join_history(&self, since: Option<u64>, epoch: &str) -> Vec<Bytes> {
         let latest = || {
             let has_more = self.recent.front().is_some_and(|e| e.seq > self.first_seq);
-            (self.recent.iter().map(|e| e.frame.clone()).collect::<Vec<_>>(), has_more)
+            (
+                self.recent
+                    .iter()
+                    .map(|e| e.frame.clone())
+                    .collect::<Vec<_>>(),
+                has_more,
+            )
         };
         let Some(since) = since else {
             let (events, has_more) = latest();
@@ -381,12 +477,20 @@ impl Room {
             return vec![server::history(&[], false, false)];
         }
         if self.recent.front().is_some_and(|e| e.seq <= since + 1) {
-            let events: Vec<Bytes> =
-                self.recent.iter().filter(|e| e.seq > since).map(|e| e.frame.clone()).collect();
+            let events: Vec<Bytes> = self
+                .recent
+                .iter()
+                .filter(|e| e.seq > since)
+                .map(|e| e.frame.clone())
+                .collect();
             return vec![server::history(&events, false, false)];
         }
         let gap = since + 1 < self.first_seq;
-        match self.store.events_after(&self.id, since, self.settings.history_limit).await {
+        match self
+            .store
+            .events_after(&self.id, since, self.settings.history_limit)
+            .await
+        {
             Ok(events) => {
                 let frames: Vec<Bytes> = events.into_iter().map(|e| e.frame).collect();
                 let mut pages: Vec<Bytes> = frames
@@ -401,7 +505,10 @@ impl Room {
             }
             Err(error) => {
                 tracing::warn!(room.id = %self.id, %error, "history replay failed");
-                vec![server::error(ErrorCode::Unavailable, "history is unavailable, reconnect to resume")]
+                vec![server::error(
+                    ErrorCode::Unavailable,
+                    "history is unavailable, reconnect to resume",
+                )]
             }
         }
     }
@@ -409,18 +516,31 @@ impl Room {
     /// Up to `limit` events with seq < `before` (0 = latest), oldest first.
     async fn history_page(&self, before: u64, limit: u32) -> Vec<Bytes> {
         let limit = (limit as usize).clamp(1, RECENT_EVENTS);
-        let before = if before == 0 { self.seq.saturating_add(1) } else { before };
+        let before = if before == 0 {
+            self.seq.saturating_add(1)
+        } else {
+            before
+        };
         let in_memory: Vec<&Event> = self.recent.iter().filter(|e| e.seq < before).collect();
         let memory_covers = in_memory.len() >= limit
-            || self.recent.front().is_none_or(|e| e.seq <= self.first_seq.max(1));
+            || self
+                .recent
+                .front()
+                .is_none_or(|e| e.seq <= self.first_seq.max(1));
         let page: Vec<Event> = if memory_covers {
-            in_memory[in_memory.len().saturating_sub(limit)..].iter().map(|e| (*e).clone()).collect()
+            in_memory[in_memory.len().saturating_sub(limit)..]
+                .iter()
+                .map(|e| (*e).clone())
+                .collect()
         } else {
             match self.store.events_before(&self.id, before, limit).await {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(room.id = %self.id, %error, "history page failed");
-                    return vec![server::error(ErrorCode::Unavailable, "history is unavailable")];
+                    return vec![server::error(
+                        ErrorCode::Unavailable,
+                        "history is unavailable",
+                    )];
                 }
             }
         };
@@ -479,7 +599,12 @@ impl Room {
     }
 
     fn committed(&mut self, staged: Staged) {
-        let Staged { commit, outputs, replies, .. } = staged;
+        let Staged {
+            commit,
+            outputs,
+            replies,
+            ..
+        } = staged;
         if let Some(last) = commit.last_seq() {
             self.seq = last;
         }
@@ -510,12 +635,18 @@ impl Room {
         for (gateway, conn) in staged.senders {
             self.unavailable(gateway, conn);
         }
-        self.staged.outputs =
-            staged.outputs.into_iter().filter(|o| !matches!(o, Output::Event(_))).collect();
+        self.staged.outputs = staged
+            .outputs
+            .into_iter()
+            .filter(|o| !matches!(o, Output::Event(_)))
+            .collect();
     }
 
     fn unavailable(&mut self, gateway: GatewayId, conn: ConnId) {
-        let frame = server::error(ErrorCode::Unavailable, "not stored: storage is unavailable, retry");
+        let frame = server::error(
+            ErrorCode::Unavailable,
+            "not stored: storage is unavailable, retry",
+        );
         self.direct(gateway, conn, vec![frame]);
     }
 
@@ -527,7 +658,11 @@ impl Room {
         for output in outputs {
             match output {
                 Output::Event(frame) | Output::All(frame) => run.push(frame),
-                Output::Except { gateway, conn, frame } => {
+                Output::Except {
+                    gateway,
+                    conn,
+                    frame,
+                } => {
                     self.broadcast(std::mem::take(&mut run), None);
                     self.broadcast(vec![frame], Some((gateway, conn)));
                 }
@@ -546,8 +681,13 @@ impl Room {
                 Some((gateway, conn)) if gateway == *id => conn,
                 _ => 0,
             };
-            let frame = Broadcast { frames: frames.clone(), except_conn };
-            let msg = HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)) };
+            let frame = Broadcast {
+                frames: frames.clone(),
+                except_conn,
+            };
+            let msg = HostFrame {
+                kind: Some(host_frame::Kind::Broadcast(frame)),
+            };
             if tx.try_send(Ok(msg)).is_err() {
                 dead.push(*id);
             }
@@ -560,7 +700,9 @@ impl Room {
     }
 
     fn send(&mut self, gateway: GatewayId, kind: host_frame::Kind) {
-        let Some(tx) = self.gateways.get(&gateway) else { return };
+        let Some(tx) = self.gateways.get(&gateway) else {
+            return;
+        };
         if tx.try_send(Ok(HostFrame { kind: Some(kind) })).is_err() {
             self.drop_gateways(vec![gateway]);
         }

@@ -59,32 +59,67 @@ impl RedisStore {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(2);
         let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self { conn, history_limit: history_limit.max(1) })
+        Ok(Self {
+            conn,
+            history_limit: history_limit.max(1),
+        })
     }
 
     pub async fn load(&self, room: &RoomId) -> Result<LoadedRoom, StoreError> {
         let keys = Keys::of(room);
         let mut conn = self.conn.clone();
-        let (epoch, seq, names, recent, first): (String, Option<u64>, Vec<(String, String)>, Value, Value) =
-            pipe()
-                .cmd("HSETNX").arg(&keys.meta).arg("epoch").arg(new_epoch()).ignore()
-                .cmd("HGET").arg(&keys.meta).arg("epoch")
-                .cmd("HGET").arg(&keys.meta).arg("seq")
-                .cmd("HGETALL").arg(&keys.names)
-                .cmd("XREVRANGE").arg(&keys.history).arg("+").arg("-").arg("COUNT").arg(RECENT_EVENTS)
-                .cmd("XRANGE").arg(&keys.history).arg("-").arg("+").arg("COUNT").arg(1)
-                .query_async(&mut conn)
-                .await?;
+        let (epoch, seq, names, recent, first): (
+            String,
+            Option<u64>,
+            Vec<(String, String)>,
+            Value,
+            Value,
+        ) = pipe()
+            .cmd("HSETNX")
+            .arg(&keys.meta)
+            .arg("epoch")
+            .arg(new_epoch())
+            .ignore()
+            .cmd("HGET")
+            .arg(&keys.meta)
+            .arg("epoch")
+            .cmd("HGET")
+            .arg(&keys.meta)
+            .arg("seq")
+            .cmd("HGETALL")
+            .arg(&keys.names)
+            .cmd("XREVRANGE")
+            .arg(&keys.history)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(RECENT_EVENTS)
+            .cmd("XRANGE")
+            .arg(&keys.history)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
         let mut recent = parse_entries(recent)?;
         recent.reverse();
         let first_seq = parse_entries(first)?.first().map_or(0, |e| e.seq);
         // The stream is the ground truth should `seq` ever lag behind it.
         let seq = seq.unwrap_or(0).max(recent.last().map_or(0, |e| e.seq));
-        Ok(LoadedRoom { seq, epoch, names, recent, first_seq })
+        Ok(LoadedRoom {
+            seq,
+            epoch,
+            names,
+            recent,
+            first_seq,
+        })
     }
 
     pub async fn commit(&self, room: &RoomId, commit: &Commit) -> Result<(), StoreError> {
-        let Some(last) = commit.last_seq() else { return Ok(()) };
+        let Some(last) = commit.last_seq() else {
+            return Ok(());
+        };
         let keys = Keys::of(room);
         let mut p = pipe();
         p.atomic();
@@ -158,7 +193,11 @@ impl RedisStore {
     pub async fn latest_seq(&self, room: &RoomId) -> Result<u64, StoreError> {
         let keys = Keys::of(room);
         let mut conn = self.conn.clone();
-        let seq: Option<u64> = cmd("HGET").arg(&keys.meta).arg("seq").query_async(&mut conn).await?;
+        let seq: Option<u64> = cmd("HGET")
+            .arg(&keys.meta)
+            .arg("seq")
+            .query_async(&mut conn)
+            .await?;
         Ok(seq.unwrap_or(0))
     }
 }
@@ -171,7 +210,9 @@ fn parse_entries(value: Value) -> Result<Vec<Event>, StoreError> {
     };
     let mut events = Vec::with_capacity(entries.len());
     for entry in entries {
-        let Value::Array(mut parts) = entry else { return Err(corrupt("stream entry")) };
+        let Value::Array(mut parts) = entry else {
+            return Err(corrupt("stream entry"));
+        };
         if parts.len() != 2 {
             return Err(corrupt("stream entry arity"));
         }

@@ -1,0 +1,156 @@
+//! The operator API (`rooms.v1.Admin`), served by every gateway and routed to
+//! the roomhost that owns the room.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rooms_proto::RoomId;
+use rooms_proto::admin::admin_server::Admin;
+use rooms_proto::admin::{
+    ClusterStatusReply, ClusterStatusRequest, GetRoomReply, GetRoomRequest, KickReply, KickRequest,
+    ListRoomsReply, ListRoomsRequest, PublishReply, PublishRequest, RoomhostStatus,
+};
+use rooms_proto::host::StatusRequest;
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+
+use crate::router::{HostClient, Router};
+
+/// Longest wait for a roomhost answering one Admin call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct AdminService {
+    router: Arc<Router>,
+    token: Option<String>,
+}
+
+impl AdminService {
+    pub fn new(router: Arc<Router>, token: Option<String>) -> Self {
+        Self { router, token }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = &self.token else {
+            return Ok(());
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "a valid admin token is required (authorization: Bearer TOKEN)",
+            ))
+        }
+    }
+
+    fn owner(&self, room: &str) -> Result<(RoomId, HostClient), Status> {
+        let room = RoomId::parse(room).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (_, client) = self
+            .router
+            .route(&room)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok((room, client))
+    }
+}
+
+/// Runs one roomhost call with a deadline; transport failures are UNAVAILABLE.
+async fn call<T>(
+    future: impl std::future::Future<Output = Result<Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(CALL_TIMEOUT, future).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) if status.code() == tonic::Code::Unknown => Err(Status::unavailable(
+            format!("roomhost unreachable: {}", status.message()),
+        )),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(Status::unavailable("roomhost did not answer in time")),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishReply>, Status> {
+        self.authorize(&request)?;
+        let mut request = request.into_inner();
+        let (room, mut client) = self.owner(&request.room)?;
+        rooms_proto::server::parse_system_data(&request.data_json)
+            .map_err(Status::invalid_argument)?;
+        request.room = room.to_string();
+        Ok(Response::new(call(client.publish(request)).await?))
+    }
+
+    async fn get_room(
+        &self,
+        request: Request<GetRoomRequest>,
+    ) -> Result<Response<GetRoomReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let (_, mut client) = self.owner(&request.room)?;
+        Ok(Response::new(call(client.get_room(request)).await?))
+    }
+
+    async fn list_rooms(
+        &self,
+        request: Request<ListRoomsRequest>,
+    ) -> Result<Response<ListRoomsReply>, Status> {
+        self.authorize(&request)?;
+        let ring = self.router.ring();
+        let mut rooms = Vec::new();
+        for member in ring.members() {
+            let mut client = self
+                .router
+                .client(member, &ring)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            match call(client.list_rooms(ListRoomsRequest {})).await {
+                Ok(reply) => rooms.extend(reply.rooms),
+                Err(status) => {
+                    tracing::warn!(roomhost.addr = %member, %status, "list_rooms failed")
+                }
+            }
+        }
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        Ok(Response::new(ListRoomsReply { rooms }))
+    }
+
+    async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        if request.user_id.is_empty() {
+            return Err(Status::invalid_argument("user_id is required"));
+        }
+        let (_, mut client) = self.owner(&request.room)?;
+        Ok(Response::new(call(client.kick(request)).await?))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusReply>, Status> {
+        self.authorize(&request)?;
+        let ring = self.router.ring();
+        let mut roomhosts = Vec::new();
+        for member in ring.members() {
+            let status = match self.router.client(member, &ring) {
+                Ok(mut client) => call(client.status(StatusRequest {})).await.ok(),
+                Err(_) => None,
+            };
+            roomhosts.push(RoomhostStatus {
+                address: member.clone(),
+                healthy: status.is_some(),
+                active_rooms: status.map_or(0, |s| s.active_rooms),
+            });
+        }
+        Ok(Response::new(ClusterStatusReply {
+            roomhosts,
+            ring_version: ring.version(),
+        }))
+    }
+}

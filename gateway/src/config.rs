@@ -1,0 +1,127 @@
+//! Command-line flags (each also read from an environment variable) and the
+//! validated configuration they produce.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use rooms_cluster::MembershipSource;
+use rooms_cluster::process::LogFormat;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
+pub const DEFAULT_RATE_LIMIT: u32 = 20;
+pub const DEFAULT_RATE_BURST: u32 = 40;
+pub const DEFAULT_SEND_QUEUE: usize = 256;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Largest client frame; bigger ones close the connection with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Development: the user id comes from `?user=` (or is random).
+    None,
+    /// A signed JWT identifies the user.
+    Jwt,
+}
+
+/// A rooms gateway: serves client WebSockets and the operator Admin API.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
+pub struct Args {
+    /// WebSocket + HTTP listen address.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// gRPC Admin API listen address.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+    /// Roomhost membership: static:A,B | file:PATH | dns:NAME:PORT.
+    /// Absent: an embedded roomhost with an in-memory store (development).
+    #[arg(long, env = "GATEWAY_ROOMHOSTS")]
+    pub roomhosts: Option<MembershipSource>,
+    /// Client authentication.
+    #[arg(long, env = "GATEWAY_AUTH", value_enum, default_value = "none")]
+    pub auth: AuthMode,
+    /// HS256 secret for --auth jwt.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// RS256/ES256 public key (PEM file) for --auth jwt.
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+    /// Bearer token every Admin call must carry (absent: Admin is open).
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Client messages per second per connection.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
+    /// Client messages a connection may send at once above the rate.
+    #[arg(long, env = "GATEWAY_RATE_BURST", default_value_t = DEFAULT_RATE_BURST)]
+    pub rate_burst: u32,
+    /// Frames queued per connection; a client that lets it fill is closed with 1013.
+    #[arg(long, env = "GATEWAY_SEND_QUEUE", default_value_t = DEFAULT_SEND_QUEUE)]
+    pub send_queue: usize,
+    /// Most WebSocket connections this gateway holds; more get HTTP 503.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Longest time SIGTERM waits for sockets to close.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Log format: text or json.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub roomhosts: Option<MembershipSource>,
+    pub admin_token: Option<String>,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    pub send_queue: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--auth jwt is not available in this release; use --auth none")]
+    JwtUnsupported,
+    #[error("--rate-limit and --rate-burst must be at least 1")]
+    Rate,
+    #[error("--send-queue must be at least 1")]
+    SendQueue,
+    #[error("--max-connections must be at least 1")]
+    MaxConnections,
+    #[error("--admin-token must not be empty")]
+    AdminToken,
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if self.auth == AuthMode::Jwt {
+            return Err(ConfigError::JwtUnsupported);
+        }
+        if self.rate_limit == 0 || self.rate_burst == 0 {
+            return Err(ConfigError::Rate);
+        }
+        if self.send_queue == 0 {
+            return Err(ConfigError::SendQueue);
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::MaxConnections);
+        }
+        if self.admin_token.as_deref() == Some("") {
+            return Err(ConfigError::AdminToken);
+        }
+        Ok(Config {
+            roomhosts: self.roomhosts,
+            admin_token: self.admin_token,
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            send_queue: self.send_queue,
+            max_connections: self.max_connections,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}

@@ -1,0 +1,272 @@
+//! The gateway's HTTP surface: WebSocket upgrades on `/rooms/{room}/ws`
+//! (and the Nuxflare-compatible `/` and `/ws`), the demo page, health,
+//! metrics and room info. Every check happens before the upgrade.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rooms_proto::admin::GetRoomRequest;
+use rooms_proto::host::StatusRequest;
+use rooms_proto::{RoomId, UserId};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::config::MAX_FRAME_BYTES;
+use crate::session::{self, Session, SessionEnv};
+use crate::subprotocol;
+
+const DEMO_PAGE: &str = include_str!("assets/demo.html");
+/// Longest wait for one roomhost call made on behalf of an HTTP request.
+const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+pub type Body = Full<Bytes>;
+
+/// State shared by every HTTP request.
+pub struct HttpState {
+    pub env: SessionEnv,
+    pub connections: Arc<Semaphore>,
+    pub next_conn: AtomicU64,
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut body = body.into();
+    body.push('\n');
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(value.to_string())))
+        .unwrap_or_default()
+}
+
+pub async fn handle(state: Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let upgrade = wants_websocket(req.headers());
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/") if !upgrade => Response::builder()
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .header("content-security-policy", "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self' ws: wss:")
+            .body(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())))
+            .unwrap_or_default(),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => ready(&state).await,
+        (&Method::GET, "/metrics") => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(state.env.metrics.render())))
+            .unwrap_or_default(),
+        (&Method::GET, "/" | "/ws") => websocket(state, req, None),
+        (&Method::GET, p) if p.starts_with("/rooms/") => {
+            let rest = &p["/rooms/".len()..];
+            if let Some(room) = rest.strip_suffix("/ws") {
+                match RoomId::parse(room) {
+                    Ok(room) => websocket(state, req, Some(room)),
+                    Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+                }
+            } else if !rest.contains('/') {
+                match RoomId::parse(rest) {
+                    Ok(room) => room_info(&state, room).await,
+                    Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+                }
+            } else {
+                text(StatusCode::NOT_FOUND, "not found")
+            }
+        }
+        (_, "/" | "/healthz" | "/readyz" | "/metrics" | "/ws") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
+}
+
+fn query_params(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+/// Validates the handshake and the session, answers 101, and starts the
+/// session task once hyper hands over the upgraded connection.
+fn websocket(
+    state: Arc<HttpState>,
+    mut req: Request<Incoming>,
+    room: Option<RoomId>,
+) -> Response<Body> {
+    if !wants_websocket(req.headers()) {
+        return text(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: connect with a WebSocket client (Upgrade: websocket)",
+        );
+    }
+    let headers = req.headers();
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return text(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return text(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let offered = subprotocol::offered(headers);
+    let credential = offered
+        .first()
+        .and_then(|p| subprotocol::decode_credential(p));
+    let selected = if credential.is_some() {
+        offered.get(1).cloned()
+    } else {
+        None
+    };
+
+    let params = query_params(&req);
+    let room = match (room, &credential) {
+        (Some(room), _) => room,
+        (None, Some((room, _))) => match RoomId::parse(room) {
+            Ok(room) => room,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        (None, None) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "connect to /rooms/{room}/ws (or pass base64(room:user) as the first subprotocol)",
+            );
+        }
+    };
+    let user = match params
+        .get("user")
+        .map(String::as_str)
+        .or(credential.as_ref().map(|(_, u)| u.as_str()))
+    {
+        Some(user) => match UserId::parse(user) {
+            Ok(user) => user,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        None => match UserId::parse(&format!("anon-{:08x}", rand::random::<u32>())) {
+            Ok(user) => user,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+    };
+    let since = match params.get("since").map(|s| s.parse::<u64>()) {
+        None => None,
+        Some(Ok(since)) => Some(since),
+        Some(Err(_)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "since must be a non-negative integer",
+            );
+        }
+    };
+    let epoch = params.get("epoch").cloned().unwrap_or_default();
+    if epoch.len() > 64 {
+        return text(StatusCode::BAD_REQUEST, "epoch is too long");
+    }
+    let Ok(permit) = Arc::clone(&state.connections).try_acquire_owned() else {
+        state.env.metrics.connections_refused.inc();
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway is at its connection limit; retry later",
+        );
+    };
+
+    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let session = Session {
+        conn,
+        room,
+        user,
+        since,
+        epoch,
+    };
+    let env = state.env.clone();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => return tracing::debug!(%error, "upgrade failed"),
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        session::run(ws, session, env).await;
+    });
+
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(protocol) = selected {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    response.body(Body::default()).unwrap_or_default()
+}
+
+async fn ready(state: &HttpState) -> Response<Body> {
+    let router = state.env.links.router();
+    let ring = router.ring();
+    for member in ring.members() {
+        let Ok(mut client) = router.client(member, &ring) else {
+            continue;
+        };
+        let call = tokio::time::timeout(UPSTREAM_TIMEOUT, client.status(StatusRequest {}));
+        if let Ok(Ok(_)) = call.await {
+            return text(StatusCode::OK, "ready");
+        }
+    }
+    text(StatusCode::SERVICE_UNAVAILABLE, "no roomhost is reachable")
+}
+
+async fn room_info(state: &HttpState, room: RoomId) -> Response<Body> {
+    let Ok((_, mut client)) = state.env.links.router().route(&room) else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no roomhost is configured");
+    };
+    let call = client.get_room(GetRoomRequest {
+        room: room.to_string(),
+    });
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, call).await {
+        Ok(Ok(reply)) => {
+            let r = reply.into_inner();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "room": r.room, "owner": r.owner, "connections": r.connections,
+                    "users": r.users, "seq": r.seq,
+                }),
+            )
+        }
+        Ok(Err(status)) => text(StatusCode::SERVICE_UNAVAILABLE, status.message().to_owned()),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "roomhost did not answer"),
+    }
+}

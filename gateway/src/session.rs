@@ -1,0 +1,196 @@
+//! One client WebSocket: a task that owns the socket, reads and validates
+//! client frames, rate-limits them, forwards them to the room link, and
+//! writes the frames queued for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rooms_proto::client::{self, ClientFrame, ErrorCode};
+use rooms_proto::host::{Chat, HistoryRequest, SetName, Typing, gateway_frame};
+use rooms_proto::{RoomId, UserId, server};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use crate::conn::{CloseSignal, ConnHandle, ConnId, RateLimiter, Verdict, close_code};
+use crate::link::{LinkCmd, LinkHandle, Links};
+use crate::metrics::Metrics;
+
+/// Frames written to the socket per flush at most.
+const WRITE_BATCH: usize = 64;
+/// Longest wait for a close frame to be written.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who is connecting where, established before the upgrade.
+pub struct Session {
+    pub conn: ConnId,
+    pub room: RoomId,
+    pub user: UserId,
+    pub since: Option<u64>,
+    pub epoch: String,
+}
+
+/// What a session needs from the gateway.
+#[derive(Clone)]
+pub struct SessionEnv {
+    pub links: Arc<Links>,
+    pub metrics: Arc<Metrics>,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    pub send_queue: usize,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub async fn run<S>(ws: WebSocketStream<S>, session: Session, env: SessionEnv)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (tx, mut rx) = mpsc::channel(env.send_queue);
+    let signal = Arc::new(CloseSignal::default());
+    let handle = ConnHandle::new(tx, Arc::clone(&signal));
+    let Session {
+        conn,
+        room,
+        user,
+        since,
+        epoch,
+    } = session;
+    env.metrics.connections_open.inc();
+    env.metrics.connections_total.inc();
+
+    let join = LinkCmd::Join {
+        conn,
+        user,
+        since,
+        epoch,
+        handle: handle.clone(),
+    };
+    let link = env.links.dispatch(&room, join).await;
+    let (mut sink, mut stream) = ws.split();
+
+    if let Ok(link) = link {
+        let reader = read_frames(&mut stream, conn, &link, &handle, &signal, &env);
+        let writer = async {
+            let mut batch = Vec::with_capacity(WRITE_BATCH);
+            loop {
+                if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+                    return;
+                }
+                for frame in batch.drain(..) {
+                    if sink.feed(Message::Text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let mut shutdown = env.shutdown.clone();
+        tokio::select! {
+            () = reader => {}
+            () = writer => {}
+            _ = signal.requested() => {}
+            () = crate::stopped(&mut shutdown) => {
+                signal.trigger(close_code::RESTART, "gateway restarting; reconnect");
+            }
+        }
+        link.send(LinkCmd::Leave { conn }).await;
+    } else {
+        signal.trigger(close_code::TRY_AGAIN_LATER, "room unavailable");
+    }
+
+    if let Some((code, reason)) = signal.get() {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from(reason),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    env.metrics.connections_open.dec();
+}
+
+/// Reads until the client closes or must be closed (the reason goes to `signal`).
+async fn read_frames<S>(
+    stream: &mut S,
+    conn: ConnId,
+    link: &LinkHandle,
+    handle: &ConnHandle,
+    signal: &CloseSignal,
+    env: &SessionEnv,
+) where
+    S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let mut limiter = RateLimiter::new(env.rate_limit, env.rate_burst);
+    let refuse = |code: ErrorCode, message: &str| {
+        env.metrics.frames_rejected.inc();
+        if let Ok(payload) = Utf8Bytes::try_from(server::error(code, message)) {
+            handle.deliver(payload);
+        }
+    };
+    while let Some(message) = stream.next().await {
+        let text = match message {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Binary(_)) => {
+                refuse(
+                    ErrorCode::InvalidMessage,
+                    "binary frames are not supported; send JSON text",
+                );
+                continue;
+            }
+            Ok(Message::Close(_)) | Err(WsError::ConnectionClosed) => return,
+            Ok(_) => continue,
+            Err(WsError::Capacity(_)) => {
+                signal.trigger(close_code::TOO_BIG, "frame larger than 64 KiB");
+                return;
+            }
+            Err(_) => return,
+        };
+        env.metrics.frames_in.inc();
+        match limiter.check() {
+            Verdict::Allow => {}
+            Verdict::Limited => {
+                env.metrics.rate_limited.inc();
+                refuse(
+                    ErrorCode::RateLimited,
+                    "too many messages; this one was dropped",
+                );
+                continue;
+            }
+            Verdict::Flood => {
+                env.metrics.rate_limited.inc();
+                signal.trigger(close_code::POLICY, "message flood");
+                return;
+            }
+        }
+        let kind = match client::parse(&text) {
+            Ok(ClientFrame::Chat { text, id }) => gateway_frame::Kind::Chat(Chat {
+                conn,
+                text,
+                id: id.unwrap_or_default(),
+            }),
+            Ok(ClientFrame::Name { name }) => gateway_frame::Kind::SetName(SetName { conn, name }),
+            Ok(ClientFrame::Typing) => gateway_frame::Kind::Typing(Typing { conn }),
+            Ok(ClientFrame::History { before, limit }) => {
+                gateway_frame::Kind::History(HistoryRequest {
+                    conn,
+                    before: before.unwrap_or(0),
+                    limit,
+                })
+            }
+            Err(error) => {
+                refuse(error.code, &error.message);
+                continue;
+            }
+        };
+        if !link.send(LinkCmd::Frame { conn, kind }).await {
+            signal.trigger(close_code::RESTART, "room moved; reconnect");
+            return;
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! A WebSocket client speaking the rooms client protocol, for tests.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rooms_proto::server::ServerFrame;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::DEADLINE;
+
+/// What a client reads next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    Frame(ServerFrame),
+    /// The server closed the connection, with the close code if it sent one.
+    Closed(Option<u16>, String),
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Result<Self, tungstenite::Error> {
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .map_err(|_| tungstenite::Error::ConnectionClosed)??;
+        Ok(Self { ws })
+    }
+
+    /// Connects and reads `welcome` and `history`, returning them.
+    pub async fn join(url: &str) -> (Self, ServerFrame, ServerFrame) {
+        let mut client = Self::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let welcome = client.frame().await;
+        assert!(
+            matches!(welcome, ServerFrame::Welcome { .. }),
+            "first frame: {welcome:?}"
+        );
+        let history = client.frame().await;
+        assert!(
+            matches!(history, ServerFrame::History { .. }),
+            "second frame: {history:?}"
+        );
+        (client, welcome, history)
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::binary(bytes)).await.expect("send");
+    }
+
+    pub async fn chat(&mut self, text: &str, id: &str) {
+        self.send_json(serde_json::json!({"type": "chat", "text": text, "id": id}))
+            .await;
+    }
+
+    /// The next frame or close, waiting at most `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        loop {
+            let message = match tokio::time::timeout(wait, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) => return Some(Received::Closed(None, String::new())),
+                Ok(Some(Err(_))) => return Some(Received::Closed(None, String::new())),
+                Ok(Some(Ok(message))) => message,
+            };
+            match message {
+                Message::Text(text) => {
+                    let frame = serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("unreadable frame {text}: {e}"));
+                    return Some(Received::Frame(frame));
+                }
+                Message::Close(frame) => {
+                    let (code, reason) = frame
+                        .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
+                        .unwrap_or((None, String::new()));
+                    return Some(Received::Closed(code, reason));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame; panics on close or after the deadline.
+    pub async fn frame(&mut self) -> ServerFrame {
+        match self.next_within(DEADLINE).await {
+            Some(Received::Frame(frame)) => frame,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Skips frames until one matches.
+    pub async fn until(&mut self, mut matches: impl FnMut(&ServerFrame) -> bool) -> ServerFrame {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Received::Frame(frame)) if matches(&frame) => return frame,
+                Some(Received::Frame(_)) => continue,
+                other => panic!("expected a matching frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next `error` frame's code.
+    pub async fn error_code(&mut self) -> String {
+        match self.until(|f| matches!(f, ServerFrame::Error { .. })).await {
+            ServerFrame::Error { code, .. } => code,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Skips frames until the connection closes; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Received::Closed(code, _)) => return code,
+                Some(Received::Frame(_)) => continue,
+                None => panic!("connection still open after the deadline"),
+            }
+        }
+    }
+
+    /// Collects chat frames until `count` arrived.
+    pub async fn chats(&mut self, count: usize) -> Vec<ServerFrame> {
+        let mut chats = Vec::with_capacity(count);
+        while chats.len() < count {
+            chats.push(self.until(|f| matches!(f, ServerFrame::Chat { .. })).await);
+        }
+        chats
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// A plain HTTP/1.1 request; returns (status, headers+body text).
+pub async fn http(addr: &str, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// GET `path` with `Connection: close`.
+pub async fn get(addr: &str, path: &str) -> (u16, String) {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}

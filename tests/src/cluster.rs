@@ -1,0 +1,186 @@
+//! [`TestCluster`]: a builder for Redis + roomhosts + gateways as real
+//! processes on loopback.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::client::{self, Client};
+use crate::eventually;
+use crate::process::{Process, binary};
+use crate::redis::Redis;
+
+pub struct Roomhost {
+    pub process: Process,
+    /// The advertise (= listen) address, `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+pub struct Gateway {
+    pub process: Process,
+    pub http: String,
+    pub admin: String,
+}
+
+impl Gateway {
+    pub fn ws_url(&self, room: &str, query: &str) -> String {
+        if query.is_empty() {
+            format!("ws://{}/rooms/{room}/ws", self.http)
+        } else {
+            format!("ws://{}/rooms/{room}/ws?{query}", self.http)
+        }
+    }
+
+    /// Connects `user` to `room` and reads `welcome` + `history`.
+    pub async fn join(&self, room: &str, user: &str) -> Client {
+        Client::join(&self.ws_url(room, &format!("user={user}")))
+            .await
+            .0
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+}
+
+#[derive(Default, Clone)]
+pub struct TestCluster {
+    roomhosts: usize,
+    gateways: usize,
+    no_redis: bool,
+    roomhost_args: Vec<String>,
+    gateway_args: Vec<String>,
+}
+
+impl TestCluster {
+    /// One Redis, `roomhosts` roomhosts and `gateways` gateways.
+    pub fn new(roomhosts: usize, gateways: usize) -> Self {
+        Self {
+            roomhosts,
+            gateways,
+            ..Self::default()
+        }
+    }
+
+    pub fn roomhost_arg(mut self, arg: &str) -> Self {
+        self.roomhost_args.push(arg.to_owned());
+        self
+    }
+
+    pub fn gateway_arg(mut self, arg: &str) -> Self {
+        self.gateway_args.push(arg.to_owned());
+        self
+    }
+
+    /// Only gateways with an embedded roomhost (no Redis).
+    pub fn embedded(gateways: usize) -> Self {
+        Self {
+            gateways,
+            no_redis: true,
+            ..Self::default()
+        }
+    }
+
+    pub async fn start(self) -> Cluster {
+        let redis = if self.no_redis {
+            None
+        } else {
+            Some(Redis::start().await)
+        };
+        let mut cluster = Cluster {
+            redis,
+            roomhosts: Vec::new(),
+            gateways: Vec::new(),
+            spec: self.clone(),
+        };
+        for _ in 0..self.roomhosts {
+            let roomhost = cluster.spawn_roomhost().await;
+            cluster.roomhosts.push(roomhost);
+        }
+        for _ in 0..self.gateways {
+            let gateway = cluster.spawn_gateway().await;
+            cluster.gateways.push(gateway);
+        }
+        cluster
+    }
+}
+
+pub struct Cluster {
+    pub redis: Option<Redis>,
+    pub roomhosts: Vec<Roomhost>,
+    pub gateways: Vec<Gateway>,
+    spec: TestCluster,
+}
+
+impl Cluster {
+    pub fn redis_url(&self) -> Option<String> {
+        self.redis.as_ref().map(Redis::url)
+    }
+
+    pub fn membership(&self) -> String {
+        let addrs: Vec<&str> = self.roomhosts.iter().map(|r| r.addr.as_str()).collect();
+        format!("static:{}", addrs.join(","))
+    }
+
+    pub async fn spawn_roomhost(&self) -> Roomhost {
+        let mut cmd = Command::new(binary("roomhost"));
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        if let Some(url) = self.redis_url() {
+            cmd.args(["--redis", &url]);
+        }
+        cmd.args(&self.spec.roomhost_args);
+        let mut process = Process::spawn("roomhost", cmd);
+        let addr = process
+            .wait_for_field("roomhost serving", "advertise")
+            .await;
+        Roomhost { process, addr }
+    }
+
+    pub async fn spawn_gateway(&self) -> Gateway {
+        let mut cmd = Command::new(binary("gateway"));
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+        if !self.roomhosts.is_empty() {
+            cmd.args(["--roomhosts", &self.membership()]);
+        }
+        cmd.args(&self.spec.gateway_args);
+        let mut process = Process::spawn("gateway", cmd);
+        let http = process.wait_for_field("gateway serving", "listen").await;
+        let admin = process.wait_for_field("gateway serving", "admin").await;
+        let gateway = Gateway {
+            process,
+            http,
+            admin,
+        };
+        eventually("gateway ready", || async {
+            (client::get(&gateway.http, "/readyz").await.0 == 200).then_some(())
+        })
+        .await;
+        gateway
+    }
+
+    /// Stops every roomhost and gateway (SIGTERM), keeping Redis, and starts
+    /// them again.
+    pub async fn restart_all_but_redis(&mut self) {
+        for mut gateway in self.gateways.drain(..) {
+            assert!(
+                gateway.process.terminate(Duration::from_secs(15)).await,
+                "gateway did not stop cleanly"
+            );
+        }
+        let roomhosts = self.roomhosts.len();
+        for mut roomhost in self.roomhosts.drain(..) {
+            assert!(
+                roomhost.process.terminate(Duration::from_secs(15)).await,
+                "roomhost did not stop cleanly"
+            );
+        }
+        let gateways = self.spec.gateways;
+        for _ in 0..roomhosts {
+            let roomhost = self.spawn_roomhost().await;
+            self.roomhosts.push(roomhost);
+        }
+        for _ in 0..gateways {
+            let gateway = self.spawn_gateway().await;
+            self.gateways.push(gateway);
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! A private `redis-server` on a free loopback port, no persistence.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::process::Process;
+
+pub struct Redis {
+    pub port: u16,
+    process: Process,
+    dir: std::path::PathBuf,
+}
+
+/// A port that was free a moment ago (the OS picked it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Sends one inline command and returns the first reply line.
+pub async fn command(port: u16, cmd: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream
+        .write_all(format!("{cmd}\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned())
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("rooms-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("redis dir");
+            let mut cmd = Command::new("redis-server");
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir);
+            let mut process = Process::spawn("redis-server", cmd);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if command(port, "PING").await.as_deref() == Some("+PONG") {
+                    return Self { port, process, dir };
+                }
+                if process.try_status().is_some() || tokio::time::Instant::now() > deadline {
+                    break; // port raced with another process: try another
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        panic!("could not start redis-server (is it installed? the test script installs it)");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn command(&self, cmd: &str) -> Option<String> {
+        command(self.port, cmd).await
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.process.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

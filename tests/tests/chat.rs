@@ -1,0 +1,223 @@
+//! Clients on different gateways share rooms: names, chat, echo, total order,
+//! isolation, history and resume, persistence across restarts.
+
+use rooms_proto::server::ServerFrame;
+use rooms_tests::{Client, TestCluster};
+use serde_json::json;
+
+fn chat_seq(frame: &ServerFrame) -> u64 {
+    frame.seq().expect("chat has a seq")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_gateways_see_each_others_names_and_chat() {
+    let cluster = TestCluster::new(2, 2).start().await;
+    let (a, b) = (&cluster.gateways[0], &cluster.gateways[1]);
+    let mut ann = a.join("lobby", "ann").await;
+    let mut bob = b.join("lobby", "bob").await;
+    // Ann sees Bob arrive.
+    let joined = ann.until(|f| matches!(f, ServerFrame::Join { .. })).await;
+    assert_eq!(
+        joined,
+        ServerFrame::Join {
+            user_id: "bob".into(),
+            name: "bob".into()
+        }
+    );
+
+    ann.send_json(json!({"type": "name", "name": "  Ann Lee "}))
+        .await;
+    for client in [&mut ann, &mut bob] {
+        match client
+            .until(|f| matches!(f, ServerFrame::Name { .. }))
+            .await
+        {
+            ServerFrame::Name { user_id, name, seq } => {
+                assert_eq!(
+                    (user_id.as_str(), name.as_str(), seq),
+                    ("ann", "Ann Lee", 1)
+                );
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    bob.chat("hello ann", "bob-1").await;
+    for client in [&mut ann, &mut bob] {
+        match client
+            .until(|f| matches!(f, ServerFrame::Chat { .. }))
+            .await
+        {
+            ServerFrame::Chat {
+                seq,
+                id,
+                user_id,
+                text,
+                time,
+                ..
+            } => {
+                assert_eq!(seq, Some(2));
+                assert_eq!(id.as_deref(), Some("bob-1"), "the client id is echoed");
+                assert_eq!((user_id.as_str(), text.as_str()), ("bob", "hello ann"));
+                assert!(time.is_some_and(|t| t.ends_with('Z')));
+            }
+            _ => unreachable!(),
+        }
+    }
+    ann.chat("hi bob", "").await;
+    let frame = bob.until(|f| matches!(f, ServerFrame::Chat { .. })).await;
+    match frame {
+        ServerFrame::Chat { user_name, id, .. } => {
+            assert_eq!(
+                user_name.as_deref(),
+                Some("Ann Lee"),
+                "chat carries the stored name"
+            );
+            assert!(
+                id.is_some_and(|id| !id.is_empty()),
+                "a server-made id when the client gave none"
+            );
+        }
+        _ => unreachable!(),
+    }
+
+    // A late joiner's welcome lists both present users with names.
+    let (_carl, welcome, _) = Client::join(&a.ws_url("lobby", "user=carl")).await;
+    match welcome {
+        ServerFrame::Welcome {
+            room,
+            user_id,
+            seq,
+            users,
+            epoch,
+        } => {
+            assert_eq!((room.as_str(), user_id.as_str(), seq), ("lobby", "carl", 3));
+            assert!(!epoch.is_empty());
+            let mut names: Vec<(String, String)> =
+                users.into_iter().map(|u| (u.user_id, u.name)).collect();
+            names.sort();
+            assert_eq!(
+                names,
+                [
+                    ("ann".into(), "Ann Lee".into()),
+                    ("bob".into(), "bob".into()),
+                    ("carl".into(), "carl".into())
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Bob leaving is seen by Ann.
+    bob.close().await;
+    let left = ann.until(|f| matches!(f, ServerFrame::Leave { .. })).await;
+    assert_eq!(
+        left,
+        ServerFrame::Leave {
+            user_id: "bob".into(),
+            name: "bob".into()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_messages_from_two_gateways_arrive_in_one_total_order() {
+    let cluster = TestCluster::new(2, 2)
+        .gateway_arg("--rate-limit=1000")
+        .gateway_arg("--rate-burst=1000")
+        .start()
+        .await;
+    let (a, b) = (&cluster.gateways[0], &cluster.gateways[1]);
+    let mut s1 = a.join("order", "s1").await;
+    let mut s2 = b.join("order", "s2").await;
+    let mut watcher_a = a.join("order", "wa").await;
+    let mut watcher_b = b.join("order", "wb").await;
+
+    let send = |mut client: Client, who: &'static str| async move {
+        for i in 0..150 {
+            client
+                .chat(&format!("{who}-{i}"), &format!("{who}-{i}"))
+                .await;
+        }
+        client
+    };
+    let (s1_back, s2_back) = tokio::join!(send(s1, "s1"), send(s2, "s2"));
+    s1 = s1_back;
+    s2 = s2_back;
+
+    let mut orders = Vec::new();
+    for client in [&mut s1, &mut s2, &mut watcher_a, &mut watcher_b] {
+        let chats = client.chats(300).await;
+        let seqs: Vec<u64> = chats.iter().map(chat_seq).collect();
+        let first = seqs[0];
+        assert_eq!(
+            seqs,
+            (first..first + 300).collect::<Vec<_>>(),
+            "contiguous seq"
+        );
+        let texts: Vec<String> = chats
+            .into_iter()
+            .map(|c| match c {
+                ServerFrame::Chat { text, .. } => text,
+                _ => unreachable!(),
+            })
+            .collect();
+        for who in ["s1", "s2"] {
+            let own: Vec<&String> = texts.iter().filter(|t| t.starts_with(who)).collect();
+            let expected: Vec<String> = (0..150).map(|i| format!("{who}-{i}")).collect();
+            assert_eq!(
+                own,
+                expected.iter().collect::<Vec<_>>(),
+                "{who}'s own order is kept"
+            );
+        }
+        orders.push(texts);
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "every client sees the same total order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_of_one_room_reaches_another() {
+    let cluster = TestCluster::new(2, 2).start().await;
+    let (a, b) = (&cluster.gateways[0], &cluster.gateways[1]);
+    let mut in_a = a.join("room-a", "ann").await;
+    let mut in_b = b.join("room-b", "bob").await;
+    let mut in_b2 = a.join("room-b", "bea").await;
+    for i in 0..20 {
+        in_a.chat(&format!("only for a {i}"), "").await;
+    }
+    in_b.chat("only for b", "").await;
+    // Room B's clients see B's message and nothing of A's.
+    for client in [&mut in_b, &mut in_b2] {
+        let frame = client
+            .until(|f| matches!(f, ServerFrame::Chat { .. }))
+            .await;
+        match frame {
+            ServerFrame::Chat { text, seq, .. } => {
+                assert_eq!(text, "only for b");
+                assert_eq!(seq, Some(1), "room B has its own seq");
+            }
+            _ => unreachable!(),
+        }
+    }
+    let chats = in_a.chats(20).await;
+    assert!(
+        chats
+            .iter()
+            .all(|c| matches!(c, ServerFrame::Chat { text, .. } if text.starts_with("only for a")))
+    );
+    // Nothing else is pending for room B (A's last message was sent before B's).
+    match in_b2
+        .next_within(std::time::Duration::from_millis(300))
+        .await
+    {
+        None => {}
+        Some(rooms_tests::client::Received::Frame(
+            ServerFrame::Join { .. } | ServerFrame::Leave { .. },
+        )) => {}
+        other => panic!("unexpected in room B: {other:?}"),
+    }
+}
