@@ -1,0 +1,92 @@
+//! The command line of `roomctl`.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
+
+/// Operate a rooms cluster through its Admin API, or load-test it.
+#[derive(Debug, Parser)]
+#[command(name = "roomctl", version)]
+pub struct Cli {
+    /// Admin API of any gateway.
+    #[arg(long, global = true, env = "ROOMS_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin: String,
+    /// Admin token (sent as `authorization: Bearer TOKEN`).
+    #[arg(long, global = true, env = "ROOMS_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish a `system` event (a JSON object) into a room.
+    Publish {
+        room: String,
+        /// The event's data: a JSON object.
+        #[arg(long)]
+        data: String,
+        /// Deliver without storing it in history (no seq).
+        #[arg(long)]
+        no_persist: bool,
+    },
+    /// Show one room: owner, connections, users, latest seq.
+    Room { room: String },
+    /// List the active rooms of the cluster.
+    Rooms,
+    /// Close every connection of a user in a room (close code 4001).
+    Kick {
+        room: String,
+        user: String,
+        #[arg(long, default_value = "kicked by an operator")]
+        reason: String,
+    },
+    /// Roomhosts, their health and rooms, and the ring version.
+    Status,
+    /// Load generator: N clients across R rooms; prints one JSON line.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Gateway (or peer) base URL, e.g. ws://127.0.0.1:8080.
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    pub url: String,
+    /// Rooms to spread the clients over.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Client connections in all.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// How many of the clients send (spread over the rooms).
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// Messages per second over all senders; 0 = as fast as possible
+    /// (each sender keeps --window messages in flight).
+    #[arg(long, default_value_t = 100)]
+    pub rate: u64,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Chat text size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Unacknowledged messages per sender in as-fast-as-possible mode.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// Connections opened at once while connecting.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Keep the clients connected this long after sending, idle, then report
+    /// (for memory-per-connection measurements).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// A label for the JSON line (e.g. the server's name).
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
