@@ -40,15 +40,9 @@ pub enum MembershipError {
     #[error("more than {MAX_MEMBERS} members")]
     TooMany,
     #[error("reading {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("resolving {name}: {source}")]
-    Dns {
-        name: String,
-        source: std::io::Error,
-    },
+    Dns { name: String, source: std::io::Error },
 }
 
 impl std::str::FromStr for MembershipSource {
@@ -67,19 +61,13 @@ impl std::str::FromStr for MembershipSource {
             }
             Ok(Self::File(PathBuf::from(path)))
         } else if let Some(rest) = s.strip_prefix("dns:") {
-            let (name, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| MembershipError::Syntax(s.into()))?;
-            let port = port
-                .parse()
-                .map_err(|_| MembershipError::Syntax(s.into()))?;
+            let (name, port) =
+                rest.rsplit_once(':').ok_or_else(|| MembershipError::Syntax(s.into()))?;
+            let port = port.parse().map_err(|_| MembershipError::Syntax(s.into()))?;
             if name.is_empty() {
                 return Err(MembershipError::Syntax(s.into()));
             }
-            Ok(Self::Dns {
-                name: name.into(),
-                port,
-            })
+            Ok(Self::Dns { name: name.into(), port })
         } else {
             Err(MembershipError::Syntax(s.into()))
         }
@@ -88,10 +76,7 @@ impl std::str::FromStr for MembershipSource {
 
 fn parse_members<'a>(items: impl Iterator<Item = &'a str>) -> Result<Vec<String>, MembershipError> {
     let mut members = Vec::new();
-    for item in items
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+    for item in items.map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let valid = item
             .rsplit_once(':')
             .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
@@ -112,21 +97,15 @@ impl MembershipSource {
         match self {
             Self::Static(members) => Ok(members.clone()),
             Self::File(path) => {
-                let text = tokio::fs::read_to_string(path).await.map_err(|source| {
-                    MembershipError::Io {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|source| MembershipError::Io { path: path.clone(), source })?;
                 parse_members(text.lines())
             }
             Self::Dns { name, port } => {
                 let addrs = tokio::net::lookup_host((name.as_str(), *port))
                     .await
-                    .map_err(|source| MembershipError::Dns {
-                        name: name.clone(),
-                        source,
-                    })?;
+                    .map_err(|source| MembershipError::Dns { name: name.clone(), source })?;
                 let mut members: Vec<String> = addrs.map(|a| a.to_string()).collect();
                 members.truncate(MAX_MEMBERS);
                 Ok(members)
@@ -164,9 +143,7 @@ impl MembershipWatch {
     pub async fn start(source: MembershipSource) -> Result<Self, MembershipError> {
         let first = source.resolve().await?;
         let (tx, rx) = watch::channel(Arc::new(Ring::new(first, 1)));
-        let task = source
-            .poll_interval()
-            .map(|every| tokio::spawn(poll(source, every, tx)));
+        let task = source.poll_interval().map(|every| tokio::spawn(poll(source, every, tx)));
         Ok(Self { rx, task })
     }
 
@@ -226,13 +203,8 @@ mod tests {
             MembershipSource::File("/etc/members".into())
         );
         assert_eq!(
-            "dns:roomhost.default.svc:50051"
-                .parse::<MembershipSource>()
-                .unwrap(),
-            MembershipSource::Dns {
-                name: "roomhost.default.svc".into(),
-                port: 50051
-            }
+            "dns:roomhost.default.svc:50051".parse::<MembershipSource>().unwrap(),
+            MembershipSource::Dns { name: "roomhost.default.svc".into(), port: 50051 }
         );
         assert!("static:".parse::<MembershipSource>().is_err());
         assert!("static:nohost".parse::<MembershipSource>().is_err());
@@ -246,16 +218,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("members");
         std::fs::write(&path, "# roomhosts\n127.0.0.1:1\n").unwrap();
-        let watch = MembershipWatch::start(MembershipSource::File(path.clone()))
-            .await
-            .unwrap();
+        let watch = MembershipWatch::start(MembershipSource::File(path.clone())).await.unwrap();
         assert_eq!(watch.ring().members(), ["127.0.0.1:1"]);
         let mut rx = watch.subscribe();
         std::fs::write(&path, "127.0.0.1:1\n127.0.0.1:2\n").unwrap();
-        tokio::time::timeout(Duration::from_secs(10), rx.changed())
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx.changed()).await.unwrap().unwrap();
         assert_eq!(watch.ring().members(), ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(watch.ring().version(), 2);
         std::fs::remove_dir_all(dir).unwrap();

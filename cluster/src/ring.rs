@@ -60,25 +60,15 @@ impl Ring {
         let mut ring = HashRing::new();
         for (member, address) in members.iter().enumerate() {
             for replica in 0..VNODES_PER_MEMBER {
-                ring.add(VNodeKey {
-                    member,
-                    address: address.clone(),
-                    replica,
-                });
+                ring.add(VNodeKey { member, address: address.clone(), replica });
             }
         }
-        Self {
-            members,
-            ring,
-            version,
-        }
+        Self { members, ring, version }
     }
 
     /// The member that should own `room`, or None for an empty ring.
     pub fn owner(&self, room: &RoomId) -> Option<&str> {
-        self.ring
-            .get(&RingKey(room.as_str()))
-            .map(|v| self.members[v.member].as_str())
+        self.ring.get(&RingKey(room.as_str())).map(|v| self.members[v.member].as_str())
     }
 
     pub fn members(&self) -> &[String] {
@@ -86,9 +76,7 @@ impl Ring {
     }
 
     pub fn contains(&self, member: &str) -> bool {
-        self.members
-            .binary_search_by(|m| m.as_str().cmp(member))
-            .is_ok()
+        self.members.binary_search_by(|m| m.as_str().cmp(member)).is_ok()
     }
 
     pub fn version(&self) -> u64 {
@@ -111,9 +99,7 @@ mod tests {
     }
 
     fn rooms(n: usize) -> Vec<RoomId> {
-        (0..n)
-            .map(|i| RoomId::parse(&format!("room-{i}")).unwrap())
-            .collect()
+        (0..n).map(|i| RoomId::parse(&format!("room-{i}")).unwrap()).collect()
     }
 
     #[test]

@@ -50,10 +50,8 @@ impl AdminService {
 
     fn owner(&self, room: &str) -> Result<(RoomId, HostClient), Status> {
         let room = RoomId::parse(room).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (_, client) = self
-            .router
-            .route(&room)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (_, client) =
+            self.router.route(&room).map_err(|e| Status::unavailable(e.to_string()))?;
         Ok((room, client))
     }
 }
@@ -64,9 +62,9 @@ async fn call<T>(
 ) -> Result<T, Status> {
     match tokio::time::timeout(CALL_TIMEOUT, future).await {
         Ok(Ok(reply)) => Ok(reply.into_inner()),
-        Ok(Err(status)) if status.code() == tonic::Code::Unknown => Err(Status::unavailable(
-            format!("roomhost unreachable: {}", status.message()),
-        )),
+        Ok(Err(status)) if status.code() == tonic::Code::Unknown => {
+            Err(Status::unavailable(format!("roomhost unreachable: {}", status.message())))
+        }
         Ok(Err(status)) => Err(status),
         Err(_) => Err(Status::unavailable("roomhost did not answer in time")),
     }
@@ -105,10 +103,8 @@ impl Admin for AdminService {
         let ring = self.router.ring();
         let mut rooms = Vec::new();
         for member in ring.members() {
-            let mut client = self
-                .router
-                .client(member, &ring)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let mut client =
+                self.router.client(member, &ring).map_err(|e| Status::internal(e.to_string()))?;
             match call(client.list_rooms(ListRoomsRequest {})).await {
                 Ok(reply) => rooms.extend(reply.rooms),
                 Err(status) => {
@@ -148,9 +144,6 @@ impl Admin for AdminService {
                 active_rooms: status.map_or(0, |s| s.active_rooms),
             });
         }
-        Ok(Response::new(ClusterStatusReply {
-            roomhosts,
-            ring_version: ring.version(),
-        }))
+        Ok(Response::new(ClusterStatusReply { roomhosts, ring_version: ring.version() }))
     }
 }

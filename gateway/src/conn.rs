@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use rooms_proto::client::ErrorCode;
+use rooms_proto::server;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -46,18 +48,19 @@ impl CloseSignal {
     }
 
     pub fn get(&self) -> Option<(u16, String)> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+/// Frames queued for one socket as one unit. A batch from the roomhost is
+/// shared by every connection of the room: one refcount each, no copy.
+pub type Frames = Arc<[Utf8Bytes]>;
 
 /// Sends frames to one client socket without ever waiting: a full queue
 /// closes that client (1013) so it never slows the room.
 #[derive(Clone)]
 pub struct ConnHandle {
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: mpsc::Sender<Frames>,
     close: Arc<CloseSignal>,
 }
 
@@ -72,18 +75,15 @@ pub enum Delivery {
 }
 
 impl ConnHandle {
-    pub fn new(tx: mpsc::Sender<Utf8Bytes>, close: Arc<CloseSignal>) -> Self {
+    pub fn new(tx: mpsc::Sender<Frames>, close: Arc<CloseSignal>) -> Self {
         Self { tx, close }
     }
 
-    pub fn deliver(&self, frame: Utf8Bytes) -> Delivery {
-        match self.tx.try_send(frame) {
+    pub fn deliver(&self, frames: Frames) -> Delivery {
+        match self.tx.try_send(frames) {
             Ok(()) => Delivery::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close.trigger(
-                    close_code::TRY_AGAIN_LATER,
-                    "client too slow: send queue full",
-                );
+                self.close.trigger(close_code::TRY_AGAIN_LATER, "client too slow: send queue full");
                 Delivery::Overflow
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
@@ -92,6 +92,13 @@ impl ConnHandle {
 
     pub fn close(&self, code: u16, reason: impl Into<String>) {
         self.close.trigger(code, reason);
+    }
+
+    /// Queues an `error` frame made at the gateway.
+    pub fn send_error(&self, code: ErrorCode, message: &str) {
+        if let Ok(frame) = Utf8Bytes::try_from(server::error(code, message)) {
+            self.deliver(Arc::new([frame]));
+        }
     }
 }
 
@@ -145,11 +152,7 @@ impl RateLimiter {
             self.refused = 0;
         }
         self.refused += 1;
-        if self.refused > self.flood_limit {
-            Verdict::Flood
-        } else {
-            Verdict::Limited
-        }
+        if self.refused > self.flood_limit { Verdict::Flood } else { Verdict::Limited }
     }
 }
 
@@ -172,10 +175,7 @@ mod tests {
         for _ in 0..60 {
             verdicts.push(limiter.check());
         }
-        assert_eq!(
-            verdicts.iter().filter(|v| **v == Verdict::Limited).count(),
-            39
-        );
+        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Limited).count(), 39);
         assert_eq!(verdicts.last(), Some(&Verdict::Flood));
     }
 
@@ -184,8 +184,8 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let signal = Arc::new(CloseSignal::default());
         let handle = ConnHandle::new(tx, Arc::clone(&signal));
-        assert_eq!(handle.deliver("a".into()), Delivery::Queued);
-        assert_eq!(handle.deliver("b".into()), Delivery::Overflow);
+        assert_eq!(handle.deliver(Arc::new(["a".into()])), Delivery::Queued);
+        assert_eq!(handle.deliver(Arc::new(["b".into()])), Delivery::Overflow);
         assert_eq!(signal.requested().await.0, close_code::TRY_AGAIN_LATER);
     }
 }

@@ -126,11 +126,7 @@ fn websocket(
         );
     }
     let headers = req.headers();
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
         return text(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
@@ -138,14 +134,8 @@ fn websocket(
     };
     let accept = derive_accept_key(key.as_bytes());
     let offered = subprotocol::offered(headers);
-    let credential = offered
-        .first()
-        .and_then(|p| subprotocol::decode_credential(p));
-    let selected = if credential.is_some() {
-        offered.get(1).cloned()
-    } else {
-        None
-    };
+    let credential = offered.first().and_then(|p| subprotocol::decode_credential(p));
+    let selected = if credential.is_some() { offered.get(1).cloned() } else { None };
 
     let params = query_params(&req);
     let room = match (room, &credential) {
@@ -179,10 +169,7 @@ fn websocket(
         None => None,
         Some(Ok(since)) => Some(since),
         Some(Err(_)) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "since must be a non-negative integer",
-            );
+            return text(StatusCode::BAD_REQUEST, "since must be a non-negative integer");
         }
     };
     let epoch = params.get("epoch").cloned().unwrap_or_default();
@@ -198,13 +185,7 @@ fn websocket(
     };
 
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
-    let session = Session {
-        conn,
-        room,
-        user,
-        since,
-        epoch,
-    };
+    let session = Session { conn, room, user, since, epoch };
     let env = state.env.clone();
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -252,9 +233,7 @@ async fn room_info(state: &HttpState, room: RoomId) -> Response<Body> {
     let Ok((_, mut client)) = state.env.links.router().route(&room) else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "no roomhost is configured");
     };
-    let call = client.get_room(GetRoomRequest {
-        room: room.to_string(),
-    });
+    let call = client.get_room(GetRoomRequest { room: room.to_string() });
     match tokio::time::timeout(UPSTREAM_TIMEOUT, call).await {
         Ok(Ok(reply)) => {
             let r = reply.into_inner();

@@ -89,10 +89,7 @@ async fn start_embedded() -> Result<(MembershipWatch, Embedded), GatewayError> {
         }
     });
     tracing::warn!(roomhost.addr = %address, "no --roomhosts: running an embedded roomhost with an in-memory store (development only)");
-    Ok((
-        MembershipWatch::fixed(vec![address]),
-        Embedded { stop, task },
-    ))
+    Ok((MembershipWatch::fixed(vec![address]), Embedded { stop, task }))
 }
 
 /// Serves clients and the Admin API until `shutdown` resolves; then stops
@@ -113,11 +110,7 @@ pub async fn run(
     let router = Router::new(membership);
     let metrics = Arc::new(Metrics::new());
     let gateway_id = format!("gw-{:08x}", rand::random::<u32>());
-    let links = Links::new(
-        Arc::clone(&router),
-        Arc::clone(&metrics),
-        gateway_id.clone(),
-    );
+    let links = Links::new(Arc::clone(&router), Arc::clone(&metrics), gateway_id.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let state = Arc::new(HttpState {
@@ -155,10 +148,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = accept.await;
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(config.shutdown_grace, connections.acquire_many(all))
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(config.shutdown_grace, connections.acquire_many(all)).await.is_err() {
         tracing::warn!("sockets still open after the shutdown grace");
     }
     match admin.await {

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rooms_proto::host::{GatewayFrame, HostFrame, Join, Leave, Open, gateway_frame, host_frame};
-use rooms_proto::{RoomId, UserId, client::ErrorCode, server};
+use rooms_proto::{RoomId, UserId, client::ErrorCode};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::Streaming;
 
-use crate::conn::{ConnHandle, ConnId, Delivery, close_code};
+use crate::conn::{ConnHandle, ConnId, Delivery, Frames, close_code};
 use crate::metrics::Metrics;
 use crate::router::Router;
 
@@ -33,20 +33,9 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const DISPATCH_ATTEMPTS: usize = 4;
 
 pub enum LinkCmd {
-    Join {
-        conn: ConnId,
-        user: UserId,
-        since: Option<u64>,
-        epoch: String,
-        handle: ConnHandle,
-    },
-    Leave {
-        conn: ConnId,
-    },
-    Frame {
-        conn: ConnId,
-        kind: gateway_frame::Kind,
-    },
+    Join { conn: ConnId, user: UserId, since: Option<u64>, epoch: String, handle: ConnHandle },
+    Leave { conn: ConnId },
+    Frame { conn: ConnId, kind: gateway_frame::Kind },
 }
 
 #[derive(Clone)]
@@ -132,11 +121,21 @@ impl Links {
     }
 }
 
+/// A local connection in the room.
+struct Local {
+    handle: ConnHandle,
+    /// Set by the connection's `welcome`. Broadcasts that arrive before it
+    /// were emitted before the roomhost processed the join, so the welcome
+    /// and history already cover them: they are not delivered, and nothing
+    /// reaches a client before its `welcome`.
+    welcomed: bool,
+}
+
 struct Link {
     links: Arc<Links>,
     room: RoomId,
     generation: u64,
-    conns: HashMap<ConnId, ConnHandle>,
+    conns: HashMap<ConnId, Local>,
     upstream: mpsc::Sender<GatewayFrame>,
 }
 
@@ -158,13 +157,7 @@ impl Link {
         mut rx: mpsc::Receiver<LinkCmd>,
     ) {
         let (upstream, upstream_rx) = mpsc::channel(UPSTREAM_QUEUE);
-        let mut link = Link {
-            links,
-            room,
-            generation,
-            conns: HashMap::new(),
-            upstream,
-        };
+        let mut link = Link { links, room, generation, conns: HashMap::new(), upstream };
         match link.open(upstream_rx).await {
             Ok(inbound) => link.serve(&mut rx, inbound).await,
             Err(error) => {
@@ -183,25 +176,16 @@ impl Link {
         &mut self,
         upstream_rx: mpsc::Receiver<GatewayFrame>,
     ) -> Result<Streaming<HostFrame>, String> {
-        let (owner, mut client) = self
-            .links
-            .router
-            .route(&self.room)
-            .map_err(|e| e.to_string())?;
-        let open = Open {
-            room: self.room.to_string(),
-            gateway_id: self.links.gateway_id.clone(),
-        };
+        let (owner, mut client) = self.links.router.route(&self.room).map_err(|e| e.to_string())?;
+        let open = Open { room: self.room.to_string(), gateway_id: self.links.gateway_id.clone() };
         self.upstream
             .try_send(frame(gateway_frame::Kind::Open(open)))
             .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(
-            OPEN_TIMEOUT,
-            client.attach(ReceiverStream::new(upstream_rx)),
-        )
-        .await
-        .map_err(|_| format!("roomhost {owner} did not answer"))?
-        .map_err(|status| format!("roomhost {owner}: {}", status.message()))?;
+        let response =
+            tokio::time::timeout(OPEN_TIMEOUT, client.attach(ReceiverStream::new(upstream_rx)))
+                .await
+                .map_err(|_| format!("roomhost {owner} did not answer"))?
+                .map_err(|status| format!("roomhost {owner}: {}", status.message()))?;
         tracing::debug!(room.id = %self.room, roomhost.addr = %owner, "room stream open");
         Ok(response.into_inner())
     }
@@ -242,20 +226,9 @@ impl Link {
 
     fn command(&mut self, cmd: LinkCmd) {
         match cmd {
-            LinkCmd::Join {
-                conn,
-                user,
-                since,
-                epoch,
-                handle,
-            } => {
-                self.conns.insert(conn, handle);
-                let join = Join {
-                    conn,
-                    user_id: user.to_string(),
-                    since,
-                    epoch,
-                };
+            LinkCmd::Join { conn, user, since, epoch, handle } => {
+                self.conns.insert(conn, Local { handle, welcomed: false });
+                let join = Join { conn, user_id: user.to_string(), since, epoch };
                 self.forward(conn, gateway_frame::Kind::Join(join));
             }
             LinkCmd::Leave { conn } => {
@@ -270,11 +243,7 @@ impl Link {
     /// Queues a frame for the roomhost; a full upstream refuses it.
     fn forward(&mut self, conn: ConnId, kind: gateway_frame::Kind) {
         if self.upstream.try_send(frame(kind)).is_err() {
-            self.error(
-                conn,
-                ErrorCode::Unavailable,
-                "gateway overloaded; message not sent",
-            );
+            self.error(conn, ErrorCode::Unavailable, "gateway overloaded; message not sent");
         }
     }
 
@@ -282,36 +251,31 @@ impl Link {
         let metrics = &self.links.metrics;
         match message.kind {
             Some(host_frame::Kind::Broadcast(broadcast)) => {
-                for bytes in broadcast.frames {
-                    let Some(payload) = text(bytes) else { continue };
-                    for (conn, handle) in &self.conns {
-                        if *conn == broadcast.except_conn {
-                            continue;
-                        }
-                        match handle.deliver(payload.clone()) {
-                            Delivery::Queued => {
-                                metrics.frames_out.inc();
-                            }
-                            Delivery::Overflow => {
-                                metrics.send_queue_full.inc();
-                            }
-                            Delivery::Closed => {}
-                        }
+                let frames: Frames = broadcast.frames.into_iter().filter_map(text).collect();
+                if frames.is_empty() {
+                    return;
+                }
+                for (conn, local) in &self.conns {
+                    if *conn == broadcast.except_conn || !local.welcomed {
+                        continue;
                     }
+                    match local.handle.deliver(Arc::clone(&frames)) {
+                        Delivery::Queued => metrics.frames_out.inc_by(frames.len() as u64),
+                        Delivery::Overflow => metrics.send_queue_full.inc(),
+                        Delivery::Closed => 0,
+                    };
                 }
             }
             Some(host_frame::Kind::Direct(direct)) => {
-                let Some(handle) = self.conns.get(&direct.conn) else {
-                    return;
-                };
-                for payload in direct.frames.into_iter().filter_map(text) {
-                    if handle.deliver(payload) == Delivery::Queued {
-                        metrics.frames_out.inc();
-                    }
+                let Some(local) = self.conns.get_mut(&direct.conn) else { return };
+                local.welcomed = true;
+                let frames: Frames = direct.frames.into_iter().filter_map(text).collect();
+                if local.handle.deliver(Arc::clone(&frames)) == Delivery::Queued {
+                    metrics.frames_out.inc_by(frames.len() as u64);
                 }
             }
             Some(host_frame::Kind::Close(close)) => {
-                if let Some(handle) = self.conns.get(&close.conn) {
+                if let Some(Local { handle, .. }) = self.conns.get(&close.conn) {
                     let code = u16::try_from(close.code).unwrap_or(close_code::SERVER_ERROR);
                     handle.close(code, close.reason);
                 }
@@ -321,16 +285,14 @@ impl Link {
     }
 
     fn error(&self, conn: ConnId, code: ErrorCode, message: &str) {
-        if let (Some(handle), Some(payload)) =
-            (self.conns.get(&conn), text(server::error(code, message)))
-        {
-            handle.deliver(payload);
+        if let Some(Local { handle, .. }) = self.conns.get(&conn) {
+            handle.send_error(code, message);
         }
     }
 
     fn close_all(&mut self, code: u16, reason: &str) {
-        for handle in self.conns.values() {
-            handle.close(code, reason);
+        for local in self.conns.values() {
+            local.handle.close(code, reason);
         }
         self.conns.clear();
     }
@@ -338,12 +300,7 @@ impl Link {
     /// Answers a command the link can no longer serve.
     fn refuse(&self, cmd: LinkCmd) {
         if let LinkCmd::Join { handle, .. } = cmd {
-            if let Some(payload) = text(server::error(
-                ErrorCode::Unavailable,
-                "room unavailable; retry",
-            )) {
-                handle.deliver(payload);
-            }
+            handle.send_error(ErrorCode::Unavailable, "room unavailable; retry");
             handle.close(close_code::TRY_AGAIN_LATER, "room unavailable");
         }
     }

@@ -10,9 +10,7 @@ async fn main() -> anyhow::Result<()> {
     let (listen, admin_listen) = (args.listen, args.admin_listen);
     let config = args.into_config()?;
     let listeners = gateway::Listeners {
-        http: TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?,
+        http: TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?,
         admin: TcpListener::bind(admin_listen)
             .await
             .with_context(|| format!("binding {admin_listen}"))?,

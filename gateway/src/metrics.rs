@@ -59,11 +59,7 @@ impl Metrics {
             "Open room streams to roomhosts",
             metrics.room_links.clone(),
         );
-        registry.register(
-            "frames_in",
-            "Client frames received",
-            metrics.frames_in.clone(),
-        );
+        registry.register("frames_in", "Client frames received", metrics.frames_in.clone());
         registry.register(
             "frames_out",
             "Frames queued to client sockets",
@@ -84,10 +80,7 @@ impl Metrics {
             "Clients closed with 1013 because their send queue was full",
             metrics.send_queue_full.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
+        Self { registry, ..metrics }
     }
 
     pub fn render(&self) -> String {

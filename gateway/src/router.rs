@@ -34,10 +34,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(membership: MembershipWatch) -> Arc<Self> {
-        Arc::new(Self {
-            membership,
-            channels: Mutex::default(),
-        })
+        Arc::new(Self { membership, channels: Mutex::default() })
     }
 
     pub fn ring(&self) -> Arc<Ring> {

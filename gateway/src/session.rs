@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rooms_proto::client::{self, ClientFrame, ErrorCode};
 use rooms_proto::host::{Chat, HistoryRequest, SetName, Typing, gateway_frame};
-use rooms_proto::{RoomId, UserId, server};
+use rooms_proto::{RoomId, UserId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
@@ -20,8 +20,11 @@ use crate::conn::{CloseSignal, ConnHandle, ConnId, RateLimiter, Verdict, close_c
 use crate::link::{LinkCmd, LinkHandle, Links};
 use crate::metrics::Metrics;
 
-/// Frames written to the socket per flush at most.
-const WRITE_BATCH: usize = 64;
+/// Queued batches written to the socket per flush at most.
+const WRITE_BATCH: usize = 16;
+/// After sending a close frame, how long the client gets to read it and
+/// answer before the socket is dropped (its frames meanwhile are discarded).
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// Longest wait for a close frame to be written.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -52,23 +55,11 @@ where
     let (tx, mut rx) = mpsc::channel(env.send_queue);
     let signal = Arc::new(CloseSignal::default());
     let handle = ConnHandle::new(tx, Arc::clone(&signal));
-    let Session {
-        conn,
-        room,
-        user,
-        since,
-        epoch,
-    } = session;
+    let Session { conn, room, user, since, epoch } = session;
     env.metrics.connections_open.inc();
     env.metrics.connections_total.inc();
 
-    let join = LinkCmd::Join {
-        conn,
-        user,
-        since,
-        epoch,
-        handle: handle.clone(),
-    };
+    let join = LinkCmd::Join { conn, user, since, epoch, handle: handle.clone() };
     let link = env.links.dispatch(&room, join).await;
     let (mut sink, mut stream) = ws.split();
 
@@ -80,9 +71,11 @@ where
                 if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
                     return;
                 }
-                for frame in batch.drain(..) {
-                    if sink.feed(Message::Text(frame)).await.is_err() {
-                        return;
+                for frames in batch.drain(..) {
+                    for frame in frames.iter() {
+                        if sink.feed(Message::Text(frame.clone())).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 if sink.flush().await.is_err() {
@@ -105,11 +98,15 @@ where
     }
 
     if let Some((code, reason)) = signal.get() {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: Utf8Bytes::from(reason),
-        };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+        let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
+        let sent =
+            tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+        if matches!(sent, Ok(Ok(()))) {
+            // Closing handshake: read (and drop) until the client answers, so
+            // it is not reset while still sending and gets to see the code.
+            let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, drain).await;
+        }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
     env.metrics.connections_open.dec();
@@ -129,9 +126,7 @@ async fn read_frames<S>(
     let mut limiter = RateLimiter::new(env.rate_limit, env.rate_burst);
     let refuse = |code: ErrorCode, message: &str| {
         env.metrics.frames_rejected.inc();
-        if let Ok(payload) = Utf8Bytes::try_from(server::error(code, message)) {
-            handle.deliver(payload);
-        }
+        handle.send_error(code, message);
     };
     while let Some(message) = stream.next().await {
         let text = match message {
@@ -156,10 +151,7 @@ async fn read_frames<S>(
             Verdict::Allow => {}
             Verdict::Limited => {
                 env.metrics.rate_limited.inc();
-                refuse(
-                    ErrorCode::RateLimited,
-                    "too many messages; this one was dropped",
-                );
+                refuse(ErrorCode::RateLimited, "too many messages; this one was dropped");
                 continue;
             }
             Verdict::Flood => {
@@ -169,11 +161,9 @@ async fn read_frames<S>(
             }
         }
         let kind = match client::parse(&text) {
-            Ok(ClientFrame::Chat { text, id }) => gateway_frame::Kind::Chat(Chat {
-                conn,
-                text,
-                id: id.unwrap_or_default(),
-            }),
+            Ok(ClientFrame::Chat { text, id }) => {
+                gateway_frame::Kind::Chat(Chat { conn, text, id: id.unwrap_or_default() })
+            }
             Ok(ClientFrame::Name { name }) => gateway_frame::Kind::SetName(SetName { conn, name }),
             Ok(ClientFrame::Typing) => gateway_frame::Kind::Typing(Typing { conn }),
             Ok(ClientFrame::History { before, limit }) => {

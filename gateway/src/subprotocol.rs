@@ -63,14 +63,8 @@ mod tests {
     #[test]
     fn decodes_nuxflare_credentials() {
         // base64("lobby:alice") = "bG9iYnk6YWxpY2U="
-        assert_eq!(
-            decode_credential("bG9iYnk6YWxpY2U"),
-            Some(("lobby".into(), "alice".into()))
-        );
-        assert_eq!(
-            decode_credential("bG9iYnk6YWxpY2U="),
-            Some(("lobby".into(), "alice".into()))
-        );
+        assert_eq!(decode_credential("bG9iYnk6YWxpY2U"), Some(("lobby".into(), "alice".into())));
+        assert_eq!(decode_credential("bG9iYnk6YWxpY2U="), Some(("lobby".into(), "alice".into())));
         assert_eq!(decode_credential("chat"), None);
         assert_eq!(decode_credential("!!"), None);
         assert_eq!(decode_decode_len("QQ"), Some(vec![b'A']));

@@ -57,17 +57,11 @@ pub struct FrameError {
 
 impl FrameError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self {
-            code: ErrorCode::InvalidMessage,
-            message: message.into(),
-        }
+        Self { code: ErrorCode::InvalidMessage, message: message.into() }
     }
 
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self {
-            code: ErrorCode::TooLarge,
-            message: message.into(),
-        }
+        Self { code: ErrorCode::TooLarge, message: message.into() }
     }
 }
 
@@ -91,12 +85,8 @@ pub fn parse(input: &str) -> Result<ClientFrame, FrameError> {
     match raw.kind.as_str() {
         // `join` is the alias used by blog-post clients.
         "name" | "join" => {
-            let name = raw
-                .name
-                .ok_or_else(|| FrameError::invalid("`name` is required"))?;
-            Ok(ClientFrame::Name {
-                name: validate_name(&name)?,
-            })
+            let name = raw.name.ok_or_else(|| FrameError::invalid("`name` is required"))?;
+            Ok(ClientFrame::Name { name: validate_name(&name)? })
         }
         // `message` and `chat` with a `message` field are aliases.
         "chat" | "message" => {
@@ -107,10 +97,7 @@ pub fn parse(input: &str) -> Result<ClientFrame, FrameError> {
             validate_text(&text)?;
             // An empty id is the same as none: the server makes one.
             let id = raw.id.filter(|id| !id.is_empty());
-            if id
-                .as_ref()
-                .is_some_and(|id| id.chars().count() > MAX_ID_CHARS)
-            {
+            if id.as_ref().is_some_and(|id| id.chars().count() > MAX_ID_CHARS) {
                 return Err(FrameError::invalid(format!(
                     "`id` must be at most {MAX_ID_CHARS} characters"
                 )));
@@ -120,20 +107,12 @@ pub fn parse(input: &str) -> Result<ClientFrame, FrameError> {
         "history" => {
             let limit = raw.limit.unwrap_or(u64::from(MAX_HISTORY_PAGE));
             if limit == 0 || limit > u64::from(MAX_HISTORY_PAGE) {
-                return Err(FrameError::invalid(format!(
-                    "`limit` must be 1-{MAX_HISTORY_PAGE}"
-                )));
+                return Err(FrameError::invalid(format!("`limit` must be 1-{MAX_HISTORY_PAGE}")));
             }
-            Ok(ClientFrame::History {
-                before: raw.before,
-                limit: limit as u32,
-            })
+            Ok(ClientFrame::History { before: raw.before, limit: limit as u32 })
         }
         "typing" => Ok(ClientFrame::Typing),
-        other => Err(FrameError::invalid(format!(
-            "unknown type `{}`",
-            truncate(other, 32)
-        ))),
+        other => Err(FrameError::invalid(format!("unknown type `{}`", truncate(other, 32)))),
     }
 }
 
@@ -150,9 +129,7 @@ pub fn validate_name(name: &str) -> Result<String, FrameError> {
         )));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(FrameError::invalid(
-            "`name` must not contain control characters",
-        ));
+        return Err(FrameError::invalid("`name` must not contain control characters"));
     }
     Ok(trimmed.to_owned())
 }
@@ -194,31 +171,19 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"type":"chat","text":"hi","id":"c1"}"#),
-            Ok(ClientFrame::Chat {
-                text: "hi".into(),
-                id: Some("c1".into())
-            })
+            Ok(ClientFrame::Chat { text: "hi".into(), id: Some("c1".into()) })
         );
         assert_eq!(
             parse(r#"{"type":"message","message":"yo"}"#),
-            Ok(ClientFrame::Chat {
-                text: "yo".into(),
-                id: None
-            })
+            Ok(ClientFrame::Chat { text: "yo".into(), id: None })
         );
         assert_eq!(
             parse(r#"{"type":"chat","message":"yo"}"#),
-            Ok(ClientFrame::Chat {
-                text: "yo".into(),
-                id: None
-            })
+            Ok(ClientFrame::Chat { text: "yo".into(), id: None })
         );
         assert_eq!(
             parse(r#"{"type":"history","before":10,"limit":5}"#),
-            Ok(ClientFrame::History {
-                before: Some(10),
-                limit: 5
-            })
+            Ok(ClientFrame::History { before: Some(10), limit: 5 })
         );
         assert_eq!(parse(r#"{"type":"typing"}"#), Ok(ClientFrame::Typing));
     }
@@ -229,26 +194,11 @@ mod tests {
         assert_eq!(code("{"), ErrorCode::InvalidMessage);
         assert_eq!(code("[]"), ErrorCode::InvalidMessage);
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::InvalidMessage);
-        assert_eq!(
-            code(r#"{"type":"chat","text":""}"#),
-            ErrorCode::InvalidMessage
-        );
-        assert_eq!(
-            code(r#"{"type":"chat","text":"   "}"#),
-            ErrorCode::InvalidMessage
-        );
-        assert_eq!(
-            code(r#"{"type":"chat","text":5}"#),
-            ErrorCode::InvalidMessage
-        );
-        assert_eq!(
-            code(r#"{"type":"name","name":" "}"#),
-            ErrorCode::InvalidMessage
-        );
-        assert_eq!(
-            code(r#"{"type":"history","limit":101}"#),
-            ErrorCode::InvalidMessage
-        );
+        assert_eq!(code(r#"{"type":"chat","text":""}"#), ErrorCode::InvalidMessage);
+        assert_eq!(code(r#"{"type":"chat","text":"   "}"#), ErrorCode::InvalidMessage);
+        assert_eq!(code(r#"{"type":"chat","text":5}"#), ErrorCode::InvalidMessage);
+        assert_eq!(code(r#"{"type":"name","name":" "}"#), ErrorCode::InvalidMessage);
+        assert_eq!(code(r#"{"type":"history","limit":101}"#), ErrorCode::InvalidMessage);
         let long_text = format!(r#"{{"type":"chat","text":"{}"}}"#, "x".repeat(4097));
         assert_eq!(code(&long_text), ErrorCode::TooLarge);
         let long_name = format!(r#"{{"type":"name","name":"{}"}}"#, "é".repeat(65));
@@ -268,7 +218,7 @@ mod tests {
             kind in prop::sample::select(vec!["name", "join", "chat", "message", "history", "typing", "x"]),
             field in prop::sample::select(vec!["name", "text", "message", "id", "before", "limit"]),
             value in prop_oneof![
-                ".*".prop_map(|s| serde_json::Value::String(s)),
+                ".*".prop_map(serde_json::Value::String),
                 any::<i64>().prop_map(serde_json::Value::from),
                 any::<f64>().prop_map(serde_json::Value::from),
                 Just(serde_json::Value::Null),

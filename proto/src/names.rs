@@ -26,11 +26,7 @@ impl RoomId {
             && s.len() <= MAX_ROOM_LEN
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(NameError::InvalidRoom)
-        }
+        if ok { Ok(Self(s.to_owned())) } else { Err(NameError::InvalidRoom) }
     }
 
     pub fn as_str(&self) -> &str {

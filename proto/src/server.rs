@@ -55,14 +55,7 @@ pub fn welcome(
     users: &[UserEntry<'_>],
     more_users: usize,
 ) -> Bytes {
-    encode(&Welcome {
-        room,
-        user_id,
-        seq,
-        epoch,
-        users,
-        more_users,
-    })
+    encode(&Welcome { room, user_id, seq, epoch, users, more_users })
 }
 
 /// A `history` frame around already-serialized events (oldest first).
@@ -98,14 +91,7 @@ struct Chat<'a> {
 }
 
 pub fn chat(seq: u64, id: &str, user_id: &str, user_name: &str, text: &str, time: &str) -> Bytes {
-    encode(&Chat {
-        seq,
-        id,
-        user_id,
-        user_name,
-        text,
-        time,
-    })
+    encode(&Chat { seq, id, user_id, user_name, text, time })
 }
 
 #[derive(Serialize)]
@@ -119,12 +105,7 @@ struct Name<'a> {
 }
 
 pub fn name(seq: u64, user_id: &str, name: &str, time: &str) -> Bytes {
-    encode(&Name {
-        seq,
-        user_id,
-        name,
-        time,
-    })
+    encode(&Name { seq, user_id, name, time })
 }
 
 #[derive(Serialize)]
@@ -137,19 +118,11 @@ struct Presence<'a> {
 }
 
 pub fn join(user_id: &str, name: &str) -> Bytes {
-    encode(&Presence {
-        kind: "join",
-        user_id,
-        name,
-    })
+    encode(&Presence { kind: "join", user_id, name })
 }
 
 pub fn leave(user_id: &str, name: &str) -> Bytes {
-    encode(&Presence {
-        kind: "leave",
-        user_id,
-        name,
-    })
+    encode(&Presence { kind: "leave", user_id, name })
 }
 
 #[derive(Serialize)]
@@ -195,10 +168,7 @@ struct ErrorFrame<'a> {
 }
 
 pub fn error(code: ErrorCode, message: &str) -> Bytes {
-    encode(&ErrorFrame {
-        code: code.as_str(),
-        message,
-    })
+    encode(&ErrorFrame { code: code.as_str(), message })
 }
 
 /// A server frame as a client reads it. Fields a peer server may omit
@@ -310,11 +280,7 @@ mod tests {
         );
         let h = history(&[c.clone(), s.clone()], true, false);
         match read(&h) {
-            ServerFrame::History {
-                messages,
-                has_more,
-                gap,
-            } => {
+            ServerFrame::History { messages, has_more, gap } => {
                 assert_eq!(messages.len(), 2);
                 assert_eq!(messages[1].seq(), Some(8));
                 assert!(has_more && !gap);
@@ -323,11 +289,7 @@ mod tests {
         }
         assert!(
             read(&history(&[], false, true))
-                == ServerFrame::History {
-                    messages: vec![],
-                    has_more: false,
-                    gap: true
-                }
+                == ServerFrame::History { messages: vec![], has_more: false, gap: true }
         );
     }
 

@@ -44,19 +44,13 @@ impl From<Status> for Failure {
             Code::Unauthenticated => " (pass --token or set ROOMS_ADMIN_TOKEN)",
             _ => "",
         };
-        Self {
-            code,
-            message: format!("{}{hint}", status.message()),
-        }
+        Self { code, message: format!("{}{hint}", status.message()) }
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        Self {
-            code: exit::UNAVAILABLE,
-            message: format!("{e:#}"),
-        }
+        Self { code: exit::UNAVAILABLE, message: format!("{e:#}") }
     }
 }
 
@@ -88,11 +82,7 @@ fn request<T>(cli: &Cli, message: T) -> Result<Request<T>, Failure> {
 pub async fn run(cli: &Cli) -> Result<String, Failure> {
     let mut client = connect(cli).await?;
     let out = match &cli.command {
-        Command::Publish {
-            room,
-            data,
-            no_persist,
-        } => {
+        Command::Publish { room, data, no_persist } => {
             if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(data).is_err() {
                 return Err(Failure {
                     code: exit::USAGE,
@@ -135,10 +125,7 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
             }
         }
         Command::Rooms => {
-            let reply = client
-                .list_rooms(request(cli, ListRoomsRequest {})?)
-                .await?
-                .into_inner();
+            let reply = client.list_rooms(request(cli, ListRoomsRequest {})?).await?.into_inner();
             if cli.json {
                 let rooms: Vec<_> = reply
                     .rooms
@@ -158,11 +145,8 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
             }
         }
         Command::Kick { room, user, reason } => {
-            let message = KickRequest {
-                room: room.clone(),
-                user_id: user.clone(),
-                reason: reason.clone(),
-            };
+            let message =
+                KickRequest { room: room.clone(), user_id: user.clone(), reason: reason.clone() };
             let reply = client.kick(request(cli, message)?).await?.into_inner();
             if cli.json {
                 json!({"room": room, "user": user, "closed": reply.closed}).to_string()
@@ -171,10 +155,8 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
             }
         }
         Command::Status => {
-            let reply = client
-                .cluster_status(request(cli, ClusterStatusRequest {})?)
-                .await?
-                .into_inner();
+            let reply =
+                client.cluster_status(request(cli, ClusterStatusRequest {})?).await?.into_inner();
             if cli.json {
                 let hosts: Vec<_> = reply
                     .roomhosts

@@ -65,10 +65,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
         args.rooms >= 1 && args.clients >= 1,
         "--rooms and --clients must be at least 1"
     );
-    anyhow::ensure!(
-        args.senders <= args.clients,
-        "--senders cannot exceed --clients"
-    );
+    anyhow::ensure!(args.senders <= args.clients, "--senders cannot exceed --clients");
     let base = args.url.trim_end_matches('/').to_owned();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
@@ -113,9 +110,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
 
     // One reader per client; senders get their sink and an in-flight window.
     let senders = args.senders.min(sockets.len());
-    let windows: Vec<Arc<Semaphore>> = (0..senders)
-        .map(|_| Arc::new(Semaphore::new(args.window.max(1))))
-        .collect();
+    let windows: Vec<Arc<Semaphore>> =
+        (0..senders).map(|_| Arc::new(Semaphore::new(args.window.max(1)))).collect();
     let mut sinks: Vec<SplitSink<Ws, Message>> = Vec::with_capacity(senders);
     let mut readers = Vec::with_capacity(sockets.len());
     for (i, ws) in sockets.into_iter().enumerate() {
@@ -124,23 +120,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
             sinks.push(sink);
         } else {
             // Receivers never write; keep the sink alive by moving it into the reader.
-            readers.push(tokio::spawn(read(
-                stream,
-                Some(sink),
-                i,
-                None,
-                Arc::clone(&shared),
-            )));
+            readers.push(tokio::spawn(read(stream, Some(sink), i, None, Arc::clone(&shared))));
             continue;
         }
         let window = Arc::clone(&windows[i]);
-        readers.push(tokio::spawn(read(
-            stream,
-            None,
-            i,
-            Some(window),
-            Arc::clone(&shared),
-        )));
+        readers.push(tokio::spawn(read(stream, None, i, Some(window), Arc::clone(&shared))));
     }
 
     // Servers that greet (rooms) are ready once every client got `welcome`;
@@ -161,11 +145,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     let sending = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
     let mut send_tasks = Vec::with_capacity(senders);
-    let per_sender_rate = if args.rate == 0 {
-        0.0
-    } else {
-        args.rate as f64 / senders.max(1) as f64
-    };
+    let per_sender_rate =
+        if args.rate == 0 { 0.0 } else { args.rate as f64 / senders.max(1) as f64 };
     for (idx, sink) in sinks.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let sent = Arc::clone(&sent);

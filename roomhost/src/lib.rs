@@ -66,10 +66,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RoomhostError> {
     let local = listener.local_addr()?;
-    let advertise = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| local.to_string());
+    let advertise = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let settings = RoomSettings {
         idle_timeout: config.room_idle_timeout,
         history_limit: config.history_limit,

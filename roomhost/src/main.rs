@@ -8,12 +8,9 @@ async fn main() -> anyhow::Result<()> {
     init_logging(args.log_format);
     let listen = args.listen;
     let config = args.into_config()?;
-    let store = roomhost::open_store(&config)
-        .await
-        .context("opening the store")?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let store = roomhost::open_store(&config).await.context("opening the store")?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     roomhost::run(listener, config, store, shutdown_signal()).await?;
     Ok(())
 }

@@ -48,10 +48,7 @@ impl Registry {
     pub fn new(store: Store, settings: RoomSettings, max_rooms: usize) -> Arc<Self> {
         let (done_tx, done_rx) = mpsc::channel(1);
         Arc::new(Self {
-            rooms: Mutex::new(Rooms {
-                active: HashMap::new(),
-                closed: false,
-            }),
+            rooms: Mutex::new(Rooms { active: HashMap::new(), closed: false }),
             store,
             settings: Arc::new(settings),
             max_rooms,
@@ -130,9 +127,7 @@ impl Registry {
         };
         let settings = Arc::clone(&self.settings);
         let store = self.store.clone();
-        Room::new(room, generation, loaded, store, settings, self)
-            .run(rx)
-            .await;
+        Room::new(room, generation, loaded, store, settings, self).run(rx).await;
     }
 
     /// Delivers a command to the room's actor, starting one if needed.
@@ -158,11 +153,7 @@ impl Registry {
     /// Forgets a room's actor, unless a newer one already replaced it.
     pub fn remove_if(&self, room: &RoomId, generation: u64) {
         let mut rooms = self.lock();
-        if rooms
-            .active
-            .get(room)
-            .is_some_and(|h| h.generation == generation)
-        {
+        if rooms.active.get(room).is_some_and(|h| h.generation == generation) {
             rooms.active.remove(room);
         }
     }
@@ -183,10 +174,7 @@ impl Registry {
             rooms.closed = true;
             rooms.active.values().cloned().collect()
         };
-        self.done_tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.done_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         for handle in handles {
             let _ = handle.tx.send(Command::Shutdown).await;
         }

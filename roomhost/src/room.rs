@@ -18,6 +18,7 @@ use rooms_proto::server::{self, UserEntry};
 use rooms_proto::{RoomId, UserId};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::Status;
 
 use crate::registry::Registry;
@@ -29,7 +30,7 @@ pub const MAX_BATCH: usize = 512;
 pub const COMMAND_QUEUE: usize = 1024;
 /// Capacity of the frame queue towards one gateway. A gateway that lets it
 /// fill is dropped from the room; its stream ends and it re-attaches.
-pub const GATEWAY_QUEUE: usize = 1024;
+pub const GATEWAY_QUEUE: usize = 4096;
 /// Most connections one room accepts; a join past it is closed with 1013.
 pub const MAX_CONNS_PER_ROOM: usize = 50_000;
 /// Most users listed in `welcome`; the rest are counted in `moreUsers`.
@@ -109,11 +110,7 @@ enum Output {
     /// An ephemeral frame for everyone.
     All(Bytes),
     /// An ephemeral frame for everyone but one connection.
-    Except {
-        gateway: GatewayId,
-        conn: ConnId,
-        frame: Bytes,
-    },
+    Except { gateway: GatewayId, conn: ConnId, frame: Bytes },
 }
 
 #[derive(Default)]
@@ -189,14 +186,20 @@ impl Room {
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         tracing::debug!(room.id = %self.id, seq = self.seq, "room loaded");
+        // When the last gateway left; the room hibernates `idle_timeout` later
+        // whatever else (queries, publishes) happens meanwhile.
+        let mut empty_since = Some(Instant::now());
         loop {
-            let first = if self.gateways.is_empty() {
-                match tokio::time::timeout(self.settings.idle_timeout, rx.recv()).await {
-                    Ok(cmd) => cmd,
-                    Err(_) => return self.hibernate(rx).await,
+            let first = match empty_since {
+                Some(since) => {
+                    match tokio::time::timeout_at(since + self.settings.idle_timeout, rx.recv())
+                        .await
+                    {
+                        Ok(cmd) => cmd,
+                        Err(_) => return self.hibernate(rx).await,
+                    }
                 }
-            } else {
-                rx.recv().await
+                None => rx.recv().await,
             };
             let Some(first) = first else { break };
             self.handle(first).await;
@@ -210,6 +213,11 @@ impl Room {
             if self.stopping {
                 break;
             }
+            empty_since = match (self.gateways.is_empty(), empty_since) {
+                (false, _) => None,
+                (true, Some(since)) => Some(since),
+                (true, None) => Some(Instant::now()),
+            };
         }
         self.flush().await;
         self.registry.remove_if(&self.id, self.generation);
@@ -236,16 +244,10 @@ impl Room {
             }
             Command::Detach { gateway } => self.detach(gateway),
             Command::Frame { gateway, frame } => self.frame(gateway, frame).await,
-            Command::Publish {
-                data,
-                persist,
-                reply,
-            } => {
+            Command::Publish { data, persist, reply } => {
                 let time = server::timestamp(SystemTime::now());
                 if !persist {
-                    self.staged
-                        .outputs
-                        .push(Output::All(server::system(0, &data, &time)));
+                    self.staged.outputs.push(Output::All(server::system(0, &data, &time)));
                     let _ = reply.send(Ok(0));
                     return;
                 }
@@ -253,10 +255,7 @@ impl Room {
                     let _ = reply.send(Err(RoomError::Unavailable("store unreachable".into())));
                     return;
                 };
-                self.stage(Event {
-                    seq,
-                    frame: server::system(seq, &data, &time),
-                });
+                self.stage(Event { seq, frame: server::system(seq, &data, &time) });
                 self.staged.replies.push((reply, seq));
             }
             Command::Info { reply } => {
@@ -267,24 +266,12 @@ impl Room {
                     seq: self.seq,
                 });
             }
-            Command::Kick {
-                user,
-                reason,
-                reply,
-            } => {
+            Command::Kick { user, reason, reply } => {
                 self.flush().await;
-                let targets: Vec<(GatewayId, ConnId)> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, u)| **u == user)
-                    .map(|(k, _)| *k)
-                    .collect();
+                let targets: Vec<(GatewayId, ConnId)> =
+                    self.conns.iter().filter(|(_, u)| **u == user).map(|(k, _)| *k).collect();
                 for (gateway, conn) in &targets {
-                    let close = CloseConn {
-                        conn: *conn,
-                        code: 4001,
-                        reason: reason.clone(),
-                    };
+                    let close = CloseConn { conn: *conn, code: 4001, reason: reason.clone() };
                     self.send(*gateway, host_frame::Kind::Close(close));
                 }
                 let _ = reply.send(targets.len() as u32);
@@ -313,11 +300,7 @@ impl Room {
                 let Some(seq) = self.next_seq().await else {
                     return self.unavailable(gateway, chat.conn);
                 };
-                let id = if chat.id.is_empty() {
-                    format!("{}-{seq}", self.epoch)
-                } else {
-                    chat.id
-                };
+                let id = if chat.id.is_empty() { format!("{}-{seq}", self.epoch) } else { chat.id };
                 let time = server::timestamp(SystemTime::now());
                 let frame =
                     server::chat(seq, &id, &user, self.display_name(&user), &chat.text, &time);
@@ -342,10 +325,7 @@ impl Room {
                     return self.unavailable(gateway, set.conn);
                 };
                 let time = server::timestamp(SystemTime::now());
-                self.stage(Event {
-                    seq,
-                    frame: server::name(seq, &user, &name, &time),
-                });
+                self.stage(Event { seq, frame: server::name(seq, &user, &name, &time) });
                 self.staged.commit.names.push((user, name));
                 self.staged.senders.push((gateway, set.conn));
             }
@@ -354,11 +334,7 @@ impl Room {
                     return;
                 };
                 let frame = server::typing(user);
-                self.staged.outputs.push(Output::Except {
-                    gateway,
-                    conn: typing.conn,
-                    frame,
-                });
+                self.staged.outputs.push(Output::Except { gateway, conn: typing.conn, frame });
             }
             Kind::History(request) => {
                 self.flush().await;
@@ -371,19 +347,11 @@ impl Room {
     async fn join(&mut self, gateway: GatewayId, join: rooms_proto::host::Join) {
         self.flush().await;
         let Ok(user) = UserId::parse(&join.user_id) else {
-            let close = CloseConn {
-                conn: join.conn,
-                code: 1008,
-                reason: "invalid user id".into(),
-            };
+            let close = CloseConn { conn: join.conn, code: 1008, reason: "invalid user id".into() };
             return self.send(gateway, host_frame::Kind::Close(close));
         };
         if self.conns.len() >= MAX_CONNS_PER_ROOM {
-            let close = CloseConn {
-                conn: join.conn,
-                code: 1013,
-                reason: "room is full".into(),
-            };
+            let close = CloseConn { conn: join.conn, code: 1013, reason: "room is full".into() };
             return self.send(gateway, host_frame::Kind::Close(close));
         }
         let user = user.as_str().to_owned();
@@ -394,11 +362,7 @@ impl Room {
         *count += 1;
         if *count == 1 {
             let frame = server::join(&user, self.display_name(&user));
-            self.staged.outputs.push(Output::Except {
-                gateway,
-                conn: join.conn,
-                frame,
-            });
+            self.staged.outputs.push(Output::Except { gateway, conn: join.conn, frame });
             self.emit();
         }
         let mut frames = vec![self.welcome(&user)];
@@ -427,12 +391,8 @@ impl Room {
 
     fn detach(&mut self, gateway: GatewayId) {
         self.gateways.remove(&gateway);
-        let gone: Vec<ConnId> = self
-            .conns
-            .keys()
-            .filter(|(g, _)| *g == gateway)
-            .map(|(_, c)| *c)
-            .collect();
+        let gone: Vec<ConnId> =
+            self.conns.keys().filter(|(g, _)| *g == gateway).map(|(_, c)| *c).collect();
         for conn in gone {
             self.leave(gateway, conn);
         }
@@ -443,10 +403,7 @@ impl Room {
             .presence
             .keys()
             .take(MAX_WELCOME_USERS)
-            .map(|u| UserEntry {
-                user_id: u,
-                name: self.display_name(u),
-            })
+            .map(|u| UserEntry { user_id: u, name: self.display_name(u) })
             .collect();
         let more = self.presence.len().saturating_sub(users.len());
         server::welcome(self.id.as_str(), user, self.seq, &self.epoch, &users, more)
@@ -457,13 +414,7 @@ impl Room {
     async fn join_history(&self, since: Option<u64>, epoch: &str) -> Vec<Bytes> {
         let latest = || {
             let has_more = self.recent.front().is_some_and(|e| e.seq > self.first_seq);
-            (
-                self.recent
-                    .iter()
-                    .map(|e| e.frame.clone())
-                    .collect::<Vec<_>>(),
-                has_more,
-            )
+            (self.recent.iter().map(|e| e.frame.clone()).collect::<Vec<_>>(), has_more)
         };
         let Some(since) = since else {
             let (events, has_more) = latest();
@@ -477,20 +428,12 @@ impl Room {
             return vec![server::history(&[], false, false)];
         }
         if self.recent.front().is_some_and(|e| e.seq <= since + 1) {
-            let events: Vec<Bytes> = self
-                .recent
-                .iter()
-                .filter(|e| e.seq > since)
-                .map(|e| e.frame.clone())
-                .collect();
+            let events: Vec<Bytes> =
+                self.recent.iter().filter(|e| e.seq > since).map(|e| e.frame.clone()).collect();
             return vec![server::history(&events, false, false)];
         }
         let gap = since + 1 < self.first_seq;
-        match self
-            .store
-            .events_after(&self.id, since, self.settings.history_limit)
-            .await
-        {
+        match self.store.events_after(&self.id, since, self.settings.history_limit).await {
             Ok(events) => {
                 let frames: Vec<Bytes> = events.into_iter().map(|e| e.frame).collect();
                 let mut pages: Vec<Bytes> = frames
@@ -516,17 +459,10 @@ impl Room {
     /// Up to `limit` events with seq < `before` (0 = latest), oldest first.
     async fn history_page(&self, before: u64, limit: u32) -> Vec<Bytes> {
         let limit = (limit as usize).clamp(1, RECENT_EVENTS);
-        let before = if before == 0 {
-            self.seq.saturating_add(1)
-        } else {
-            before
-        };
+        let before = if before == 0 { self.seq.saturating_add(1) } else { before };
         let in_memory: Vec<&Event> = self.recent.iter().filter(|e| e.seq < before).collect();
         let memory_covers = in_memory.len() >= limit
-            || self
-                .recent
-                .front()
-                .is_none_or(|e| e.seq <= self.first_seq.max(1));
+            || self.recent.front().is_none_or(|e| e.seq <= self.first_seq.max(1));
         let page: Vec<Event> = if memory_covers {
             in_memory[in_memory.len().saturating_sub(limit)..]
                 .iter()
@@ -537,10 +473,7 @@ impl Room {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(room.id = %self.id, %error, "history page failed");
-                    return vec![server::error(
-                        ErrorCode::Unavailable,
-                        "history is unavailable",
-                    )];
+                    return vec![server::error(ErrorCode::Unavailable, "history is unavailable")];
                 }
             }
         };
@@ -599,12 +532,7 @@ impl Room {
     }
 
     fn committed(&mut self, staged: Staged) {
-        let Staged {
-            commit,
-            outputs,
-            replies,
-            ..
-        } = staged;
+        let Staged { commit, outputs, replies, .. } = staged;
         if let Some(last) = commit.last_seq() {
             self.seq = last;
         }
@@ -635,18 +563,13 @@ impl Room {
         for (gateway, conn) in staged.senders {
             self.unavailable(gateway, conn);
         }
-        self.staged.outputs = staged
-            .outputs
-            .into_iter()
-            .filter(|o| !matches!(o, Output::Event(_)))
-            .collect();
+        self.staged.outputs =
+            staged.outputs.into_iter().filter(|o| !matches!(o, Output::Event(_))).collect();
     }
 
     fn unavailable(&mut self, gateway: GatewayId, conn: ConnId) {
-        let frame = server::error(
-            ErrorCode::Unavailable,
-            "not stored: storage is unavailable, retry",
-        );
+        let frame =
+            server::error(ErrorCode::Unavailable, "not stored: storage is unavailable, retry");
         self.direct(gateway, conn, vec![frame]);
     }
 
@@ -658,11 +581,7 @@ impl Room {
         for output in outputs {
             match output {
                 Output::Event(frame) | Output::All(frame) => run.push(frame),
-                Output::Except {
-                    gateway,
-                    conn,
-                    frame,
-                } => {
+                Output::Except { gateway, conn, frame } => {
                     self.broadcast(std::mem::take(&mut run), None);
                     self.broadcast(vec![frame], Some((gateway, conn)));
                 }
@@ -681,13 +600,8 @@ impl Room {
                 Some((gateway, conn)) if gateway == *id => conn,
                 _ => 0,
             };
-            let frame = Broadcast {
-                frames: frames.clone(),
-                except_conn,
-            };
-            let msg = HostFrame {
-                kind: Some(host_frame::Kind::Broadcast(frame)),
-            };
+            let frame = Broadcast { frames: frames.clone(), except_conn };
+            let msg = HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)) };
             if tx.try_send(Ok(msg)).is_err() {
                 dead.push(*id);
             }

@@ -28,11 +28,7 @@ pub struct RoomHostService {
 
 impl RoomHostService {
     pub fn new(registry: Arc<Registry>, advertise: String) -> Self {
-        Self {
-            registry,
-            advertise,
-            next_gateway: AtomicU64::new(1),
-        }
+        Self { registry, advertise, next_gateway: AtomicU64::new(1) }
     }
 }
 
@@ -73,18 +69,13 @@ impl RoomHost for RoomHostService {
     ) -> Result<Response<Self::AttachStream>, Status> {
         let mut inbound = request.into_inner();
         let open = match inbound.message().await? {
-            Some(GatewayFrame {
-                kind: Some(gateway_frame::Kind::Open(open)),
-            }) => open,
+            Some(GatewayFrame { kind: Some(gateway_frame::Kind::Open(open)) }) => open,
             _ => return Err(Status::invalid_argument("a room stream starts with Open")),
         };
         let room = parse_room(&open.room)?;
         let gateway = self.next_gateway.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
-        let mut handle = self
-            .registry
-            .dispatch(&room, Command::Attach { gateway, tx })
-            .await?;
+        let mut handle = self.registry.dispatch(&room, Command::Attach { gateway, tx }).await?;
         tracing::debug!(room.id = %room, gateway, gateway.name = %open.gateway_id, "room stream attached");
         let registry = Arc::clone(&self.registry);
         // Owned by the stream: ends when the gateway closes it or the server stops.
@@ -115,16 +106,7 @@ impl RoomHost for RoomHostService {
             .map_err(Status::invalid_argument)?;
         let (reply, answer) = oneshot::channel();
         let persist = request.persist.unwrap_or(true);
-        self.registry
-            .dispatch(
-                &room,
-                Command::Publish {
-                    data,
-                    persist,
-                    reply,
-                },
-            )
-            .await?;
+        self.registry.dispatch(&room, Command::Publish { data, persist, reply }).await?;
         let seq = answer.await.map_err(dropped)??;
         Ok(Response::new(PublishReply { seq }))
     }
@@ -137,11 +119,7 @@ impl RoomHost for RoomHostService {
         let info = match self.registry.get(&room) {
             Some(handle) => {
                 let (reply, answer) = oneshot::channel();
-                handle
-                    .tx
-                    .send(Command::Info { reply })
-                    .await
-                    .map_err(dropped)?;
+                handle.tx.send(Command::Info { reply }).await.map_err(dropped)?;
                 answer.await.map_err(dropped)?
             }
             // Not in memory: report what the store knows without loading it.
@@ -152,11 +130,7 @@ impl RoomHost for RoomHostService {
                     .latest_seq(&room)
                     .await
                     .map_err(|e| Status::unavailable(e.to_string()))?;
-                RoomInfo {
-                    connections: 0,
-                    users: 0,
-                    seq,
-                }
+                RoomInfo { connections: 0, users: 0, seq }
             }
         };
         Ok(Response::new(GetRoomReply {
@@ -203,18 +177,10 @@ impl RoomHost for RoomHostService {
             return Ok(Response::new(KickReply { closed: 0 }));
         };
         let (reply, answer) = oneshot::channel();
-        let reason = if request.reason.is_empty() {
-            "kicked".to_owned()
-        } else {
-            request.reason
-        };
+        let reason = if request.reason.is_empty() { "kicked".to_owned() } else { request.reason };
         handle
             .tx
-            .send(Command::Kick {
-                user: request.user_id,
-                reason,
-                reply,
-            })
+            .send(Command::Kick { user: request.user_id, reason, reply })
             .await
             .map_err(dropped)?;
         let closed = answer.await.map_err(dropped)?;

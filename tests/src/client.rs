@@ -34,19 +34,11 @@ impl Client {
 
     /// Connects and reads `welcome` and `history`, returning them.
     pub async fn join(url: &str) -> (Self, ServerFrame, ServerFrame) {
-        let mut client = Self::connect(url)
-            .await
-            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let mut client = Self::connect(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
         let welcome = client.frame().await;
-        assert!(
-            matches!(welcome, ServerFrame::Welcome { .. }),
-            "first frame: {welcome:?}"
-        );
+        assert!(matches!(welcome, ServerFrame::Welcome { .. }), "first frame: {welcome:?}");
         let history = client.frame().await;
-        assert!(
-            matches!(history, ServerFrame::History { .. }),
-            "second frame: {history:?}"
-        );
+        assert!(matches!(history, ServerFrame::History { .. }), "second frame: {history:?}");
         (client, welcome, history)
     }
 
@@ -58,13 +50,17 @@ impl Client {
         self.ws.send(Message::text(text)).await.expect("send");
     }
 
+    /// Sends unless the connection is gone; false if it is.
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        self.ws.send(Message::text(text)).await.is_ok()
+    }
+
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::binary(bytes)).await.expect("send");
     }
 
     pub async fn chat(&mut self, text: &str, id: &str) {
-        self.send_json(serde_json::json!({"type": "chat", "text": text, "id": id}))
-            .await;
+        self.send_json(serde_json::json!({"type": "chat", "text": text, "id": id})).await;
     }
 
     /// The next frame or close, waiting at most `wait`.
@@ -153,22 +149,35 @@ impl Client {
 pub async fn http(addr: &str, request: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("write");
+    // Read the head, then Content-Length bytes of body (or to EOF without one);
+    // the server may keep the connection open.
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut buf)).await;
+    let read = async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if length.is_some_and(|len| buf.len() >= end + 4 + len) {
+                    return;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DEADLINE, read).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, text)
 }
 
 /// GET `path` with `Connection: close`.
 pub async fn get(addr: &str, path: &str) -> (u16, String) {
-    http(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
-    )
-    .await
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")).await
 }

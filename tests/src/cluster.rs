@@ -32,9 +32,7 @@ impl Gateway {
 
     /// Connects `user` to `room` and reads `welcome` + `history`.
     pub async fn join(&self, room: &str, user: &str) -> Client {
-        Client::join(&self.ws_url(room, &format!("user={user}")))
-            .await
-            .0
+        Client::join(&self.ws_url(room, &format!("user={user}"))).await.0
     }
 
     pub fn admin_url(&self) -> String {
@@ -54,11 +52,7 @@ pub struct TestCluster {
 impl TestCluster {
     /// One Redis, `roomhosts` roomhosts and `gateways` gateways.
     pub fn new(roomhosts: usize, gateways: usize) -> Self {
-        Self {
-            roomhosts,
-            gateways,
-            ..Self::default()
-        }
+        Self { roomhosts, gateways, ..Self::default() }
     }
 
     pub fn roomhost_arg(mut self, arg: &str) -> Self {
@@ -73,25 +67,13 @@ impl TestCluster {
 
     /// Only gateways with an embedded roomhost (no Redis).
     pub fn embedded(gateways: usize) -> Self {
-        Self {
-            gateways,
-            no_redis: true,
-            ..Self::default()
-        }
+        Self { gateways, no_redis: true, ..Self::default() }
     }
 
     pub async fn start(self) -> Cluster {
-        let redis = if self.no_redis {
-            None
-        } else {
-            Some(Redis::start().await)
-        };
-        let mut cluster = Cluster {
-            redis,
-            roomhosts: Vec::new(),
-            gateways: Vec::new(),
-            spec: self.clone(),
-        };
+        let redis = if self.no_redis { None } else { Some(Redis::start().await) };
+        let mut cluster =
+            Cluster { redis, roomhosts: Vec::new(), gateways: Vec::new(), spec: self.clone() };
         for _ in 0..self.roomhosts {
             let roomhost = cluster.spawn_roomhost().await;
             cluster.roomhosts.push(roomhost);
@@ -129,9 +111,7 @@ impl Cluster {
         }
         cmd.args(&self.spec.roomhost_args);
         let mut process = Process::spawn("roomhost", cmd);
-        let addr = process
-            .wait_for_field("roomhost serving", "advertise")
-            .await;
+        let addr = process.wait_for_field("roomhost serving", "advertise").await;
         Roomhost { process, addr }
     }
 
@@ -145,11 +125,7 @@ impl Cluster {
         let mut process = Process::spawn("gateway", cmd);
         let http = process.wait_for_field("gateway serving", "listen").await;
         let admin = process.wait_for_field("gateway serving", "admin").await;
-        let gateway = Gateway {
-            process,
-            http,
-            admin,
-        };
+        let gateway = Gateway { process, http, admin };
         eventually("gateway ready", || async {
             (client::get(&gateway.http, "/readyz").await.0 == 200).then_some(())
         })

@@ -32,27 +32,15 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, mut command: Command) -> Self {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
         command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        command.env("NO_COLOR", "1").env(
-            "RUST_LOG",
-            std::env::var("ROOMS_TEST_LOG").unwrap_or_else(|_| "info".into()),
-        );
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", std::env::var("ROOMS_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let logs = Arc::new(Mutex::new(Vec::new()));
         for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -64,11 +52,7 @@ impl Process {
                 }
             });
         }
-        Self {
-            name: name.to_owned(),
-            child: Some(child),
-            logs,
-        }
+        Self { name: name.to_owned(), child: Some(child), logs }
     }
 
     pub fn logs(&self) -> Vec<String> {
@@ -84,15 +68,11 @@ impl Process {
     pub async fn wait_for_field(&mut self, needle: &str, key: &str) -> String {
         let deadline = Instant::now() + crate::DEADLINE;
         loop {
-            let found = self
-                .logs()
-                .iter()
-                .find(|l| l.contains(needle))
-                .and_then(|line| {
-                    line.split_whitespace()
-                        .find_map(|t| t.strip_prefix(&format!("{key}=")))
-                        .map(str::to_owned)
-                });
+            let found = self.logs().iter().find(|l| l.contains(needle)).and_then(|line| {
+                line.split_whitespace()
+                    .find_map(|t| t.strip_prefix(&format!("{key}=")))
+                    .map(str::to_owned)
+            });
             if let Some(value) = found {
                 return value;
             }
@@ -115,9 +95,7 @@ impl Process {
 
     /// The exit status, if the process has exited.
     pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGKILL, then reap.
@@ -134,10 +112,7 @@ impl Process {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let deadline = Instant::now() + grace;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -156,11 +131,7 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "---- logs of {} ----\n{}",
-                self.name,
-                self.logs().join("\n")
-            );
+            eprintln!("---- logs of {} ----\n{}", self.name, self.logs().join("\n"));
         }
         self.kill();
     }

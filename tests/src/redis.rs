@@ -25,15 +25,9 @@ pub fn free_port() -> u16 {
 /// Sends one inline command and returns the first reply line.
 pub async fn command(port: u16, cmd: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    stream
-        .write_all(format!("{cmd}\r\n").as_bytes())
-        .await
-        .ok()?;
+    stream.write_all(format!("{cmd}\r\n").as_bytes()).await.ok()?;
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await.ok()?.ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned())
 }
 

@@ -17,26 +17,13 @@ async fn clients_on_two_gateways_see_each_others_names_and_chat() {
     let mut bob = b.join("lobby", "bob").await;
     // Ann sees Bob arrive.
     let joined = ann.until(|f| matches!(f, ServerFrame::Join { .. })).await;
-    assert_eq!(
-        joined,
-        ServerFrame::Join {
-            user_id: "bob".into(),
-            name: "bob".into()
-        }
-    );
+    assert_eq!(joined, ServerFrame::Join { user_id: "bob".into(), name: "bob".into() });
 
-    ann.send_json(json!({"type": "name", "name": "  Ann Lee "}))
-        .await;
+    ann.send_json(json!({"type": "name", "name": "  Ann Lee "})).await;
     for client in [&mut ann, &mut bob] {
-        match client
-            .until(|f| matches!(f, ServerFrame::Name { .. }))
-            .await
-        {
+        match client.until(|f| matches!(f, ServerFrame::Name { .. })).await {
             ServerFrame::Name { user_id, name, seq } => {
-                assert_eq!(
-                    (user_id.as_str(), name.as_str(), seq),
-                    ("ann", "Ann Lee", 1)
-                );
+                assert_eq!((user_id.as_str(), name.as_str(), seq), ("ann", "Ann Lee", 1));
             }
             _ => unreachable!(),
         }
@@ -44,18 +31,8 @@ async fn clients_on_two_gateways_see_each_others_names_and_chat() {
 
     bob.chat("hello ann", "bob-1").await;
     for client in [&mut ann, &mut bob] {
-        match client
-            .until(|f| matches!(f, ServerFrame::Chat { .. }))
-            .await
-        {
-            ServerFrame::Chat {
-                seq,
-                id,
-                user_id,
-                text,
-                time,
-                ..
-            } => {
+        match client.until(|f| matches!(f, ServerFrame::Chat { .. })).await {
+            ServerFrame::Chat { seq, id, user_id, text, time, .. } => {
                 assert_eq!(seq, Some(2));
                 assert_eq!(id.as_deref(), Some("bob-1"), "the client id is echoed");
                 assert_eq!((user_id.as_str(), text.as_str()), ("bob", "hello ann"));
@@ -68,11 +45,7 @@ async fn clients_on_two_gateways_see_each_others_names_and_chat() {
     let frame = bob.until(|f| matches!(f, ServerFrame::Chat { .. })).await;
     match frame {
         ServerFrame::Chat { user_name, id, .. } => {
-            assert_eq!(
-                user_name.as_deref(),
-                Some("Ann Lee"),
-                "chat carries the stored name"
-            );
+            assert_eq!(user_name.as_deref(), Some("Ann Lee"), "chat carries the stored name");
             assert!(
                 id.is_some_and(|id| !id.is_empty()),
                 "a server-made id when the client gave none"
@@ -84,13 +57,7 @@ async fn clients_on_two_gateways_see_each_others_names_and_chat() {
     // A late joiner's welcome lists both present users with names.
     let (_carl, welcome, _) = Client::join(&a.ws_url("lobby", "user=carl")).await;
     match welcome {
-        ServerFrame::Welcome {
-            room,
-            user_id,
-            seq,
-            users,
-            epoch,
-        } => {
+        ServerFrame::Welcome { room, user_id, seq, users, epoch } => {
             assert_eq!((room.as_str(), user_id.as_str(), seq), ("lobby", "carl", 3));
             assert!(!epoch.is_empty());
             let mut names: Vec<(String, String)> =
@@ -111,13 +78,7 @@ async fn clients_on_two_gateways_see_each_others_names_and_chat() {
     // Bob leaving is seen by Ann.
     bob.close().await;
     let left = ann.until(|f| matches!(f, ServerFrame::Leave { .. })).await;
-    assert_eq!(
-        left,
-        ServerFrame::Leave {
-            user_id: "bob".into(),
-            name: "bob".into()
-        }
-    );
+    assert_eq!(left, ServerFrame::Leave { user_id: "bob".into(), name: "bob".into() });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,9 +96,7 @@ async fn three_hundred_messages_from_two_gateways_arrive_in_one_total_order() {
 
     let send = |mut client: Client, who: &'static str| async move {
         for i in 0..150 {
-            client
-                .chat(&format!("{who}-{i}"), &format!("{who}-{i}"))
-                .await;
+            client.chat(&format!("{who}-{i}"), &format!("{who}-{i}")).await;
         }
         client
     };
@@ -150,11 +109,7 @@ async fn three_hundred_messages_from_two_gateways_arrive_in_one_total_order() {
         let chats = client.chats(300).await;
         let seqs: Vec<u64> = chats.iter().map(chat_seq).collect();
         let first = seqs[0];
-        assert_eq!(
-            seqs,
-            (first..first + 300).collect::<Vec<_>>(),
-            "contiguous seq"
-        );
+        assert_eq!(seqs, (first..first + 300).collect::<Vec<_>>(), "contiguous seq");
         let texts: Vec<String> = chats
             .into_iter()
             .map(|c| match c {
@@ -165,18 +120,11 @@ async fn three_hundred_messages_from_two_gateways_arrive_in_one_total_order() {
         for who in ["s1", "s2"] {
             let own: Vec<&String> = texts.iter().filter(|t| t.starts_with(who)).collect();
             let expected: Vec<String> = (0..150).map(|i| format!("{who}-{i}")).collect();
-            assert_eq!(
-                own,
-                expected.iter().collect::<Vec<_>>(),
-                "{who}'s own order is kept"
-            );
+            assert_eq!(own, expected.iter().collect::<Vec<_>>(), "{who}'s own order is kept");
         }
         orders.push(texts);
     }
-    assert!(
-        orders.windows(2).all(|w| w[0] == w[1]),
-        "every client sees the same total order"
-    );
+    assert!(orders.windows(2).all(|w| w[0] == w[1]), "every client sees the same total order");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,9 +140,7 @@ async fn no_event_of_one_room_reaches_another() {
     in_b.chat("only for b", "").await;
     // Room B's clients see B's message and nothing of A's.
     for client in [&mut in_b, &mut in_b2] {
-        let frame = client
-            .until(|f| matches!(f, ServerFrame::Chat { .. }))
-            .await;
+        let frame = client.until(|f| matches!(f, ServerFrame::Chat { .. })).await;
         match frame {
             ServerFrame::Chat { text, seq, .. } => {
                 assert_eq!(text, "only for b");
@@ -210,10 +156,7 @@ async fn no_event_of_one_room_reaches_another() {
             .all(|c| matches!(c, ServerFrame::Chat { text, .. } if text.starts_with("only for a")))
     );
     // Nothing else is pending for room B (A's last message was sent before B's).
-    match in_b2
-        .next_within(std::time::Duration::from_millis(300))
-        .await
-    {
+    match in_b2.next_within(std::time::Duration::from_millis(300)).await {
         None => {}
         Some(rooms_tests::client::Received::Frame(
             ServerFrame::Join { .. } | ServerFrame::Leave { .. },

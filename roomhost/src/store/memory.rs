@@ -23,10 +23,7 @@ struct MemRoom {
 
 impl MemoryStore {
     pub fn new(history_limit: usize) -> Self {
-        Self {
-            rooms: Arc::default(),
-            history_limit: history_limit.max(1),
-        }
+        Self { rooms: Arc::default(), history_limit: history_limit.max(1) }
     }
 
     fn with_room<T>(&self, room: &RoomId, f: impl FnOnce(&mut MemRoom) -> T) -> T {
@@ -46,11 +43,7 @@ impl MemoryStore {
             LoadedRoom {
                 seq: r.seq,
                 epoch: r.epoch.clone(),
-                names: r
-                    .names
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                names: r.names.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 recent: r.events.iter().skip(skip).cloned().collect(),
                 first_seq: r.events.front().map_or(0, |e| e.seq),
             }
@@ -75,25 +68,14 @@ impl MemoryStore {
 
     pub fn events_after(&self, room: &RoomId, after: u64, limit: usize) -> Vec<Event> {
         self.with_room(room, |r| {
-            r.events
-                .iter()
-                .filter(|e| e.seq > after)
-                .take(limit)
-                .cloned()
-                .collect()
+            r.events.iter().filter(|e| e.seq > after).take(limit).cloned().collect()
         })
     }
 
     pub fn events_before(&self, room: &RoomId, before: u64, limit: usize) -> Vec<Event> {
         self.with_room(room, |r| {
-            let mut page: Vec<Event> = r
-                .events
-                .iter()
-                .rev()
-                .filter(|e| e.seq < before)
-                .take(limit)
-                .cloned()
-                .collect();
+            let mut page: Vec<Event> =
+                r.events.iter().rev().filter(|e| e.seq < before).take(limit).cloned().collect();
             page.reverse();
             page
         })

@@ -59,10 +59,7 @@ impl RedisStore {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(2);
         let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self {
-            conn,
-            history_limit: history_limit.max(1),
-        })
+        Ok(Self { conn, history_limit: history_limit.max(1) })
     }
 
     pub async fn load(&self, room: &RoomId) -> Result<LoadedRoom, StoreError> {
@@ -107,13 +104,7 @@ impl RedisStore {
         let first_seq = parse_entries(first)?.first().map_or(0, |e| e.seq);
         // The stream is the ground truth should `seq` ever lag behind it.
         let seq = seq.unwrap_or(0).max(recent.last().map_or(0, |e| e.seq));
-        Ok(LoadedRoom {
-            seq,
-            epoch,
-            names,
-            recent,
-            first_seq,
-        })
+        Ok(LoadedRoom { seq, epoch, names, recent, first_seq })
     }
 
     pub async fn commit(&self, room: &RoomId, commit: &Commit) -> Result<(), StoreError> {
@@ -193,11 +184,8 @@ impl RedisStore {
     pub async fn latest_seq(&self, room: &RoomId) -> Result<u64, StoreError> {
         let keys = Keys::of(room);
         let mut conn = self.conn.clone();
-        let seq: Option<u64> = cmd("HGET")
-            .arg(&keys.meta)
-            .arg("seq")
-            .query_async(&mut conn)
-            .await?;
+        let seq: Option<u64> =
+            cmd("HGET").arg(&keys.meta).arg("seq").query_async(&mut conn).await?;
         Ok(seq.unwrap_or(0))
     }
 }

@@ -1,0 +1,68 @@
+//! The gateway's HTTP surface, on the zero-setup default (embedded roomhost,
+//! in-memory store), which is also what the README's first command runs.
+
+use rooms_proto::server::ServerFrame;
+use rooms_tests::client::{get, http};
+use rooms_tests::{Client, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_answer_as_documented() {
+    let cluster = TestCluster::embedded(1).start().await;
+    let gw = &cluster.gateways[0];
+
+    let (status, body) = get(&gw.http, "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("text/html") && body.contains("<title>rooms"));
+    assert!(!body.contains("innerHTML"), "the demo renders user text with textContent");
+    assert_eq!(get(&gw.http, "/healthz").await.0, 200);
+    assert_eq!(get(&gw.http, "/readyz").await.0, 200);
+    let (status, body) = get(&gw.http, "/rooms/lobby/ws").await;
+    assert_eq!(status, 426);
+    assert!(body.contains("WebSocket"));
+    assert_eq!(get(&gw.http, "/nope").await.0, 404);
+    assert_eq!(get(&gw.http, "/rooms/lobby/ws/extra").await.0, 404);
+    assert_eq!(get(&gw.http, "/rooms/bad%20room").await.0, 400);
+    let (status, _) = http(
+        &gw.http,
+        "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 405);
+
+    // The embedded default chats end to end.
+    let (mut ann, _, _) = Client::join(&gw.ws_url("lobby", "user=ann")).await;
+    ann.chat("hello", "h1").await;
+    let frame = ann.until(|f| matches!(f, ServerFrame::Chat { .. })).await;
+    assert!(matches!(frame, ServerFrame::Chat { seq: Some(1), .. }));
+
+    let (status, body) = get(&gw.http, "/rooms/lobby").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""connections":1"#) && body.contains(r#""seq":1"#), "{body}");
+
+    let (status, body) = get(&gw.http, "/metrics").await;
+    assert_eq!(status, 200);
+    for series in [
+        "rooms_gateway_connections_open 1",
+        "rooms_gateway_frames_in_total 1",
+        "rooms_gateway_frames_out_total",
+    ] {
+        assert!(body.contains(series), "missing {series} in\n{body}");
+    }
+
+    // Without ?user= a random anonymous id is given.
+    let (_anon, hello, _) = Client::join(&gw.ws_url("lobby", "")).await;
+    assert!(matches!(hello, ServerFrame::Welcome { user_id, .. } if user_id.starts_with("anon-")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sockets_with_1012_and_exits_cleanly() {
+    let mut cluster = TestCluster::embedded(1).start().await;
+    let (mut client, _, _) = Client::join(&cluster.gateways[0].ws_url("bye", "user=u")).await;
+    let mut gateway = cluster.gateways.remove(0);
+    let stopping =
+        tokio::spawn(
+            async move { gateway.process.terminate(std::time::Duration::from_secs(15)).await },
+        );
+    assert_eq!(client.closed().await, Some(1012));
+    assert!(stopping.await.unwrap(), "gateway exited with success after SIGTERM");
+}
