@@ -66,7 +66,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
         "--rooms and --clients must be at least 1"
     );
     anyhow::ensure!(args.senders <= args.clients, "--senders cannot exceed --clients");
-    let base = args.url.trim_end_matches('/').to_owned();
+    let bases: Vec<String> =
+        args.url.split(',').map(|u| u.trim().trim_end_matches('/').to_owned()).collect();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         start: Instant::now(),
@@ -83,6 +84,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let mut pending = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
+        let base = &bases[i % bases.len()];
         let url = format!("{base}/rooms/bench-{}/ws?user=u{i}", i % args.rooms);
         let gate = Arc::clone(&gate);
         pending.push(tokio::spawn(async move {
@@ -106,7 +108,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     }
     let connect_s = connecting.elapsed().as_secs_f64();
     connect_ms.sort_unstable();
-    anyhow::ensure!(!sockets.is_empty(), "no client could connect to {base}");
+    anyhow::ensure!(!sockets.is_empty(), "no client could connect to {}", args.url);
 
     // One reader per client; senders get their sink and an in-flight window.
     let senders = args.senders.min(sockets.len());
@@ -190,7 +192,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     samples.sort_unstable();
     Ok(json!({
         "label": args.label,
-        "url": base,
+        "url": args.url,
         "rooms": args.rooms,
         "clients": args.clients,
         "senders": senders,

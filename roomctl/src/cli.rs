@@ -54,7 +54,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Gateway (or peer) base URL, e.g. ws://127.0.0.1:8080.
+    /// Gateway (or peer) base URL, e.g. ws://127.0.0.1:8080; several,
+    /// comma-separated, spread the clients round-robin.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
     /// Rooms to spread the clients over.

@@ -66,3 +66,26 @@ async fn sigterm_closes_sockets_with_1012_and_exits_cleanly() {
     assert_eq!(client.closed().await, Some(1012));
     assert!(stopping.await.unwrap(), "gateway exited with success after SIGTERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nuxflare_clients_pass_room_and_user_as_the_first_subprotocol() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let cluster = TestCluster::embedded(1).start().await;
+    let gw = &cluster.gateways[0];
+    // base64("lobby:nux") without padding, then the real subprotocol.
+    let mut request = format!("ws://{}/ws", gw.http).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "bG9iYnk6bnV4, chat".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.expect("connect");
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap()),
+        Some("chat"),
+        "the next offered subprotocol is selected, never the credential"
+    );
+    use futures_util::StreamExt;
+    let first = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    let welcome: ServerFrame = serde_json::from_str(&first).unwrap();
+    assert!(
+        matches!(&welcome, ServerFrame::Welcome { room, user_id, .. } if room == "lobby" && user_id == "nux"),
+        "{welcome:?}"
+    );
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# A real local rooms cluster without containers: Redis + 3 roomhosts + 2 gateways,
+# started with the same flags the Helm chart gives them (file: membership here,
+# dns: in Kubernetes).
+#
+#   deploy/local-cluster.sh up       # build if needed, start, wait until ready
+#   deploy/local-cluster.sh status   # which processes are alive
+#   deploy/local-cluster.sh down     # SIGTERM everything, wait, clean up
+#
+# Environment: ROOMS_LOCAL_DIR (state, logs; /tmp/rooms-local), ROOMS_BIN_DIR
+# (binaries; target/release, built when missing), REDIS_PORT (6390),
+# ROOMHOST_PORTS ("50051 50052 50053"), GATEWAY_PORTS ("8080 8081"),
+# ADMIN_PORTS ("9090 9091"), GATEWAY_ARGS / ROOMHOST_ARGS (extra flags).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DIR="${ROOMS_LOCAL_DIR:-/tmp/rooms-local}"
+BIN="${ROOMS_BIN_DIR:-$ROOT/target/release}"
+REDIS_PORT="${REDIS_PORT:-6390}"
+read -r -a ROOMHOST_PORTS <<< "${ROOMHOST_PORTS:-50051 50052 50053}"
+read -r -a GATEWAY_PORTS <<< "${GATEWAY_PORTS:-8080 8081}"
+read -r -a ADMIN_PORTS <<< "${ADMIN_PORTS:-9090 9091}"
+read -r -a GATEWAY_EXTRA <<< "${GATEWAY_ARGS:-}"
+read -r -a ROOMHOST_EXTRA <<< "${ROOMHOST_ARGS:-}"
+
+start() {  # name, command...
+  local name=$1; shift
+  nohup "$@" >"$DIR/$name.log" 2>&1 &
+  echo $! >"$DIR/$name.pid"
+}
+
+wait_http() {  # url
+  for _ in $(seq 1 300); do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for $1" >&2
+  return 1
+}
+
+up() {
+  command -v redis-server >/dev/null || { echo "redis-server is missing (apt-get install redis-server)" >&2; exit 1; }
+  if [ ! -x "$BIN/gateway" ] || [ ! -x "$BIN/roomhost" ]; then
+    echo "==> building release binaries"
+    (cd "$ROOT" && cargo build --release --bins --locked)
+  fi
+  mkdir -p "$DIR"
+  : >"$DIR/members"
+  for p in "${ROOMHOST_PORTS[@]}"; do echo "127.0.0.1:$p" >>"$DIR/members"; done
+
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$DIR" \
+    --daemonize yes --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log"
+  for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+  local i=0
+  for p in "${ROOMHOST_PORTS[@]}"; do
+    start "roomhost-$i" "$BIN/roomhost" --listen "127.0.0.1:$p" --advertise "127.0.0.1:$p" \
+      --roomhosts "file:$DIR/members" --redis "redis://127.0.0.1:$REDIS_PORT" "${ROOMHOST_EXTRA[@]}"
+    i=$((i + 1))
+  done
+  for i in "${!GATEWAY_PORTS[@]}"; do
+    start "gateway-$i" "$BIN/gateway" --listen "127.0.0.1:${GATEWAY_PORTS[$i]}" \
+      --admin-listen "127.0.0.1:${ADMIN_PORTS[$i]}" --roomhosts "file:$DIR/members" "${GATEWAY_EXTRA[@]}"
+  done
+  for p in "${GATEWAY_PORTS[@]}"; do wait_http "http://127.0.0.1:$p/readyz"; done
+  echo "rooms local cluster is up (state and logs in $DIR)"
+  echo "  chat:     http://127.0.0.1:${GATEWAY_PORTS[0]}  (and :${GATEWAY_PORTS[1]:-})"
+  echo "  operator: $BIN/roomctl --admin http://127.0.0.1:${ADMIN_PORTS[0]} status"
+  echo "  stop:     $0 down"
+}
+
+pids() {
+  for f in "$DIR"/gateway-*.pid "$DIR"/roomhost-*.pid "$DIR"/redis.pid; do
+    [ -f "$f" ] && echo "$(basename "$f" .pid) $(cat "$f")"
+  done
+}
+
+status() {
+  pids | while read -r name pid; do
+    if kill -0 "$pid" 2>/dev/null; then echo "$name (pid $pid) running"; else echo "$name (pid $pid) NOT running"; fi
+  done
+}
+
+down() {
+  # Gateways first (clients get 1012), then roomhosts (rooms flush), then Redis.
+  for pattern in gateway roomhost redis; do
+    for f in "$DIR"/$pattern*.pid; do
+      [ -f "$f" ] || continue
+      local pid; pid=$(cat "$f")
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+      kill -KILL "$pid" 2>/dev/null || true
+      rm -f "$f"
+    done
+  done
+  echo "rooms local cluster is down"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  pids) pids ;;
+  *) echo "usage: $0 up|down|status|pids" >&2; exit 2 ;;
+esac
