@@ -62,6 +62,12 @@ up() {
       --admin-listen "127.0.0.1:${ADMIN_PORTS[$i]}" --roomhosts "file:$DIR/members" "${GATEWAY_EXTRA[@]}"
   done
   for p in "${GATEWAY_PORTS[@]}"; do wait_http "http://127.0.0.1:$p/readyz"; done
+  # Something else may have answered on those ports: every process must be ours and alive.
+  local dead=0
+  while read -r name pid; do
+    kill -0 "$pid" 2>/dev/null || { echo "$name exited; see $DIR/$name.log" >&2; dead=1; }
+  done < <(pids)
+  [ "$dead" -eq 0 ] || { down; exit 1; }
   echo "rooms local cluster is up (state and logs in $DIR)"
   echo "  chat:     http://127.0.0.1:${GATEWAY_PORTS[0]}  (and :${GATEWAY_PORTS[1]:-})"
   echo "  operator: $BIN/roomctl --admin http://127.0.0.1:${ADMIN_PORTS[0]} status"

@@ -109,3 +109,5 @@ PY
   trap - EXIT
   stop_target "$target"
 done
+
+python3 "$ROOT/scripts/bench-table.py" "$OUT"

@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::cli::BenchArgs;
@@ -90,7 +91,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
         pending.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await;
             let began = Instant::now();
-            let result = tokio_tungstenite::connect_async(url).await;
+            // A small read buffer: tungstenite zeroes all of it before each read.
+            let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+            let result =
+                tokio_tungstenite::connect_async_with_config(url, Some(config), true).await;
             (result.map(|(ws, _)| ws), began.elapsed())
         }));
     }
@@ -150,21 +154,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     let per_sender_rate =
         if args.rate == 0 { 0.0 } else { args.rate as f64 / senders.max(1) as f64 };
     for (idx, sink) in sinks.into_iter().enumerate() {
-        let shared = Arc::clone(&shared);
-        let sent = Arc::clone(&sent);
-        let window = Arc::clone(&windows[idx]);
-        let duration = args.duration;
-        let size = args.size;
-        send_tasks.push(tokio::spawn(send(
-            sink,
-            idx,
-            per_sender_rate,
-            window,
-            duration,
-            size,
-            shared,
-            sent,
-        )));
+        let plan = SenderPlan {
+            me: idx,
+            senders,
+            rate: per_sender_rate,
+            window: Arc::clone(&windows[idx]),
+            duration: args.duration,
+            size: args.size,
+        };
+        send_tasks.push(tokio::spawn(send(sink, plan, Arc::clone(&shared), Arc::clone(&sent))));
     }
     let mut sinks_back = Vec::new();
     for task in send_tasks {
@@ -263,20 +261,31 @@ async fn read(
     samples
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send(
-    mut sink: SplitSink<Ws, Message>,
+/// What one sender does.
+struct SenderPlan {
     me: usize,
+    senders: usize,
+    /// Messages per second; 0 = as fast as the window allows.
     rate: f64,
     window: Arc<Semaphore>,
     duration: Duration,
     size: usize,
+}
+
+async fn send(
+    mut sink: SplitSink<Ws, Message>,
+    plan: SenderPlan,
     shared: Arc<Shared>,
     sent: Arc<AtomicU64>,
 ) -> SplitSink<Ws, Message> {
+    let SenderPlan { me, senders, rate, window, duration, size } = plan;
     let began = Instant::now();
     let mut ticker = (rate > 0.0).then(|| {
-        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        // Senders are spread evenly over one period, so the load arrives at
+        // the configured rate rather than in synchronized bursts.
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let phase = period.mul_f64(me as f64 / senders.max(1) as f64);
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         t
     });

@@ -164,3 +164,27 @@ async fn no_event_of_one_room_reaches_another() {
         other => panic!("unexpected in room B: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_the_others_and_is_never_stored() {
+    let cluster = TestCluster::new(1, 2).start().await;
+    let (a, b) = (&cluster.gateways[0], &cluster.gateways[1]);
+    let mut ann = a.join("typing", "ann").await;
+    let mut ann_tab2 = a.join("typing", "ann").await;
+    let mut bob = b.join("typing", "bob").await;
+    ann.send_json(json!({"type": "typing"})).await;
+    assert_eq!(bob.frame().await, ServerFrame::Typing { user_id: "ann".into() });
+    assert_eq!(
+        ann_tab2.until(|f| matches!(f, ServerFrame::Typing { .. })).await,
+        ServerFrame::Typing { user_id: "ann".into() },
+        "the user's other connection sees it too"
+    );
+    // The sending connection does not get its own typing back: the next thing
+    // it sees (after Bob's arrival) is its chat.
+    ann.chat("done typing", "").await;
+    let next = ann.until(|f| !matches!(f, ServerFrame::Join { .. })).await;
+    assert!(matches!(next, ServerFrame::Chat { .. }), "{next:?}");
+    let (_late, hello, history) = Client::join(&b.ws_url("typing", "user=late")).await;
+    assert!(matches!(hello, ServerFrame::Welcome { seq: 1, .. }), "only the chat got a seq");
+    assert!(matches!(history, ServerFrame::History { messages, .. } if messages.len() == 1));
+}

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Value, cmd, pipe};
+use redis::io::tcp::TcpSettings;
+use redis::{IntoConnectionInfo, Value, cmd, pipe};
 use rooms_proto::RoomId;
 
 use super::{Commit, Event, LoadedRoom, RECENT_EVENTS, StoreError, new_epoch};
@@ -53,7 +54,12 @@ fn stream_id(seq: u64) -> String {
 impl RedisStore {
     /// Connects (and keeps reconnecting in the background when the link drops).
     pub async fn connect(url: &str, history_limit: usize) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
+        // Group commits from many rooms share one multiplexed connection:
+        // without TCP_NODELAY, Nagle holds each small write behind the last
+        // unacknowledged one.
+        let info =
+            url.into_connection_info()?.set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
