@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
 use crate::router::{HostClient, Router};
+use roomhost::service::MOVED_PREFIX;
 
 /// Longest wait for a roomhost answering one Admin call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,11 +49,30 @@ impl AdminService {
         }
     }
 
-    fn owner(&self, room: &str) -> Result<(RoomId, HostClient), Status> {
+    /// Calls the roomhost that serves `room`: the ring owner, or where it
+    /// redirects (a room taken over by another roomhost).
+    async fn on_owner<T, F, Fut>(&self, room: &str, call_with: F) -> Result<T, Status>
+    where
+        F: Fn(HostClient, RoomId) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
         let room = RoomId::parse(room).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (_, client) =
             self.router.route(&room).map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok((room, client))
+        match call(call_with(client, room.clone())).await {
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                let Some(target) = status.message().strip_prefix(MOVED_PREFIX) else {
+                    return Err(status);
+                };
+                let ring = self.router.ring();
+                let client = self
+                    .router
+                    .client(target, &ring)
+                    .map_err(|_| Status::unavailable("the room's owner is unknown; retry"))?;
+                call(call_with(client, room)).await
+            }
+            other => other,
+        }
     }
 }
 
@@ -77,12 +97,17 @@ impl Admin for AdminService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
         self.authorize(&request)?;
-        let mut request = request.into_inner();
-        let (room, mut client) = self.owner(&request.room)?;
+        let request = request.into_inner();
         rooms_proto::server::parse_system_data(&request.data_json)
             .map_err(Status::invalid_argument)?;
-        request.room = room.to_string();
-        Ok(Response::new(call(client.publish(request)).await?))
+        let room = request.room.clone();
+        let reply = self
+            .on_owner(&room, |mut client, room| {
+                let request = PublishRequest { room: room.to_string(), ..request.clone() };
+                async move { client.publish(request).await }
+            })
+            .await?;
+        Ok(Response::new(reply))
     }
 
     async fn get_room(
@@ -91,8 +116,14 @@ impl Admin for AdminService {
     ) -> Result<Response<GetRoomReply>, Status> {
         self.authorize(&request)?;
         let request = request.into_inner();
-        let (_, mut client) = self.owner(&request.room)?;
-        Ok(Response::new(call(client.get_room(request)).await?))
+        let room = request.room.clone();
+        let reply = self
+            .on_owner(&room, |mut client, _| {
+                let request = request.clone();
+                async move { client.get_room(request).await }
+            })
+            .await?;
+        Ok(Response::new(reply))
     }
 
     async fn list_rooms(
@@ -122,8 +153,14 @@ impl Admin for AdminService {
         if request.user_id.is_empty() {
             return Err(Status::invalid_argument("user_id is required"));
         }
-        let (_, mut client) = self.owner(&request.room)?;
-        Ok(Response::new(call(client.kick(request)).await?))
+        let room = request.room.clone();
+        let reply = self
+            .on_owner(&room, |mut client, _| {
+                let request = request.clone();
+                async move { client.kick(request).await }
+            })
+            .await?;
+        Ok(Response::new(reply))
     }
 
     async fn cluster_status(

@@ -110,8 +110,9 @@ pub async fn run(
     let router = Router::new(membership);
     let metrics = Arc::new(Metrics::new());
     let gateway_id = format!("gw-{:08x}", rand::random::<u32>());
-    let links = Links::new(Arc::clone(&router), Arc::clone(&metrics), gateway_id.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let links =
+        Links::new(Arc::clone(&router), Arc::clone(&metrics), gateway_id.clone(), stop_rx.clone());
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let state = Arc::new(HttpState {
         env: SessionEnv {

@@ -2,16 +2,28 @@
 //! connection in that room. A link is an actor owning the stream and the map
 //! of local connections; it forwards client frames upstream and fans the
 //! roomhost's pre-serialized frames out to local sockets, sharing the bytes.
+//!
+//! A link follows its room when it moves, and the sockets never notice
+//! beyond a pause: on `Moving` it holds client frames and answers `Drained`;
+//! on `Moved` (or when the stream breaks, e.g. the roomhost crashed) it opens
+//! a stream to the new owner, re-announces its connections silently, asks
+//! for the events after the last seq it delivered, then sends what it held.
+//! An unreachable owner is skipped: the next ring member is asked to take
+//! the room over once the old owner's lease expires.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rooms_proto::host::{GatewayFrame, HostFrame, Join, Leave, Open, gateway_frame, host_frame};
+use rooms_cluster::Ring;
+use rooms_proto::host::{
+    Drained, GatewayFrame, HostFrame, Join, Leave, Open, gateway_frame, host_frame,
+};
 use rooms_proto::{RoomId, UserId, client::ErrorCode};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::Streaming;
@@ -30,6 +42,12 @@ pub const UPSTREAM_QUEUE: usize = 4096;
 pub const LINGER: Duration = Duration::from_secs(5);
 /// Longest wait for a roomhost to accept a room stream.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Client frames held per room while it moves; past it they are refused
+/// with `unavailable`.
+pub const HOLD_LIMIT: usize = 1024;
+/// How long a link keeps trying to reach its room's new owner before it
+/// closes its sockets (1012: reconnect and resume).
+pub const REATTACH_DEADLINE: Duration = Duration::from_secs(30);
 const DISPATCH_ATTEMPTS: usize = 4;
 
 pub enum LinkCmd {
@@ -62,16 +80,24 @@ pub struct Links {
     gateway_id: String,
     active: Mutex<HashMap<RoomId, LinkHandle>>,
     generation: AtomicU64,
+    /// Set when the gateway stops: links close instead of following moves.
+    stop: watch::Receiver<bool>,
 }
 
 impl Links {
-    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, gateway_id: String) -> Arc<Self> {
+    pub fn new(
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+        gateway_id: String,
+        stop: watch::Receiver<bool>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             router,
             metrics,
             gateway_id,
             active: Mutex::default(),
             generation: AtomicU64::new(1),
+            stop,
         })
     }
 
@@ -124,11 +150,15 @@ impl Links {
 /// A local connection in the room.
 struct Local {
     handle: ConnHandle,
+    user: UserId,
     /// Set by the connection's `welcome`. Broadcasts that arrive before it
     /// were emitted before the roomhost processed the join, so the welcome
     /// and history already cover them: they are not delivered, and nothing
     /// reaches a client before its `welcome`.
     welcomed: bool,
+    /// The resume point it asked for, for a join re-sent after a move.
+    since: Option<u64>,
+    epoch: String,
 }
 
 struct Link {
@@ -137,6 +167,18 @@ struct Link {
     generation: u64,
     conns: HashMap<ConnId, Local>,
     upstream: mpsc::Sender<GatewayFrame>,
+    /// The room's seq as of the last frame received: a new owner replays
+    /// what comes after it.
+    last_seq: u64,
+    /// Whether a stream was ever open (then a new one resumes after `last_seq`).
+    attached: bool,
+    /// Some while the room moves: client frames waiting for the new owner.
+    held: Option<VecDeque<GatewayFrame>>,
+    /// Welcomed connections that closed while the room moved: the new owner
+    /// hears them join and leave, so it announces the `leave`.
+    departed: Vec<(ConnId, UserId)>,
+    /// Redirects followed without any frame delivered in between.
+    bounces: u32,
 }
 
 fn frame(kind: gateway_frame::Kind) -> GatewayFrame {
@@ -149,6 +191,13 @@ fn text(bytes: Bytes) -> Option<Utf8Bytes> {
     Utf8Bytes::try_from(bytes).ok()
 }
 
+/// What a frame from the roomhost asks the link to do next.
+enum Next {
+    Continue,
+    /// Re-attach; to this address if not empty.
+    Reattach(String),
+}
+
 impl Link {
     async fn run(
         links: Arc<Links>,
@@ -156,62 +205,46 @@ impl Link {
         generation: u64,
         mut rx: mpsc::Receiver<LinkCmd>,
     ) {
-        let (upstream, upstream_rx) = mpsc::channel(UPSTREAM_QUEUE);
-        let mut link = Link { links, room, generation, conns: HashMap::new(), upstream };
-        match link.open(upstream_rx).await {
-            Ok(inbound) => link.serve(&mut rx, inbound).await,
-            Err(error) => {
-                tracing::warn!(room.id = %link.room, %error, "cannot open room stream");
-                link.links.remove_if(&link.room, link.generation);
-                rx.close();
-                while let Ok(cmd) = rx.try_recv() {
-                    link.refuse(cmd);
-                }
-            }
+        let (upstream, _) = mpsc::channel(1);
+        let mut link = Link {
+            links,
+            room,
+            generation,
+            conns: HashMap::new(),
+            upstream,
+            last_seq: 0,
+            attached: false,
+            held: Some(VecDeque::new()),
+            departed: Vec::new(),
+            bounces: 0,
+        };
+        if let Some(inbound) = link.reattach(&mut rx, String::new(), OPEN_TIMEOUT).await {
+            link.serve(&mut rx, inbound).await;
         }
         link.links.metrics.room_links.dec();
     }
 
-    async fn open(
-        &mut self,
-        upstream_rx: mpsc::Receiver<GatewayFrame>,
-    ) -> Result<Streaming<HostFrame>, String> {
-        let (owner, mut client) = self.links.router.route(&self.room).map_err(|e| e.to_string())?;
-        let open = Open { room: self.room.to_string(), gateway_id: self.links.gateway_id.clone() };
-        self.upstream
-            .try_send(frame(gateway_frame::Kind::Open(open)))
-            .map_err(|e| e.to_string())?;
-        let response =
-            tokio::time::timeout(OPEN_TIMEOUT, client.attach(ReceiverStream::new(upstream_rx)))
-                .await
-                .map_err(|_| format!("roomhost {owner} did not answer"))?
-                .map_err(|status| format!("roomhost {owner}: {}", status.message()))?;
-        tracing::debug!(room.id = %self.room, roomhost.addr = %owner, "room stream open");
-        Ok(response.into_inner())
-    }
-
     async fn serve(&mut self, rx: &mut mpsc::Receiver<LinkCmd>, mut inbound: Streaming<HostFrame>) {
+        let mut stop = self.links.stop.clone();
         loop {
-            tokio::select! {
+            let next = tokio::select! {
                 biased;
+                () = crate::stopped(&mut stop) => return,
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.command(cmd),
+                    Some(cmd) => {
+                        self.command(cmd);
+                        Next::Continue
+                    }
                     None => return,
                 },
                 message = inbound.message() => match message {
                     Ok(Some(message)) => self.deliver(message),
                     Ok(None) | Err(_) => {
-                        tracing::warn!(room.id = %self.room, "room stream ended; closing its sockets");
-                        self.close_all(close_code::RESTART, "room moved; reconnect");
-                        self.links.remove_if(&self.room, self.generation);
-                        rx.close();
-                        while let Ok(cmd) = rx.try_recv() {
-                            self.refuse(cmd);
-                        }
-                        return;
+                        tracing::warn!(room.id = %self.room, "room stream broke; re-attaching");
+                        Next::Reattach(String::new())
                     }
                 },
-                () = tokio::time::sleep(LINGER), if self.conns.is_empty() => {
+                () = tokio::time::sleep(LINGER), if self.conns.is_empty() && self.held.is_none() => {
                     // Idle: stop. Commands that raced with this go to a new link.
                     self.links.remove_if(&self.room, self.generation);
                     rx.close();
@@ -220,40 +253,188 @@ impl Link {
                     }
                     return;
                 }
+            };
+            if let Next::Reattach(target) = next {
+                self.held.get_or_insert_with(VecDeque::new);
+                match self.reattach(rx, target, REATTACH_DEADLINE).await {
+                    Some(stream) => inbound = stream,
+                    None => return,
+                }
             }
         }
+    }
+
+    /// Opens a stream to the room's owner (`target`, else the ring's choice),
+    /// skipping owners that cannot be reached, until `deadline` passes. Client
+    /// commands keep being taken meanwhile. None: gave up, sockets closed.
+    async fn reattach(
+        &mut self,
+        rx: &mut mpsc::Receiver<LinkCmd>,
+        mut target: String,
+        deadline: Duration,
+    ) -> Option<Streaming<HostFrame>> {
+        let started = tokio::time::Instant::now();
+        let mut unreachable: Vec<String> = Vec::new();
+        let mut attempt: u32 = 0;
+        self.bounces += 1;
+        if self.bounces > 3 {
+            // Two roomhosts disagree about the room (membership changing):
+            // let them settle instead of bouncing between them.
+            self.pause(rx, Duration::from_millis(50 * u64::from(self.bounces.min(20)))).await;
+        }
+        loop {
+            if *self.links.stop.borrow() {
+                self.give_up(rx);
+                return None;
+            }
+            let ring = self.links.router.ring();
+            let address = if target.is_empty() {
+                let members = ring.members().iter().filter(|m| !unreachable.contains(m)).cloned();
+                Ring::new(members, 0).owner(&self.room).map(str::to_owned)
+            } else {
+                Some(std::mem::take(&mut target))
+            };
+            let Some(address) = address else {
+                unreachable.clear();
+                self.pause(rx, Duration::from_millis(100)).await;
+                continue;
+            };
+            // Not the ring's first choice: the owner it names is unreachable,
+            // so this one may take the room once that owner's lease expires.
+            let fallback = !unreachable.is_empty();
+            match self.open(&address, fallback).await {
+                Ok(inbound) => {
+                    tracing::debug!(room.id = %self.room, roomhost.addr = %address, fallback, "room stream open");
+                    return Some(inbound);
+                }
+                Err(error) => {
+                    tracing::warn!(room.id = %self.room, roomhost.addr = %address, %error, "roomhost unreachable");
+                    unreachable.push(address);
+                }
+            }
+            attempt += 1;
+            if started.elapsed() > deadline {
+                tracing::error!(room.id = %self.room, "no roomhost took the room; closing its sockets");
+                self.give_up(rx);
+                return None;
+            }
+            self.pause(rx, Duration::from_millis(50 * u64::from(attempt.min(10)))).await;
+        }
+    }
+
+    /// Waits, still taking client commands.
+    async fn pause(&mut self, rx: &mut mpsc::Receiver<LinkCmd>, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        while let Ok(Some(cmd)) = tokio::time::timeout_at(until, rx.recv()).await {
+            self.command(cmd);
+        }
+    }
+
+    /// Opens the stream: Open, every connection (silently if it was already
+    /// welcomed), the departed, then the held client frames.
+    async fn open(
+        &mut self,
+        address: &str,
+        fallback: bool,
+    ) -> Result<Streaming<HostFrame>, String> {
+        let ring = self.links.router.ring();
+        let mut client = self.links.router.client(address, &ring).map_err(|e| e.to_string())?;
+        let open = Open {
+            room: self.room.to_string(),
+            gateway_id: self.links.gateway_id.clone(),
+            resume_after: self.attached.then_some(self.last_seq),
+            fallback,
+        };
+        let mut first = vec![frame(gateway_frame::Kind::Open(open))];
+        for (conn, local) in &self.conns {
+            let join = Join {
+                conn: *conn,
+                user_id: local.user.to_string(),
+                since: local.since,
+                epoch: local.epoch.clone(),
+                rejoin: local.welcomed,
+            };
+            first.push(frame(gateway_frame::Kind::Join(join)));
+        }
+        for (conn, user) in &self.departed {
+            let join =
+                Join { conn: *conn, user_id: user.to_string(), rejoin: true, ..Join::default() };
+            first.push(frame(gateway_frame::Kind::Join(join)));
+            first.push(frame(gateway_frame::Kind::Leave(Leave { conn: *conn })));
+        }
+        let held = self.held.clone().unwrap_or_default();
+        first.extend(held);
+        let (upstream, upstream_rx) = mpsc::channel(UPSTREAM_QUEUE);
+        let outbound = tokio_stream::iter(first).chain(ReceiverStream::new(upstream_rx));
+        let response = tokio::time::timeout(OPEN_TIMEOUT, client.attach(outbound))
+            .await
+            .map_err(|_| "did not answer in time".to_owned())?
+            .map_err(|status| status.message().to_owned())?;
+        self.upstream = upstream;
+        self.attached = true;
+        self.held = None;
+        self.departed.clear();
+        Ok(response.into_inner())
     }
 
     fn command(&mut self, cmd: LinkCmd) {
         match cmd {
             LinkCmd::Join { conn, user, since, epoch, handle } => {
-                self.conns.insert(conn, Local { handle, welcomed: false });
-                let join = Join { conn, user_id: user.to_string(), since, epoch };
-                self.forward(conn, gateway_frame::Kind::Join(join));
+                let local = Local {
+                    handle,
+                    user: user.clone(),
+                    welcomed: false,
+                    since,
+                    epoch: epoch.clone(),
+                };
+                self.conns.insert(conn, local);
+                if self.held.is_none() {
+                    let join =
+                        Join { conn, user_id: user.to_string(), since, epoch, rejoin: false };
+                    self.forward(conn, gateway_frame::Kind::Join(join));
+                }
             }
             LinkCmd::Leave { conn } => {
-                if self.conns.remove(&conn).is_some() {
+                let Some(local) = self.conns.remove(&conn) else { return };
+                if self.held.is_none() {
                     self.forward(conn, gateway_frame::Kind::Leave(Leave { conn }));
+                } else if local.welcomed {
+                    self.departed.push((conn, local.user));
                 }
             }
             LinkCmd::Frame { conn, kind } => self.forward(conn, kind),
         }
     }
 
-    /// Queues a frame for the roomhost; a full upstream refuses it.
+    /// Queues a frame for the roomhost (or holds it while the room moves);
+    /// a full queue refuses it.
     fn forward(&mut self, conn: ConnId, kind: gateway_frame::Kind) {
-        if self.upstream.try_send(frame(kind)).is_err() {
-            self.error(conn, ErrorCode::Unavailable, "gateway overloaded; message not sent");
+        let refused = match &mut self.held {
+            Some(held) if held.len() < HOLD_LIMIT => {
+                held.push_back(frame(kind));
+                false
+            }
+            Some(_) => true,
+            None => self.upstream.try_send(frame(kind)).is_err(),
+        };
+        if refused {
+            self.error(
+                conn,
+                ErrorCode::Unavailable,
+                "room busy or moving; message not sent, retry",
+            );
         }
     }
 
-    fn deliver(&mut self, message: HostFrame) {
+    fn deliver(&mut self, message: HostFrame) -> Next {
+        self.last_seq = self.last_seq.max(message.room_seq);
         let metrics = &self.links.metrics;
         match message.kind {
             Some(host_frame::Kind::Broadcast(broadcast)) => {
+                self.bounces = 0;
                 let frames: Frames = broadcast.frames.into_iter().filter_map(text).collect();
                 if frames.is_empty() {
-                    return;
+                    return Next::Continue;
                 }
                 for (conn, local) in &self.conns {
                     if *conn == broadcast.except_conn || !local.welcomed {
@@ -267,7 +448,10 @@ impl Link {
                 }
             }
             Some(host_frame::Kind::Direct(direct)) => {
-                let Some(local) = self.conns.get_mut(&direct.conn) else { return };
+                self.bounces = 0;
+                let Some(local) = self.conns.get_mut(&direct.conn) else {
+                    return Next::Continue;
+                };
                 local.welcomed = true;
                 let frames: Frames = direct.frames.into_iter().filter_map(text).collect();
                 if local.handle.deliver(Arc::clone(&frames)) == Delivery::Queued {
@@ -280,8 +464,17 @@ impl Link {
                     handle.close(code, close.reason);
                 }
             }
+            Some(host_frame::Kind::Moving(_)) => {
+                self.held.get_or_insert_with(VecDeque::new);
+                let _ = self.upstream.try_send(frame(gateway_frame::Kind::Drained(Drained {})));
+            }
+            Some(host_frame::Kind::Moved(moved)) => {
+                tracing::debug!(room.id = %self.room, target = %moved.address, "room moved");
+                return Next::Reattach(moved.address);
+            }
             None => {}
         }
+        Next::Continue
     }
 
     fn error(&self, conn: ConnId, code: ErrorCode, message: &str) {
@@ -290,18 +483,23 @@ impl Link {
         }
     }
 
-    fn close_all(&mut self, code: u16, reason: &str) {
+    /// No roomhost would take the room: close every socket (1012) so the
+    /// clients reconnect and resume, and refuse what is queued.
+    fn give_up(&mut self, rx: &mut mpsc::Receiver<LinkCmd>) {
+        self.links.remove_if(&self.room, self.generation);
+        rx.close();
         for local in self.conns.values() {
-            local.handle.close(code, reason);
+            local
+                .handle
+                .send_error(ErrorCode::Unavailable, "room unavailable; reconnect to resume");
+            local.handle.close(close_code::RESTART, "room unavailable; reconnect");
         }
         self.conns.clear();
-    }
-
-    /// Answers a command the link can no longer serve.
-    fn refuse(&self, cmd: LinkCmd) {
-        if let LinkCmd::Join { handle, .. } = cmd {
-            handle.send_error(ErrorCode::Unavailable, "room unavailable; retry");
-            handle.close(close_code::TRY_AGAIN_LATER, "room unavailable");
+        while let Ok(cmd) = rx.try_recv() {
+            if let LinkCmd::Join { handle, .. } = cmd {
+                handle.send_error(ErrorCode::Unavailable, "room unavailable; retry");
+                handle.close(close_code::TRY_AGAIN_LATER, "room unavailable");
+            }
         }
     }
 }

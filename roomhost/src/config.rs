@@ -13,6 +13,7 @@ pub const DEFAULT_IDLE_TIMEOUT: &str = "30s";
 pub const DEFAULT_HISTORY_LIMIT: usize = 1000;
 pub const DEFAULT_MAX_ROOMS: usize = 100_000;
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "20s";
+pub const DEFAULT_LEASE_TTL: &str = "5s";
 
 /// A rooms roomhost: owns rooms, persists them to Redis, serves gateways over gRPC.
 #[derive(Debug, Parser)]
@@ -39,6 +40,11 @@ pub struct Args {
     /// Most rooms held in memory; more are refused (RESOURCE_EXHAUSTED).
     #[arg(long, env = "ROOMHOST_MAX_ROOMS", default_value_t = DEFAULT_MAX_ROOMS)]
     pub max_rooms: usize,
+    /// How long a room's ownership lease lasts unless renewed: a crashed
+    /// roomhost's rooms move after at most this long; shorter also means more
+    /// renewals and a Redis hiccup of this length costs the lease.
+    #[arg(long, env = "ROOMHOST_LEASE_TTL", default_value = DEFAULT_LEASE_TTL, value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
     /// Longest time SIGTERM waits for rooms to flush and streams to close.
     #[arg(long, env = "ROOMHOST_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -57,6 +63,7 @@ pub struct Config {
     pub history_limit: usize,
     pub max_rooms: usize,
     pub shutdown_grace: Duration,
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +76,8 @@ pub enum ConfigError {
     IdleTimeout,
     #[error("--redis must be a redis:// or rediss:// URL")]
     RedisUrl,
+    #[error("--lease-ttl must be between 1s and 5m")]
+    LeaseTtl,
 }
 
 impl Args {
@@ -81,6 +90,9 @@ impl Args {
         }
         if self.room_idle_timeout < Duration::from_secs(1) {
             return Err(ConfigError::IdleTimeout);
+        }
+        if self.lease_ttl < Duration::from_secs(1) || self.lease_ttl > Duration::from_secs(300) {
+            return Err(ConfigError::LeaseTtl);
         }
         if let Some(url) = &self.redis
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
@@ -95,6 +107,7 @@ impl Args {
             history_limit: self.history_limit,
             max_rooms: self.max_rooms,
             shutdown_grace: self.shutdown_grace,
+            lease_ttl: self.lease_ttl,
         })
     }
 }
@@ -110,6 +123,7 @@ impl Config {
             history_limit: DEFAULT_HISTORY_LIMIT,
             max_rooms: DEFAULT_MAX_ROOMS,
             shutdown_grace: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(5),
         }
     }
 }

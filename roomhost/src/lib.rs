@@ -26,7 +26,8 @@ use tonic::transport::server::TcpIncoming;
 pub use config::{Args, Config};
 use registry::Registry;
 use room::RoomSettings;
-use store::{MemoryStore, RedisStore, Store, StoreError};
+use rooms_cluster::MembershipWatch;
+use store::{MemoryStore, Owner, RedisStore, Store, StoreError};
 
 /// Concurrent room streams one gateway connection may hold: a gateway keeps
 /// one stream per active room, so the HTTP/2 default (~100-200) is far too low.
@@ -42,6 +43,8 @@ pub enum RoomhostError {
     Transport(#[from] tonic::transport::Error),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("membership: {0}")]
+    Membership(#[from] rooms_cluster::MembershipError),
 }
 
 /// Opens the configured store: Redis, or memory when no URL is given.
@@ -70,8 +73,26 @@ pub async fn run(
     let settings = RoomSettings {
         idle_timeout: config.room_idle_timeout,
         history_limit: config.history_limit,
+        lease_ttl: config.lease_ttl,
+        owner: Owner::new(&advertise),
     };
-    let registry = Registry::new(store, settings, config.max_rooms);
+    // The ring tells this roomhost which rooms are its own; without
+    // `--roomhosts` it serves whatever it is asked.
+    let membership = match config.roomhosts.clone() {
+        Some(source) => Some(MembershipWatch::start(source).await?),
+        None => None,
+    };
+    let ring = membership.as_ref().map(MembershipWatch::subscribe);
+    let registry = Registry::new(store, settings, config.max_rooms, ring.clone());
+    let rebalancer = ring.map(|mut ring| {
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move {
+            while ring.changed().await.is_ok() {
+                let current = ring.borrow_and_update().clone();
+                registry.rebalance(&current).await;
+            }
+        })
+    });
     let service = service::RoomHostService::new(Arc::clone(&registry), advertise.clone());
     tracing::info!(listen = %local, advertise = %advertise, "roomhost serving");
     let grace = config.shutdown_grace;
@@ -90,6 +111,10 @@ pub async fn run(
         .add_service(RoomHostServer::new(service).max_decoding_message_size(1 << 20))
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;
+    if let Some(task) = rebalancer {
+        task.abort();
+    }
+    drop(membership);
     tracing::info!("roomhost stopped");
     Ok(())
 }

@@ -6,6 +6,12 @@
 //! round trip (group commit), and only then sends them to the gateways: the
 //! output gate. Commands whose answer depends on everything before them
 //! (`Join`, `History`, `Info`, `Kick`) first flush what is staged.
+//!
+//! The actor runs only while it holds the room's lease (renewed every third
+//! of its TTL; every commit is fenced by it). It gives the room up by a
+//! handoff: `Moving` to every gateway, wait until each answers `Drained`
+//! (so every frame they sent is processed), flush, release the lease, then
+//! `Moved` to the next owner.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -13,7 +19,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use rooms_proto::client::{ErrorCode, validate_name, validate_text};
-use rooms_proto::host::{Broadcast, CloseConn, Direct, HostFrame, gateway_frame, host_frame};
+use rooms_proto::host::{
+    Broadcast, CloseConn, Direct, HostFrame, Moved, Moving, gateway_frame, host_frame,
+};
 use rooms_proto::server::{self, UserEntry};
 use rooms_proto::{RoomId, UserId};
 use serde_json::value::RawValue;
@@ -22,7 +30,9 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::registry::Registry;
-use crate::store::{Commit, Event, LoadedRoom, RECENT_EVENTS, Store, StoreError};
+use crate::store::{
+    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Store, StoreError,
+};
 
 /// Most commands handled in one turn (one group commit).
 pub const MAX_BATCH: usize = 512;
@@ -37,6 +47,8 @@ pub const MAX_CONNS_PER_ROOM: usize = 50_000;
 pub const MAX_WELCOME_USERS: usize = 1000;
 /// Events per `history` frame when a resume replays more than a page.
 pub const REPLAY_PAGE: usize = 100;
+/// Longest wait for gateways to answer `Moving` during a handoff.
+pub const MOVE_DRAIN: Duration = Duration::from_secs(2);
 
 pub type GatewayId = u64;
 pub type ConnId = u64;
@@ -44,10 +56,12 @@ pub type GatewayTx = mpsc::Sender<Result<HostFrame, Status>>;
 
 /// What a room actor is asked to do.
 pub enum Command {
-    /// A gateway opened a room stream; frames for it go to `tx`.
+    /// A gateway opened a room stream; frames for it go to `tx`. After a
+    /// move, `resume_after` asks for the persisted events it missed.
     Attach {
         gateway: GatewayId,
         tx: GatewayTx,
+        resume_after: Option<u64>,
     },
     /// The gateway's stream ended: its connections left.
     Detach {
@@ -72,8 +86,10 @@ pub enum Command {
         reason: String,
         reply: oneshot::Sender<u32>,
     },
-    /// Flush and stop (process shutdown).
-    Shutdown,
+    /// Hand the room over to `target` (empty: whoever the ring names).
+    Handoff {
+        target: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +103,9 @@ pub struct RoomInfo {
 pub enum RoomError {
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The room is served by another roomhost (its address; empty if unknown).
+    #[error("room moved to {0}")]
+    Moved(String),
 }
 
 /// Settings shared by every room of a roomhost.
@@ -94,6 +113,10 @@ pub enum RoomError {
 pub struct RoomSettings {
     pub idle_timeout: Duration,
     pub history_limit: usize,
+    /// How long a lease lasts unless renewed.
+    pub lease_ttl: Duration,
+    /// This process, as lease owner.
+    pub owner: Owner,
 }
 
 /// The sending side of a room actor.
@@ -142,7 +165,20 @@ pub(crate) struct Room {
     /// The last commit failed and may or may not have landed: reload before
     /// the next write so seqs continue from what the store really holds.
     stale: bool,
-    stopping: bool,
+    lease: Lease,
+    /// A commit found the lease gone: re-check it before anything else.
+    lease_suspect: bool,
+    moving: Option<MoveState>,
+}
+
+/// A handoff in progress.
+struct MoveState {
+    target: String,
+    /// Gateways that have not answered `Moving` yet.
+    waiting: Vec<GatewayId>,
+    deadline: Instant,
+    /// Attaches that arrived meanwhile: sent to the new owner at the end.
+    deferred: Vec<GatewayTx>,
 }
 
 impl Room {
@@ -153,6 +189,7 @@ impl Room {
         store: Store,
         settings: Arc<RoomSettings>,
         registry: Arc<Registry>,
+        lease: Lease,
     ) -> Self {
         let mut room = Self {
             id,
@@ -170,7 +207,9 @@ impl Room {
             presence: HashMap::new(),
             staged: Staged::default(),
             stale: false,
-            stopping: false,
+            lease,
+            lease_suspect: false,
+            moving: None,
         };
         room.apply_loaded(loaded);
         room
@@ -185,33 +224,48 @@ impl Room {
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        tracing::debug!(room.id = %self.id, seq = self.seq, "room loaded");
+        tracing::debug!(room.id = %self.id, seq = self.seq, fence = self.lease.fence, "room loaded");
         // When the last gateway left; the room hibernates `idle_timeout` later
         // whatever else (queries, publishes) happens meanwhile.
         let mut empty_since = Some(Instant::now());
+        let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
         loop {
-            let first = match empty_since {
-                Some(since) => {
-                    match tokio::time::timeout_at(since + self.settings.idle_timeout, rx.recv())
-                        .await
-                    {
-                        Ok(cmd) => cmd,
-                        Err(_) => return self.hibernate(rx).await,
+            let idle_at = empty_since.map(|since| since + self.settings.idle_timeout);
+            let move_at = self.moving.as_ref().map(|m| m.deadline);
+            let first = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => Some(cmd),
+                    None => break,
+                },
+                _ = renew.tick() => {
+                    self.lease_suspect |= !self.renew_lease().await;
+                    None
+                }
+                () = sleep_until(idle_at), if idle_at.is_some() && self.moving.is_none() => {
+                    return self.hibernate(rx).await;
+                }
+                () = sleep_until(move_at), if move_at.is_some() => {
+                    tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
+                    return self.finish_move(rx).await;
+                }
+            };
+            if let Some(first) = first {
+                self.handle(first).await;
+                for _ in 1..MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(cmd) => self.handle(cmd).await,
+                        Err(_) => break,
                     }
                 }
-                None => rx.recv().await,
-            };
-            let Some(first) = first else { break };
-            self.handle(first).await;
-            for _ in 1..MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(cmd) => self.handle(cmd).await,
-                    Err(_) => break,
-                }
+                self.flush().await;
             }
-            self.flush().await;
-            if self.stopping {
-                break;
+            if self.lease_suspect && !self.recheck_lease().await {
+                return self.finish_move(rx).await;
+            }
+            if self.moving.as_ref().is_some_and(|m| m.waiting.is_empty()) {
+                return self.finish_move(rx).await;
             }
             empty_since = match (self.gateways.is_empty(), empty_since) {
                 (false, _) => None,
@@ -220,18 +274,109 @@ impl Room {
             };
         }
         self.flush().await;
+        self.release_lease().await;
         self.registry.remove_if(&self.id, self.generation);
         tracing::debug!(room.id = %self.id, "room stopped");
     }
 
-    /// Idle: leave memory. Commands that raced with the decision are handed
-    /// to a fresh actor, in order.
+    /// Extends the lease; false if it is no longer ours. A store error keeps
+    /// it (commits are fenced anyway) and is retried at the next tick.
+    async fn renew_lease(&mut self) -> bool {
+        let (me, ttl) = (&self.settings.owner, self.settings.lease_ttl);
+        match self.store.renew(&self.id, me, self.lease, ttl).await {
+            Ok(ours) => ours,
+            Err(error) => {
+                tracing::warn!(room.id = %self.id, %error, "lease renewal failed; retrying");
+                true
+            }
+        }
+    }
+
+    /// The lease looked lost: take it again if nobody else did (our state
+    /// is then reloaded), else hand the room to its holder. False: moving.
+    async fn recheck_lease(&mut self) -> bool {
+        let (me, ttl) = (&self.settings.owner, self.settings.lease_ttl);
+        match self.store.acquire(&self.id, me, ttl).await {
+            Ok(Acquired::Ours(lease)) => {
+                if lease != self.lease {
+                    tracing::warn!(room.id = %self.id, fence = lease.fence, "lease had expired; took it again");
+                    self.lease = lease;
+                    self.stale = true;
+                }
+                self.lease_suspect = false;
+                true
+            }
+            Ok(Acquired::HeldBy(holder)) => {
+                tracing::warn!(room.id = %self.id, holder = %holder.0, "lease lost; room moves to its holder");
+                self.begin_move(holder.address().to_owned(), false);
+                false
+            }
+            Err(error) => {
+                tracing::warn!(room.id = %self.id, %error, "cannot check the lease; retrying");
+                true
+            }
+        }
+    }
+
+    async fn release_lease(&self) {
+        if let Err(error) = self.store.release(&self.id, &self.settings.owner, self.lease).await {
+            tracing::warn!(room.id = %self.id, %error, "releasing the lease failed; it will expire");
+        }
+    }
+
+    /// Starts a handoff to `target`. With `drain`, gateways are asked to stop
+    /// sending first; without (lease lost), the room stops right away.
+    fn begin_move(&mut self, target: String, drain: bool) {
+        if self.moving.is_some() {
+            return;
+        }
+        let waiting: Vec<GatewayId> =
+            if drain { self.gateways.keys().copied().collect() } else { Vec::new() };
+        for gateway in &waiting {
+            self.send(*gateway, host_frame::Kind::Moving(Moving {}));
+        }
+        tracing::info!(room.id = %self.id, target = %target, "room moving");
+        self.moving = Some(MoveState {
+            target,
+            waiting,
+            deadline: Instant::now() + MOVE_DRAIN,
+            deferred: Vec::new(),
+        });
+    }
+
+    /// Ends a handoff: everything is stored, the lease released, and every
+    /// gateway told where the room went. Commands still queued are answered
+    /// with the new address.
+    async fn finish_move(mut self, mut rx: mpsc::Receiver<Command>) {
+        self.flush().await;
+        let state = self.moving.take();
+        let target = state.as_ref().map(|m| m.target.clone()).unwrap_or_default();
+        if !self.lease_suspect {
+            self.release_lease().await;
+        }
+        self.registry.remove_if(&self.id, self.generation);
+        rx.close();
+        let mut txs: Vec<GatewayTx> = self.gateways.drain().map(|(_, tx)| tx).collect();
+        txs.extend(state.map(|m| m.deferred).unwrap_or_default());
+        let moved = self.frame_of(host_frame::Kind::Moved(Moved { address: target.clone() }));
+        for tx in &txs {
+            let _ = tx.try_send(Ok(moved.clone()));
+        }
+        while let Ok(cmd) = rx.try_recv() {
+            redirect(cmd, &target, self.seq);
+        }
+        tracing::info!(room.id = %self.id, target = %target, seq = self.seq, "room moved");
+    }
+
+    /// Idle: leave memory and give up the lease. Commands that raced with
+    /// the decision are handed to a fresh actor, in order.
     async fn hibernate(self, mut rx: mpsc::Receiver<Command>) {
+        self.release_lease().await;
         self.registry.remove_if(&self.id, self.generation);
         rx.close();
         tracing::debug!(room.id = %self.id, "room idle, evicted");
         while let Ok(cmd) = rx.try_recv() {
-            if let Err(error) = self.registry.dispatch(&self.id, cmd).await {
+            if let Err(error) = self.registry.dispatch(&self.id, cmd, false).await {
                 tracing::warn!(room.id = %self.id, %error, "could not hand a command to the reloaded room");
             }
         }
@@ -239,10 +384,22 @@ impl Room {
 
     async fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Attach { gateway, tx } => {
+            Command::Attach { gateway, tx, resume_after } => {
+                if let Some(moving) = &mut self.moving {
+                    moving.deferred.push(tx);
+                    return;
+                }
                 self.gateways.insert(gateway, tx);
+                if let Some(after) = resume_after {
+                    self.replay(gateway, after).await;
+                }
             }
-            Command::Detach { gateway } => self.detach(gateway),
+            Command::Detach { gateway } => {
+                if let Some(moving) = &mut self.moving {
+                    moving.waiting.retain(|g| *g != gateway);
+                }
+                self.detach(gateway);
+            }
             Command::Frame { gateway, frame } => self.frame(gateway, frame).await,
             Command::Publish { data, persist, reply } => {
                 let time = server::timestamp(SystemTime::now());
@@ -276,7 +433,10 @@ impl Room {
                 }
                 let _ = reply.send(targets.len() as u32);
             }
-            Command::Shutdown => self.stopping = true,
+            Command::Handoff { target } => {
+                self.flush().await;
+                self.begin_move(target, true);
+            }
         }
     }
 
@@ -284,6 +444,11 @@ impl Room {
         use gateway_frame::Kind;
         match frame {
             Kind::Open(_) => {}
+            Kind::Drained(_) => {
+                if let Some(moving) = &mut self.moving {
+                    moving.waiting.retain(|g| *g != gateway);
+                }
+            }
             Kind::Join(join) => self.join(gateway, join).await,
             Kind::Leave(leave) => self.leave(gateway, leave.conn),
             Kind::Chat(chat) => {
@@ -360,6 +525,11 @@ impl Room {
         }
         let count = self.presence.entry(user.clone()).or_default();
         *count += 1;
+        if join.rejoin {
+            // Back after a move: it already has everything up to the gateway's
+            // resume point, and the others already know it is here.
+            return;
+        }
         if *count == 1 {
             let frame = server::join(&user, self.display_name(&user));
             self.staged.outputs.push(Output::Except { gateway, conn: join.conn, frame });
@@ -376,7 +546,9 @@ impl Room {
         }
     }
 
-    /// One connection of `user` is gone; announce `leave` if it was the last.
+    /// One connection of `user` is gone; announce `leave` if it was the last
+    /// (unless the room is moving: its connections are not leaving, they
+    /// follow it).
     fn release(&mut self, user: &str) {
         let Some(count) = self.presence.get_mut(user) else {
             return;
@@ -384,6 +556,9 @@ impl Room {
         *count -= 1;
         if *count == 0 {
             self.presence.remove(user);
+            if self.moving.is_some() {
+                return;
+            }
             let frame = server::leave(user, self.display_name(user));
             self.staged.outputs.push(Output::All(frame));
         }
@@ -395,6 +570,30 @@ impl Room {
             self.conns.keys().filter(|(g, _)| *g == gateway).map(|(_, c)| *c).collect();
         for conn in gone {
             self.leave(gateway, conn);
+        }
+    }
+
+    /// Sends a re-attaching gateway the persisted events after `after`.
+    async fn replay(&mut self, gateway: GatewayId, after: u64) {
+        self.flush().await;
+        if after >= self.seq {
+            return;
+        }
+        let events: Vec<Bytes> = if self.recent.front().is_some_and(|e| e.seq <= after + 1) {
+            self.recent.iter().filter(|e| e.seq > after).map(|e| e.frame.clone()).collect()
+        } else {
+            match self.store.events_after(&self.id, after, self.settings.history_limit).await {
+                Ok(events) => events.into_iter().map(|e| e.frame).collect(),
+                Err(error) => {
+                    tracing::warn!(room.id = %self.id, %error, "replay after a move failed; dropping the gateway");
+                    self.drop_gateways(vec![gateway]);
+                    return;
+                }
+            }
+        };
+        for page in events.chunks(REPLAY_PAGE) {
+            let broadcast = Broadcast { frames: page.to_vec(), except_conn: 0 };
+            self.send(gateway, host_frame::Kind::Broadcast(broadcast));
         }
     }
 
@@ -521,7 +720,10 @@ impl Room {
     /// Writes staged events (one round trip), then emits every staged output.
     async fn flush(&mut self) {
         if !self.staged.commit.is_empty() {
-            let result = self.store.commit(&self.id, &self.staged.commit).await;
+            let result = self
+                .store
+                .commit(&self.id, &self.settings.owner, self.lease, &self.staged.commit)
+                .await;
             let staged = std::mem::take(&mut self.staged);
             match result {
                 Ok(()) => self.committed(staged),
@@ -557,6 +759,7 @@ impl Room {
     fn commit_failed(&mut self, staged: Staged, error: StoreError) {
         tracing::warn!(room.id = %self.id, %error, events = staged.commit.events.len(), "commit failed");
         self.stale = true;
+        self.lease_suspect |= matches!(error, StoreError::LeaseLost);
         for (reply, _) in staged.replies {
             let _ = reply.send(Err(RoomError::Unavailable(error.to_string())));
         }
@@ -601,7 +804,8 @@ impl Room {
                 _ => 0,
             };
             let frame = Broadcast { frames: frames.clone(), except_conn };
-            let msg = HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)) };
+            let msg =
+                HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)), room_seq: self.seq };
             if tx.try_send(Ok(msg)).is_err() {
                 dead.push(*id);
             }
@@ -613,11 +817,16 @@ impl Room {
         self.send(gateway, host_frame::Kind::Direct(Direct { conn, frames }));
     }
 
+    fn frame_of(&self, kind: host_frame::Kind) -> HostFrame {
+        HostFrame { kind: Some(kind), room_seq: self.seq }
+    }
+
     fn send(&mut self, gateway: GatewayId, kind: host_frame::Kind) {
+        let frame = self.frame_of(kind);
         let Some(tx) = self.gateways.get(&gateway) else {
             return;
         };
-        if tx.try_send(Ok(HostFrame { kind: Some(kind) })).is_err() {
+        if tx.try_send(Ok(frame)).is_err() {
             self.drop_gateways(vec![gateway]);
         }
     }
@@ -633,5 +842,34 @@ impl Room {
             self.detach(gateway);
         }
         self.emit();
+    }
+}
+
+/// Answers a command for a room this process no longer serves.
+pub(crate) fn redirect(cmd: Command, target: &str, seq: u64) {
+    let moved = || Moved { address: target.to_owned() };
+    match cmd {
+        Command::Attach { tx, .. } => {
+            let frame = HostFrame { kind: Some(host_frame::Kind::Moved(moved())), room_seq: seq };
+            let _ = tx.try_send(Ok(frame));
+        }
+        Command::Publish { reply, .. } => {
+            let _ = reply.send(Err(RoomError::Moved(target.to_owned())));
+        }
+        Command::Info { reply } => {
+            let _ = reply.send(RoomInfo { connections: 0, users: 0, seq });
+        }
+        Command::Kick { reply, .. } => {
+            let _ = reply.send(0);
+        }
+        Command::Detach { .. } | Command::Frame { .. } | Command::Handoff { .. } => {}
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -11,7 +11,9 @@ use rooms_proto::admin::{
     PublishReply, PublishRequest, RoomSummary,
 };
 use rooms_proto::host::room_host_server::RoomHost;
-use rooms_proto::host::{GatewayFrame, HostFrame, StatusReply, StatusRequest, gateway_frame};
+use rooms_proto::host::{
+    GatewayFrame, HostFrame, Moved, StatusReply, StatusRequest, gateway_frame, host_frame,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,6 +32,22 @@ impl RoomHostService {
     pub fn new(registry: Arc<Registry>, advertise: String) -> Self {
         Self { registry, advertise, next_gateway: AtomicU64::new(1) }
     }
+
+    /// Where a room not active here should be served instead: the successor
+    /// while this roomhost shuts down, else the ring owner if that is
+    /// another roomhost (unless the caller could not reach it: `fallback`).
+    fn elsewhere(&self, room: &RoomId, fallback: bool) -> Option<String> {
+        if self.registry.get(room).is_some() {
+            return None;
+        }
+        if self.registry.is_closed() {
+            return Some(self.registry.successor(room));
+        }
+        if fallback {
+            return None;
+        }
+        self.registry.ring_owner(room).filter(|owner| *owner != self.advertise)
+    }
 }
 
 fn parse_room(room: &str) -> Result<RoomId, Status> {
@@ -47,9 +65,18 @@ impl From<RegistryError> for Status {
     }
 }
 
+/// The message prefix of a FAILED_PRECONDITION status that redirects a call
+/// to the roomhost serving the room: `moved:ADDRESS`.
+pub const MOVED_PREFIX: &str = "moved:";
+
 impl From<RoomError> for Status {
     fn from(e: RoomError) -> Self {
-        Status::unavailable(e.to_string())
+        match e {
+            RoomError::Moved(target) => {
+                Status::failed_precondition(format!("{MOVED_PREFIX}{target}"))
+            }
+            RoomError::Unavailable(_) => Status::unavailable(e.to_string()),
+        }
     }
 }
 
@@ -73,9 +100,18 @@ impl RoomHost for RoomHostService {
             _ => return Err(Status::invalid_argument("a room stream starts with Open")),
         };
         let room = parse_room(&open.room)?;
-        let gateway = self.next_gateway.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
-        let mut handle = self.registry.dispatch(&room, Command::Attach { gateway, tx }).await?;
+        if let Some(target) = self.elsewhere(&room, open.fallback) {
+            let moved = HostFrame {
+                kind: Some(host_frame::Kind::Moved(Moved { address: target })),
+                room_seq: 0,
+            };
+            let _ = tx.try_send(Ok(moved));
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        let gateway = self.next_gateway.fetch_add(1, Ordering::Relaxed);
+        let attach = Command::Attach { gateway, tx, resume_after: open.resume_after };
+        let mut handle = self.registry.dispatch(&room, attach, open.fallback).await?;
         tracing::debug!(room.id = %room, gateway, gateway.name = %open.gateway_id, "room stream attached");
         let registry = Arc::clone(&self.registry);
         // Owned by the stream: ends when the gateway closes it or the server stops.
@@ -85,13 +121,15 @@ impl RoomHost for RoomHostService {
                 let cmd = Command::Frame { gateway, frame };
                 if let Err(mpsc::error::SendError(cmd)) = handle.tx.send(cmd).await {
                     // The actor hibernated and handed our Attach to its successor.
-                    match registry.dispatch(&room, cmd).await {
+                    match registry.dispatch(&room, cmd, false).await {
                         Ok(next) => handle = next,
                         Err(_) => break,
                     }
                 }
             }
-            let _ = registry.dispatch(&room, Command::Detach { gateway }).await;
+            if let Some(handle) = registry.get(&room) {
+                let _ = handle.tx.send(Command::Detach { gateway }).await;
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -104,9 +142,12 @@ impl RoomHost for RoomHostService {
         let room = parse_room(&request.room)?;
         let data = rooms_proto::server::parse_system_data(&request.data_json)
             .map_err(Status::invalid_argument)?;
+        if let Some(target) = self.elsewhere(&room, false) {
+            return Err(RoomError::Moved(target).into());
+        }
         let (reply, answer) = oneshot::channel();
         let persist = request.persist.unwrap_or(true);
-        self.registry.dispatch(&room, Command::Publish { data, persist, reply }).await?;
+        self.registry.dispatch(&room, Command::Publish { data, persist, reply }, false).await?;
         let seq = answer.await.map_err(dropped)??;
         Ok(Response::new(PublishReply { seq }))
     }

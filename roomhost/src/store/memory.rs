@@ -1,12 +1,16 @@
 //! In-process store for the embedded dev default. Bounded per room by the
-//! history limit; holds every room ever used until the process exits.
+//! history limit; holds every room ever used until the process exits. Leases
+//! behave as in Redis, for the one process that uses the store.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rooms_proto::RoomId;
 
-use super::{Commit, Event, LoadedRoom, RECENT_EVENTS, new_epoch};
+use super::{
+    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, StoreError, new_epoch,
+};
 
 #[derive(Clone)]
 pub struct MemoryStore {
@@ -19,6 +23,18 @@ struct MemRoom {
     epoch: String,
     names: HashMap<String, String>,
     events: VecDeque<Event>,
+    fence: u64,
+    lease: Option<(String, u64, Instant)>,
+}
+
+impl MemRoom {
+    fn holder(&self) -> Option<&(String, u64, Instant)> {
+        self.lease.as_ref().filter(|(_, _, until)| *until > Instant::now())
+    }
+
+    fn holds(&self, me: &Owner, lease: Lease) -> bool {
+        self.holder().is_some_and(|(owner, fence, _)| *owner == me.0 && *fence == lease.fence)
+    }
 }
 
 impl MemoryStore {
@@ -33,6 +49,8 @@ impl MemoryStore {
             epoch: new_epoch(),
             names: HashMap::new(),
             events: VecDeque::new(),
+            fence: 0,
+            lease: None,
         });
         f(entry)
     }
@@ -50,9 +68,51 @@ impl MemoryStore {
         })
     }
 
-    pub fn commit(&self, room: &RoomId, commit: &Commit) {
+    pub fn acquire(&self, room: &RoomId, me: &Owner, ttl: Duration) -> Acquired {
+        self.with_room(room, |r| {
+            if let Some((owner, fence, _)) = r.holder().cloned() {
+                if owner != me.0 {
+                    return Acquired::HeldBy(Owner(owner));
+                }
+                r.lease = Some((owner, fence, Instant::now() + ttl));
+                return Acquired::Ours(Lease { fence });
+            }
+            r.fence += 1;
+            r.lease = Some((me.0.clone(), r.fence, Instant::now() + ttl));
+            Acquired::Ours(Lease { fence: r.fence })
+        })
+    }
+
+    pub fn renew(&self, room: &RoomId, me: &Owner, lease: Lease, ttl: Duration) -> bool {
+        self.with_room(room, |r| {
+            let ours = r.holds(me, lease);
+            if ours {
+                r.lease = Some((me.0.clone(), lease.fence, Instant::now() + ttl));
+            }
+            ours
+        })
+    }
+
+    pub fn release(&self, room: &RoomId, me: &Owner, lease: Lease) {
+        self.with_room(room, |r| {
+            if r.holds(me, lease) {
+                r.lease = None;
+            }
+        })
+    }
+
+    pub fn commit(
+        &self,
+        room: &RoomId,
+        me: &Owner,
+        lease: Lease,
+        commit: &Commit,
+    ) -> Result<(), StoreError> {
         let limit = self.history_limit;
         self.with_room(room, |r| {
+            if !r.holds(me, lease) {
+                return Err(StoreError::LeaseLost);
+            }
             r.events.extend(commit.events.iter().cloned());
             while r.events.len() > limit {
                 r.events.pop_front();
@@ -63,6 +123,7 @@ impl MemoryStore {
             for (user, name) in &commit.names {
                 r.names.insert(user.clone(), name.clone());
             }
+            Ok(())
         })
     }
 

@@ -1,11 +1,17 @@
 //! Durable room state: history (events as serialized frames, by seq), user
-//! names, and the room's epoch and latest seq.
+//! names, the room's epoch and latest seq, and its ownership lease.
+//!
+//! The lease names the one roomhost allowed to write a room and carries a
+//! fencing token that grows on every change of owner; every commit checks
+//! both atomically, so a roomhost that lost its lease can never write.
 //!
 //! [`Store::Redis`] is the real backend; [`Store::Memory`] serves the embedded
 //! zero-setup default and loses everything on exit.
 
 mod memory;
 mod redis;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use rooms_proto::RoomId;
@@ -60,6 +66,35 @@ pub enum StoreError {
     Redis(#[from] ::redis::RedisError),
     #[error("stored data is malformed: {0}")]
     Corrupt(String),
+    #[error("the room's lease is no longer ours")]
+    LeaseLost,
+}
+
+/// Who holds (or wants) a room: `ADDRESS#INSTANCE`, unique per process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(pub String);
+
+impl Owner {
+    pub fn new(address: &str) -> Self {
+        Self(format!("{address}#{:08x}", rand::random::<u32>()))
+    }
+
+    /// The advertise address part, where gateways reach this owner.
+    pub fn address(&self) -> &str {
+        self.0.split_once('#').map_or(self.0.as_str(), |(address, _)| address)
+    }
+}
+
+/// A held lease: the fencing token every commit must present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub fence: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    Ours(Lease),
+    HeldBy(Owner),
 }
 
 /// The storage backend of a roomhost.
@@ -78,14 +113,56 @@ impl Store {
         }
     }
 
-    /// Appends events and name changes atomically; trims history.
-    pub async fn commit(&self, room: &RoomId, commit: &Commit) -> Result<(), StoreError> {
+    /// Appends events and name changes atomically, if `lease` is still
+    /// `me`'s; trims history.
+    pub async fn commit(
+        &self,
+        room: &RoomId,
+        me: &Owner,
+        lease: Lease,
+        commit: &Commit,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.commit(room, me, lease, commit),
+            Self::Redis(s) => s.commit(room, me, lease, commit).await,
+        }
+    }
+
+    /// Takes the room's lease for `ttl` if it is free (or already ours).
+    pub async fn acquire(
+        &self,
+        room: &RoomId,
+        me: &Owner,
+        ttl: Duration,
+    ) -> Result<Acquired, StoreError> {
+        match self {
+            Self::Memory(s) => Ok(s.acquire(room, me, ttl)),
+            Self::Redis(s) => s.acquire(room, me, ttl).await,
+        }
+    }
+
+    /// Extends our lease; false if it is no longer ours.
+    pub async fn renew(
+        &self,
+        room: &RoomId,
+        me: &Owner,
+        lease: Lease,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Self::Memory(s) => Ok(s.renew(room, me, lease, ttl)),
+            Self::Redis(s) => s.renew(room, me, lease, ttl).await,
+        }
+    }
+
+    /// Gives the lease up (handoff, hibernation) so the next owner need not wait.
+    pub async fn release(&self, room: &RoomId, me: &Owner, lease: Lease) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
-                s.commit(room, commit);
+                s.release(room, me, lease);
                 Ok(())
             }
-            Self::Redis(s) => s.commit(room, commit).await,
+            Self::Redis(s) => s.release(room, me, lease).await,
         }
     }
 

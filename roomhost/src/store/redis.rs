@@ -5,20 +5,25 @@
 //!   event frame; trimmed exactly to the history limit. Redis refuses an id not
 //!   above the last one, so a seq can never be written twice.
 //! * `rooms:{R}:names`: a hash userId -> name.
-//! * `rooms:{R}:meta`: a hash with `epoch` and `seq` (latest persisted).
+//! * `rooms:{R}:meta`: a hash with `epoch`, `seq` (latest persisted) and
+//!   `fence` (the fencing counter, +1 on every change of owner).
+//! * `rooms:{R}:lease`: a hash `owner`, `fence` that expires unless renewed.
 //!
 //! Keys are built only from validated [`RoomId`]s; user input is only ever a
 //! command argument, never part of a command.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::TcpSettings;
-use redis::{IntoConnectionInfo, Value, cmd, pipe};
+use redis::{IntoConnectionInfo, Script, Value, cmd, pipe};
 use rooms_proto::RoomId;
 
-use super::{Commit, Event, LoadedRoom, RECENT_EVENTS, StoreError, new_epoch};
+use super::{
+    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, StoreError, new_epoch,
+};
 
 /// A Redis call that takes longer fails, so a stuck Redis turns into
 /// `unavailable` errors instead of a stalled room.
@@ -29,12 +34,87 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct RedisStore {
     conn: ConnectionManager,
     history_limit: usize,
+    scripts: Arc<Scripts>,
+}
+
+/// The lease scripts. `lease` holds `owner` and `fence` and expires; `meta`
+/// keeps the fencing counter, which only grows.
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    commit: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            // KEYS: lease, meta. ARGV: me, ttl_ms. -> {1, fence} | {0, holder}
+            acquire: Script::new(
+                r"
+                local owner = redis.call('HGET', KEYS[1], 'owner')
+                if owner == ARGV[1] then
+                  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+                  return {1, redis.call('HGET', KEYS[1], 'fence')}
+                end
+                if owner then return {0, owner} end
+                local fence = redis.call('HINCRBY', KEYS[2], 'fence', 1)
+                redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence)
+                redis.call('PEXPIRE', KEYS[1], ARGV[2])
+                return {1, tostring(fence)}
+                ",
+            ),
+            // KEYS: lease. ARGV: me, fence, ttl_ms. -> 1 | 0
+            renew: Script::new(
+                r"
+                if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
+                   and redis.call('HGET', KEYS[1], 'fence') == ARGV[2] then
+                  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+                  return 1
+                end
+                return 0
+                ",
+            ),
+            // KEYS: lease. ARGV: me, fence. -> 1 | 0
+            release: Script::new(
+                r"
+                if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
+                   and redis.call('HGET', KEYS[1], 'fence') == ARGV[2] then
+                  return redis.call('DEL', KEYS[1])
+                end
+                return 0
+                ",
+            ),
+            // KEYS: lease, history, names, meta.
+            // ARGV: me, fence, history_limit, last_seq, n, n x (id, frame), (user, name)...
+            commit: Script::new(
+                r"
+                if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1]
+                   or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then
+                  return 0
+                end
+                local i = 6
+                for _ = 1, tonumber(ARGV[5]) do
+                  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], ARGV[i], 'e', ARGV[i + 1])
+                  i = i + 2
+                end
+                while i < #ARGV do
+                  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+                  i = i + 2
+                end
+                redis.call('HSET', KEYS[4], 'seq', ARGV[4])
+                return 1
+                ",
+            ),
+        }
+    }
 }
 
 struct Keys {
     history: String,
     names: String,
     meta: String,
+    lease: String,
 }
 
 impl Keys {
@@ -43,6 +123,7 @@ impl Keys {
             history: format!("rooms:{{{room}}}:history"),
             names: format!("rooms:{{{room}}}:names"),
             meta: format!("rooms:{{{room}}}:meta"),
+            lease: format!("rooms:{{{room}}}:lease"),
         }
     }
 }
@@ -65,7 +146,7 @@ impl RedisStore {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(2);
         let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self { conn, history_limit: history_limit.max(1) })
+        Ok(Self { conn, history_limit: history_limit.max(1), scripts: Arc::new(Scripts::new()) })
     }
 
     pub async fn load(&self, room: &RoomId) -> Result<LoadedRoom, StoreError> {
@@ -113,34 +194,92 @@ impl RedisStore {
         Ok(LoadedRoom { seq, epoch, names, recent, first_seq })
     }
 
-    pub async fn commit(&self, room: &RoomId, commit: &Commit) -> Result<(), StoreError> {
+    /// One script per group commit: checks the lease and fencing token,
+    /// then appends, renames and advances `seq`, all or nothing.
+    pub async fn commit(
+        &self,
+        room: &RoomId,
+        me: &Owner,
+        lease: Lease,
+        commit: &Commit,
+    ) -> Result<(), StoreError> {
         let Some(last) = commit.last_seq() else {
             return Ok(());
         };
         let keys = Keys::of(room);
-        let mut p = pipe();
-        p.atomic();
+        let mut call = self.scripts.commit.prepare_invoke();
+        call.key(&keys.lease).key(&keys.history).key(&keys.names).key(&keys.meta);
+        call.arg(&me.0).arg(lease.fence).arg(self.history_limit).arg(last).arg(commit.events.len());
         for event in &commit.events {
-            p.cmd("XADD")
-                .arg(&keys.history)
-                .arg("MAXLEN")
-                .arg(self.history_limit)
-                .arg(stream_id(event.seq))
-                .arg("e")
-                .arg(event.frame.as_ref())
-                .ignore();
+            call.arg(stream_id(event.seq)).arg(event.frame.as_ref());
         }
-        if !commit.names.is_empty() {
-            let mut hset = cmd("HSET");
-            hset.arg(&keys.names);
-            for (user, name) in &commit.names {
-                hset.arg(user).arg(name);
-            }
-            p.add_command(hset).ignore();
+        for (user, name) in &commit.names {
+            call.arg(user).arg(name);
         }
-        p.cmd("HSET").arg(&keys.meta).arg("seq").arg(last).ignore();
         let mut conn = self.conn.clone();
-        p.query_async::<()>(&mut conn).await?;
+        match call.invoke_async::<i64>(&mut conn).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::LeaseLost),
+        }
+    }
+
+    pub async fn acquire(
+        &self,
+        room: &RoomId,
+        me: &Owner,
+        ttl: Duration,
+    ) -> Result<Acquired, StoreError> {
+        let keys = Keys::of(room);
+        let mut conn = self.conn.clone();
+        let (ours, value): (i64, String) = self
+            .scripts
+            .acquire
+            .key(&keys.lease)
+            .key(&keys.meta)
+            .arg(&me.0)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        if ours == 1 {
+            let fence = value.parse().map_err(|_| StoreError::Corrupt("lease fence".into()))?;
+            Ok(Acquired::Ours(Lease { fence }))
+        } else {
+            Ok(Acquired::HeldBy(Owner(value)))
+        }
+    }
+
+    pub async fn renew(
+        &self,
+        room: &RoomId,
+        me: &Owner,
+        lease: Lease,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let keys = Keys::of(room);
+        let mut conn = self.conn.clone();
+        let renewed: i64 = self
+            .scripts
+            .renew
+            .key(&keys.lease)
+            .arg(&me.0)
+            .arg(lease.fence)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    pub async fn release(&self, room: &RoomId, me: &Owner, lease: Lease) -> Result<(), StoreError> {
+        let keys = Keys::of(room);
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .release
+            .key(&keys.lease)
+            .arg(&me.0)
+            .arg(lease.fence)
+            .invoke_async(&mut conn)
+            .await?;
         Ok(())
     }
 
