@@ -172,9 +172,15 @@ struct Link {
     last_seq: u64,
     /// Whether a stream was ever open (then a new one resumes after `last_seq`).
     attached: bool,
-    /// Some while the room moves: client frames waiting for the new owner.
+    /// Some until the current owner confirmed the stream (`Attached`):
+    /// client frames (other than joins and leaves, which are re-announced
+    /// from `conns`) that must be resent if the stream is redirected or the
+    /// room moves before that.
     held: Option<VecDeque<GatewayFrame>>,
-    /// Welcomed connections that closed while the room moved: the new owner
+    /// Whether frames also go upstream now (false between `Moving` or a
+    /// broken stream and the next open stream).
+    streaming: bool,
+    /// Welcomed connections that closed while unconfirmed: the new owner
     /// hears them join and leave, so it announces the `leave`.
     departed: Vec<(ConnId, UserId)>,
     /// Redirects followed without any frame delivered in between.
@@ -215,6 +221,7 @@ impl Link {
             last_seq: 0,
             attached: false,
             held: Some(VecDeque::new()),
+            streaming: false,
             departed: Vec::new(),
             bounces: 0,
         };
@@ -256,6 +263,7 @@ impl Link {
             };
             if let Next::Reattach(target) = next {
                 self.held.get_or_insert_with(VecDeque::new);
+                self.streaming = false;
                 match self.reattach(rx, target, REATTACH_DEADLINE).await {
                     Some(stream) => inbound = stream,
                     None => return,
@@ -372,8 +380,7 @@ impl Link {
             .map_err(|status| status.message().to_owned())?;
         self.upstream = upstream;
         self.attached = true;
-        self.held = None;
-        self.departed.clear();
+        self.streaming = true;
         Ok(response.into_inner())
     }
 
@@ -388,17 +395,19 @@ impl Link {
                     epoch: epoch.clone(),
                 };
                 self.conns.insert(conn, local);
-                if self.held.is_none() {
+                // Not held: every open re-announces the connections it has.
+                if self.streaming {
                     let join =
                         Join { conn, user_id: user.to_string(), since, epoch, rejoin: false };
-                    self.forward(conn, gateway_frame::Kind::Join(join));
+                    self.send_upstream(conn, gateway_frame::Kind::Join(join));
                 }
             }
             LinkCmd::Leave { conn } => {
                 let Some(local) = self.conns.remove(&conn) else { return };
-                if self.held.is_none() {
-                    self.forward(conn, gateway_frame::Kind::Leave(Leave { conn }));
-                } else if local.welcomed {
+                if self.streaming {
+                    self.send_upstream(conn, gateway_frame::Kind::Leave(Leave { conn }));
+                }
+                if self.held.is_some() && local.welcomed {
                     self.departed.push((conn, local.user));
                 }
             }
@@ -406,23 +415,27 @@ impl Link {
         }
     }
 
-    /// Queues a frame for the roomhost (or holds it while the room moves);
-    /// a full queue refuses it.
+    /// Queues a client frame for the roomhost, keeping it until the owner
+    /// confirmed the stream; a full queue or hold refuses it.
     fn forward(&mut self, conn: ConnId, kind: gateway_frame::Kind) {
-        let refused = match &mut self.held {
-            Some(held) if held.len() < HOLD_LIMIT => {
-                held.push_back(frame(kind));
-                false
+        if let Some(held) = &mut self.held {
+            if held.len() >= HOLD_LIMIT {
+                return self.error(
+                    conn,
+                    ErrorCode::Unavailable,
+                    "room moving; message not sent, retry",
+                );
             }
-            Some(_) => true,
-            None => self.upstream.try_send(frame(kind)).is_err(),
-        };
-        if refused {
-            self.error(
-                conn,
-                ErrorCode::Unavailable,
-                "room busy or moving; message not sent, retry",
-            );
+            held.push_back(frame(kind.clone()));
+        }
+        if self.streaming {
+            self.send_upstream(conn, kind);
+        }
+    }
+
+    fn send_upstream(&mut self, conn: ConnId, kind: gateway_frame::Kind) {
+        if self.upstream.try_send(frame(kind)).is_err() {
+            self.error(conn, ErrorCode::Unavailable, "room busy; message not sent, retry");
         }
     }
 
@@ -465,8 +478,16 @@ impl Link {
                 }
             }
             Some(host_frame::Kind::Moving(_)) => {
-                self.held.get_or_insert_with(VecDeque::new);
+                // Everything sent so far will be processed before Drained.
                 let _ = self.upstream.try_send(frame(gateway_frame::Kind::Drained(Drained {})));
+                self.held = Some(VecDeque::new());
+                self.departed.clear();
+                self.streaming = false;
+            }
+            Some(host_frame::Kind::Attached(_)) => {
+                self.bounces = 0;
+                self.held = None;
+                self.departed.clear();
             }
             Some(host_frame::Kind::Moved(moved)) => {
                 tracing::debug!(room.id = %self.room, target = %moved.address, "room moved");

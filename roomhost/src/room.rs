@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use rooms_proto::client::{ErrorCode, validate_name, validate_text};
 use rooms_proto::host::{
-    Broadcast, CloseConn, Direct, HostFrame, Moved, Moving, gateway_frame, host_frame,
+    Attached, Broadcast, CloseConn, Direct, HostFrame, Moved, Moving, gateway_frame, host_frame,
 };
 use rooms_proto::server::{self, UserEntry};
 use rooms_proto::{RoomId, UserId};
@@ -389,10 +389,14 @@ impl Room {
                     moving.deferred.push(tx);
                     return;
                 }
+                // Staged events go to the gateways that were here before; the
+                // newcomer gets them through its replay.
+                self.flush().await;
                 self.gateways.insert(gateway, tx);
                 if let Some(after) = resume_after {
                     self.replay(gateway, after).await;
                 }
+                self.send(gateway, host_frame::Kind::Attached(Attached {}));
             }
             Command::Detach { gateway } => {
                 if let Some(moving) = &mut self.moving {
@@ -573,9 +577,9 @@ impl Room {
         }
     }
 
-    /// Sends a re-attaching gateway the persisted events after `after`.
+    /// Sends a re-attaching gateway the persisted events after `after`
+    /// (nothing is staged: the caller flushed before attaching it).
     async fn replay(&mut self, gateway: GatewayId, after: u64) {
-        self.flush().await;
         if after >= self.seq {
             return;
         }

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use crate::client::{self, Client};
 use crate::eventually;
+
+fn count(process: &Process, needle: &str) -> usize {
+    process.logs().iter().filter(|l| l.contains(needle)).count()
+}
 use crate::process::{Process, binary};
 use crate::redis::Redis;
 
@@ -45,6 +49,9 @@ pub struct TestCluster {
     roomhosts: usize,
     gateways: usize,
     no_redis: bool,
+    /// Membership through a file every process watches (`file:`), which
+    /// tests rewrite to add and remove roomhosts.
+    file_membership: bool,
     roomhost_args: Vec<String>,
     gateway_args: Vec<String>,
 }
@@ -65,6 +72,12 @@ impl TestCluster {
         self
     }
 
+    /// Membership through a watched file, which [`Cluster::set_members`] rewrites.
+    pub fn file_membership(mut self) -> Self {
+        self.file_membership = true;
+        self
+    }
+
     /// Only gateways with an embedded roomhost (no Redis).
     pub fn embedded(gateways: usize) -> Self {
         Self { gateways, no_redis: true, ..Self::default() }
@@ -72,11 +85,31 @@ impl TestCluster {
 
     pub async fn start(self) -> Cluster {
         let redis = if self.no_redis { None } else { Some(Redis::start().await) };
-        let mut cluster =
-            Cluster { redis, roomhosts: Vec::new(), gateways: Vec::new(), spec: self.clone() };
+        let members_file = self.file_membership.then(|| {
+            let dir = std::env::temp_dir().join(format!(
+                "rooms-members-{}-{}",
+                std::process::id(),
+                crate::redis::free_port()
+            ));
+            std::fs::create_dir_all(&dir).expect("members dir");
+            let path = dir.join("members");
+            std::fs::write(&path, "").expect("members file");
+            path
+        });
+        let mut cluster = Cluster {
+            redis,
+            roomhosts: Vec::new(),
+            gateways: Vec::new(),
+            spec: self.clone(),
+            members_file,
+        };
         for _ in 0..self.roomhosts {
             let roomhost = cluster.spawn_roomhost().await;
             cluster.roomhosts.push(roomhost);
+        }
+        if cluster.members_file.is_some() {
+            let members: Vec<String> = cluster.roomhosts.iter().map(|r| r.addr.clone()).collect();
+            cluster.set_members(&members).await;
         }
         for _ in 0..self.gateways {
             let gateway = cluster.spawn_gateway().await;
@@ -91,7 +124,10 @@ pub struct Cluster {
     pub roomhosts: Vec<Roomhost>,
     pub gateways: Vec<Gateway>,
     spec: TestCluster,
+    members_file: Option<std::path::PathBuf>,
 }
+
+const MEMBERSHIP_CHANGED: &str = "roomhost membership changed";
 
 impl Cluster {
     pub fn redis_url(&self) -> Option<String> {
@@ -99,8 +135,48 @@ impl Cluster {
     }
 
     pub fn membership(&self) -> String {
+        if let Some(path) = &self.members_file {
+            return format!("file:{}", path.display());
+        }
         let addrs: Vec<&str> = self.roomhosts.iter().map(|r| r.addr.as_str()).collect();
         format!("static:{}", addrs.join(","))
+    }
+
+    /// Rewrites the membership file and waits until every running roomhost
+    /// and gateway has applied it.
+    pub async fn set_members(&self, members: &[String]) {
+        let path = self.members_file.as_ref().expect("file membership");
+        let processes: Vec<&Process> = self
+            .roomhosts
+            .iter()
+            .map(|r| &r.process)
+            .chain(self.gateways.iter().map(|g| &g.process))
+            .collect();
+        let before: Vec<usize> = processes.iter().map(|p| count(p, MEMBERSHIP_CHANGED)).collect();
+        // Replace the file atomically, as Kubernetes does with a ConfigMap, so
+        // a watcher never reads it half written.
+        let next = path.with_extension("next");
+        std::fs::write(&next, members.join("\n") + "\n").expect("write members");
+        std::fs::rename(&next, path).expect("replace members");
+        for (process, before) in processes.into_iter().zip(before) {
+            eventually("membership to be applied", || async move {
+                (count(process, MEMBERSHIP_CHANGED) > before || process.try_status().is_some())
+                    .then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// The roomhost that owns `room` now, per `GET /rooms/{room}`.
+    pub async fn owner_of(&self, room: &str) -> usize {
+        let (_, body) = client::get(&self.gateways[0].http, &format!("/rooms/{room}")).await;
+        let json: serde_json::Value =
+            serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("{}")).unwrap_or_default();
+        let owner = json["owner"].as_str().unwrap_or_default().to_owned();
+        self.roomhosts
+            .iter()
+            .position(|r| r.addr == owner)
+            .unwrap_or_else(|| panic!("owner `{owner}` unknown"))
     }
 
     pub async fn spawn_roomhost(&self) -> Roomhost {
@@ -109,8 +185,11 @@ impl Cluster {
         if let Some(url) = self.redis_url() {
             cmd.args(["--redis", &url]);
         }
+        if self.members_file.is_some() {
+            cmd.args(["--roomhosts", &self.membership()]);
+        }
         cmd.args(&self.spec.roomhost_args);
-        let mut process = Process::spawn("roomhost", cmd);
+        let process = Process::spawn("roomhost", cmd);
         let addr = process.wait_for_field("roomhost serving", "advertise").await;
         Roomhost { process, addr }
     }
@@ -122,7 +201,7 @@ impl Cluster {
             cmd.args(["--roomhosts", &self.membership()]);
         }
         cmd.args(&self.spec.gateway_args);
-        let mut process = Process::spawn("gateway", cmd);
+        let process = Process::spawn("gateway", cmd);
         let http = process.wait_for_field("gateway serving", "listen").await;
         let admin = process.wait_for_field("gateway serving", "admin").await;
         let gateway = Gateway { process, http, admin };

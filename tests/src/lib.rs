@@ -7,9 +7,11 @@
 //! * [`redis`]: a private `redis-server`.
 //! * [`cluster`]: [`TestCluster`]: Redis + roomhosts + gateways.
 //! * [`client`]: a WebSocket client speaking the client protocol.
+//! * [`load`]: steady chat load for fault tests, and its verification.
 
 pub mod client;
 pub mod cluster;
+pub mod load;
 pub mod process;
 pub mod redis;
 

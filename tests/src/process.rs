@@ -26,7 +26,7 @@ pub fn binary(name: &str) -> PathBuf {
 
 pub struct Process {
     pub name: String,
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -52,7 +52,7 @@ impl Process {
                 }
             });
         }
-        Self { name: name.to_owned(), child: Some(child), logs }
+        Self { name: name.to_owned(), child: Mutex::new(Some(child)), logs }
     }
 
     pub fn logs(&self) -> Vec<String> {
@@ -60,12 +60,12 @@ impl Process {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child.lock().unwrap().as_ref().map_or(0, Child::id)
     }
 
     /// Waits for a log line containing `needle` and returns the value of the
     /// `key=` field on it.
-    pub async fn wait_for_field(&mut self, needle: &str, key: &str) -> String {
+    pub async fn wait_for_field(&self, needle: &str, key: &str) -> String {
         let deadline = Instant::now() + crate::DEADLINE;
         loop {
             let found = self.logs().iter().find(|l| l.contains(needle)).and_then(|line| {
@@ -94,13 +94,13 @@ impl Process {
     }
 
     /// The exit status, if the process has exited.
-    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    pub fn try_status(&self) -> Option<std::process::ExitStatus> {
+        self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -109,7 +109,7 @@ impl Process {
     /// SIGTERM, then wait up to `grace` for a clean exit; returns whether it
     /// exited successfully by itself.
     pub async fn terminate(&mut self, grace: Duration) -> bool {
-        let Some(mut child) = self.child.take() else {
+        let Some(mut child) = self.child.lock().unwrap().take() else {
             return false;
         };
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();

@@ -51,7 +51,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(&dir);
-            let mut process = Process::spawn("redis-server", cmd);
+            let process = Process::spawn("redis-server", cmd);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             loop {
                 if command(port, "PING").await.as_deref() == Some("+PONG") {

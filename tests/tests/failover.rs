@@ -1,0 +1,175 @@
+//! Rooms move between roomhosts — crash, shutdown, scale-out — while clients
+//! chat through two gateways: nobody is disconnected, seqs stay contiguous
+//! without duplicates, and nothing any client saw is lost.
+
+use std::time::Duration;
+
+use rooms_proto::server::ServerFrame;
+use rooms_tests::load::{Load, Outcome, pause_after, verify};
+use rooms_tests::{Client, Cluster, TestCluster};
+use tokio::time::Instant;
+
+const ROOM: &str = "busy";
+const LEASE_TTL: &str = "--lease-ttl=2s";
+
+async fn cluster(roomhosts: usize) -> Cluster {
+    TestCluster::new(roomhosts, 2)
+        .file_membership()
+        .roomhost_arg(LEASE_TTL)
+        .roomhost_arg("--history-limit=100000")
+        .gateway_arg("--rate-limit=1000")
+        .gateway_arg("--rate-burst=1000")
+        .start()
+        .await
+}
+
+/// Two clients on each gateway, all sending.
+async fn start_load(cluster: &Cluster, room: &str) -> Load {
+    let mut clients = Vec::new();
+    for (g, gateway) in cluster.gateways.iter().enumerate() {
+        for c in 0..2 {
+            let user = format!("{room}-g{g}c{c}");
+            clients.push((user.clone(), gateway.join(room, &user).await));
+        }
+    }
+    Load::start(clients, Duration::from_millis(20))
+}
+
+/// Lets the load run.
+async fn run_for(duration: Duration) {
+    tokio::time::sleep(duration).await;
+}
+
+/// Every event a client saw is in the room's stored history.
+async fn history_has_everything(cluster: &Cluster, room: &str, outcomes: &[Outcome]) {
+    let verified = verify(outcomes, false);
+    let (&last, _) = verified.events.iter().next_back().expect("events");
+    let (reader, hello, first) =
+        Client::join(&cluster.gateways[0].ws_url(room, "user=auditor")).await;
+    let epoch = match hello {
+        ServerFrame::Welcome { epoch, seq, .. } => {
+            assert!(seq >= last, "the room's seq {seq} is behind what clients saw ({last})");
+            epoch
+        }
+        other => panic!("{other:?}"),
+    };
+    drop(first);
+    reader.close().await;
+    let url = cluster.gateways[1].ws_url(room, &format!("user=auditor&since=0&epoch={epoch}"));
+    let mut auditor = Client::connect(&url).await.expect("auditor");
+    let mut stored = std::collections::BTreeMap::new();
+    while stored.len() < verified.events.len() {
+        match auditor.frame().await {
+            ServerFrame::History { messages, gap, .. } => {
+                assert!(!gap, "history has a gap");
+                for m in messages {
+                    if let ServerFrame::Chat { seq: Some(seq), text, .. } = m {
+                        stored.insert(seq, text);
+                    }
+                }
+                if stored.keys().next_back().is_some_and(|s| *s >= last) {
+                    break;
+                }
+            }
+            _ => continue,
+        }
+    }
+    for (seq, text) in &verified.events {
+        assert_eq!(stored.get(seq), Some(text), "event {seq} seen by a client is not in history");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_owner_disconnects_no_one_and_loses_nothing_seen() {
+    let mut cluster = cluster(3).await;
+    let load = start_load(&cluster, ROOM).await;
+    run_for(Duration::from_millis(800)).await;
+    let owner = cluster.owner_of(ROOM).await;
+    let killed_at = Instant::now();
+    cluster.roomhosts[owner].process.kill();
+    // The dead roomhost stays in the membership (as with a static list):
+    // gateways skip it and the next ring member takes the room once its
+    // lease expires. Keep the load going past that.
+    run_for(Duration::from_secs(4)).await;
+    let outcomes = load.stop().await;
+    let verified = verify(&outcomes, false);
+    let pause = pause_after(&outcomes, killed_at);
+    eprintln!(
+        "sigkill: {} events, pause {:?}, refused {}, unacknowledged {}",
+        verified.events.len(),
+        pause,
+        verified.refused,
+        verified.unacknowledged
+    );
+    assert!(
+        pause < Duration::from_secs(2) + Duration::from_millis(1500),
+        "takeover took {pause:?}"
+    );
+    history_has_everything(&cluster, ROOM, &outcomes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_the_owner_hands_the_room_over_losing_nothing() {
+    let mut cluster = cluster(3).await;
+    let load = start_load(&cluster, ROOM).await;
+    run_for(Duration::from_millis(800)).await;
+    let owner = cluster.owner_of(ROOM).await;
+    let stopped_at = Instant::now();
+    assert!(
+        cluster.roomhosts[owner].process.terminate(Duration::from_secs(15)).await,
+        "clean exit"
+    );
+    run_for(Duration::from_millis(800)).await;
+    let outcomes = load.stop().await;
+    let verified = verify(&outcomes, true);
+    let pause = pause_after(&outcomes, stopped_at);
+    eprintln!(
+        "sigterm: {} events, pause {:?}, refused {}",
+        verified.events.len(),
+        pause,
+        verified.refused
+    );
+    for outcome in &outcomes {
+        assert!(
+            outcome.joins_and_leaves.iter().all(|f| !matches!(f, ServerFrame::Leave { .. })),
+            "{} saw a spurious leave: {:?}",
+            outcome.user,
+            outcome.joins_and_leaves
+        );
+    }
+    history_has_everything(&cluster, ROOM, &outcomes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_roomhost_moves_rooms_to_it_under_load() {
+    let mut cluster = cluster(1).await;
+    let rooms: Vec<String> = (0..6).map(|i| format!("grow-{i}")).collect();
+    let mut loads = Vec::new();
+    for room in &rooms {
+        loads.push(start_load(&cluster, room).await);
+    }
+    run_for(Duration::from_millis(500)).await;
+    let newcomer = cluster.spawn_roomhost().await;
+    cluster.roomhosts.push(newcomer);
+    let members: Vec<String> = cluster.roomhosts.iter().map(|r| r.addr.clone()).collect();
+    let moved_at = Instant::now();
+    cluster.set_members(&members).await;
+    run_for(Duration::from_millis(1000)).await;
+    let mut moved = 0;
+    for room in &rooms {
+        if cluster.owner_of(room).await == 1 {
+            moved += 1;
+        }
+    }
+    assert!(moved > 0, "the new roomhost took some rooms");
+    let all = futures_util::future::join_all(loads.into_iter().map(Load::stop)).await;
+    for (room, outcomes) in rooms.iter().zip(all) {
+        let verified = verify(&outcomes, true);
+        eprintln!(
+            "scale-out {room}: {} events, pause {:?}",
+            verified.events.len(),
+            pause_after(&outcomes, moved_at)
+        );
+        history_has_everything(&cluster, room, &outcomes).await;
+    }
+}
