@@ -395,17 +395,17 @@ impl Link {
                     epoch: epoch.clone(),
                 };
                 self.conns.insert(conn, local);
-                // Not held: every open re-announces the connections it has.
+                // Never held: every open re-announces the connections it has.
                 if self.streaming {
                     let join =
                         Join { conn, user_id: user.to_string(), since, epoch, rejoin: false };
-                    self.send_upstream(conn, gateway_frame::Kind::Join(join));
+                    self.send_upstream(conn, frame(gateway_frame::Kind::Join(join)));
                 }
             }
             LinkCmd::Leave { conn } => {
                 let Some(local) = self.conns.remove(&conn) else { return };
                 if self.streaming {
-                    self.send_upstream(conn, gateway_frame::Kind::Leave(Leave { conn }));
+                    self.send_upstream(conn, frame(gateway_frame::Kind::Leave(Leave { conn })));
                 }
                 if self.held.is_some() && local.welcomed {
                     self.departed.push((conn, local.user));
@@ -418,6 +418,7 @@ impl Link {
     /// Queues a client frame for the roomhost, keeping it until the owner
     /// confirmed the stream; a full queue or hold refuses it.
     fn forward(&mut self, conn: ConnId, kind: gateway_frame::Kind) {
+        let message = frame(kind);
         if let Some(held) = &mut self.held {
             if held.len() >= HOLD_LIMIT {
                 return self.error(
@@ -426,16 +427,33 @@ impl Link {
                     "room moving; message not sent, retry",
                 );
             }
-            held.push_back(frame(kind.clone()));
+            held.push_back(message.clone());
         }
         if self.streaming {
-            self.send_upstream(conn, kind);
+            self.send_upstream(conn, message);
         }
     }
 
-    fn send_upstream(&mut self, conn: ConnId, kind: gateway_frame::Kind) {
-        if self.upstream.try_send(frame(kind)).is_err() {
-            self.error(conn, ErrorCode::Unavailable, "room busy; message not sent, retry");
+    /// Sends on the current stream. A closed stream (the roomhost dropped
+    /// it; the link hears why next) stops streaming and keeps the frame for
+    /// the next one; a full one refuses it.
+    fn send_upstream(&mut self, conn: ConnId, message: GatewayFrame) {
+        match self.upstream.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(message)) => {
+                self.streaming = false;
+                let held = self.held.get_or_insert_with(VecDeque::new);
+                let is_client_frame = !matches!(
+                    message.kind,
+                    Some(gateway_frame::Kind::Join(_) | gateway_frame::Kind::Leave(_))
+                );
+                if is_client_frame && !held.contains(&message) {
+                    held.push_back(message);
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.error(conn, ErrorCode::Unavailable, "room busy; message not sent, retry");
+            }
         }
     }
 

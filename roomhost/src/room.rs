@@ -691,8 +691,22 @@ impl Room {
         if self.stale {
             match self.store.load(&self.id).await {
                 Ok(loaded) => {
+                    let (before, epoch) = (self.seq, self.epoch.clone());
                     self.apply_loaded(loaded);
                     self.stale = false;
+                    // A write that timed out may have landed after all: it is
+                    // stored, so it is delivered (late, but in order, and seqs
+                    // stay contiguous for every client).
+                    if self.epoch == epoch && self.seq > before {
+                        let landed: Vec<Bytes> = self
+                            .recent
+                            .iter()
+                            .filter(|e| e.seq > before)
+                            .map(|e| e.frame.clone())
+                            .collect();
+                        tracing::warn!(room.id = %self.id, count = landed.len(), "delivering writes that landed late");
+                        self.staged.outputs.extend(landed.into_iter().map(Output::All));
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(room.id = %self.id, %error, "reload after a failed write failed");

@@ -24,6 +24,7 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// Set if the server closed the connection (code).
     pub closed: Option<Option<u16>>,
+    /// Presence events received before the load was stopped.
     pub joins_and_leaves: Vec<ServerFrame>,
 }
 
@@ -87,7 +88,10 @@ async fn drive(
                     outcome.chats.push((Instant::now(), seq.unwrap_or(0), text));
                 }
                 Some(Received::Frame(ServerFrame::Error { code, .. })) => outcome.errors.push(code),
-                Some(Received::Frame(frame @ (ServerFrame::Join { .. } | ServerFrame::Leave { .. }))) => {
+                // While draining, the others closing is no news.
+                Some(Received::Frame(frame @ (ServerFrame::Join { .. } | ServerFrame::Leave { .. })))
+                    if draining_until.is_none() =>
+                {
                     outcome.joins_and_leaves.push(frame);
                 }
                 Some(Received::Frame(_)) => {}

@@ -66,6 +66,10 @@ impl Redis {
         panic!("could not start redis-server (is it installed? the test script installs it)");
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }

@@ -173,3 +173,109 @@ async fn adding_a_roomhost_moves_rooms_to_it_under_load() {
         history_has_everything(&cluster, room, &outcomes).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_every_roomhost_under_load() {
+    let mut cluster = cluster(3).await;
+    let load = start_load(&cluster, ROOM).await;
+    run_for(Duration::from_millis(500)).await;
+    let mut pauses = Vec::new();
+    for i in 0..cluster.roomhosts.len() {
+        // Replace roomhost i: stop it (its rooms move), start a new one on a
+        // new port, and swap it into the membership.
+        let at = Instant::now();
+        assert!(
+            cluster.roomhosts[i].process.terminate(Duration::from_secs(15)).await,
+            "clean exit"
+        );
+        let fresh = cluster.spawn_roomhost().await;
+        let old = std::mem::replace(&mut cluster.roomhosts[i], fresh);
+        drop(old);
+        let members: Vec<String> = cluster.roomhosts.iter().map(|r| r.addr.clone()).collect();
+        cluster.set_members(&members).await;
+        pauses.push(at);
+        run_for(Duration::from_millis(500)).await;
+    }
+    let outcomes = load.stop().await;
+    let verified = verify(&outcomes, true);
+    let pauses: Vec<Duration> = pauses.iter().map(|at| pause_after(&outcomes, *at)).collect();
+    eprintln!(
+        "rolling restart: {} events, pauses {pauses:?}, refused {}",
+        verified.events.len(),
+        verified.refused
+    );
+    history_has_everything(&cluster, ROOM, &outcomes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_with_different_member_lists_still_have_one_writer() {
+    let cluster = cluster(2).await;
+    // A third gateway with a stale list that knows only the first roomhost.
+    let stale = {
+        let mut cmd = std::process::Command::new(rooms_tests::process::binary("gateway"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--rate-limit=1000",
+            "--rate-burst=1000",
+        ]);
+        cmd.args(["--roomhosts", &format!("static:{}", cluster.roomhosts[0].addr)]);
+        let process = rooms_tests::process::Process::spawn("stale-gateway", cmd);
+        let http = process.wait_for_field("gateway serving", "listen").await;
+        (process, http)
+    };
+    // Rooms the up-to-date ring gives to the second roomhost, which the
+    // stale gateway would send to the first.
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let room = format!("split-{i}");
+        for (g, http) in [cluster.gateways[0].http.clone(), stale.1.clone()].iter().enumerate() {
+            let user = format!("{room}-g{g}");
+            let url = format!("ws://{http}/rooms/{room}/ws?user={user}");
+            clients.push((room.clone(), user, Client::join(&url).await.0));
+        }
+    }
+    let mut per_room: std::collections::BTreeMap<String, Vec<(String, Client)>> =
+        Default::default();
+    for (room, user, client) in clients {
+        per_room.entry(room).or_default().push((user, client));
+    }
+    let loads: Vec<Load> =
+        per_room.into_values().map(|c| Load::start(c, Duration::from_millis(20))).collect();
+    run_for(Duration::from_millis(1500)).await;
+    // Both gateways' clients of each room saw one sequence: one writer.
+    for outcomes in futures_util::future::join_all(loads.into_iter().map(Load::stop)).await {
+        verify(&outcomes, true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_pausing_refuses_events_then_service_resumes_losing_nothing() {
+    let cluster = cluster(1).await;
+    let load = start_load(&cluster, ROOM).await;
+    run_for(Duration::from_millis(500)).await;
+    let redis = cluster.redis.as_ref().expect("redis");
+    // Freeze Redis for 3 seconds: nothing it would acknowledge is lost, but
+    // nothing can be stored meanwhile.
+    let pid = redis.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    run_for(Duration::from_secs(3)).await;
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let resumed = Instant::now();
+    run_for(Duration::from_secs(3)).await;
+    let outcomes = load.stop().await;
+    let verified = verify(&outcomes, true);
+    eprintln!(
+        "redis pause: {} events, refused {} (unavailable), first event after resume {:?}",
+        verified.events.len(),
+        verified.refused,
+        pause_after(&outcomes, resumed)
+    );
+    assert!(verified.refused > 0, "sends during the outage were refused");
+    assert!(outcomes.iter().flat_map(|o| &o.errors).all(|code| code == "unavailable"));
+    let after = outcomes.iter().flat_map(|o| &o.chats).filter(|(t, _, _)| *t > resumed).count();
+    assert!(after > 0, "service resumed");
+    history_has_everything(&cluster, ROOM, &outcomes).await;
+}
