@@ -1,4 +1,5 @@
-//! A private `redis-server` on a free loopback port, no persistence.
+//! A private `redis-server` on a free loopback port, with an append-only
+//! file so that a restart keeps the data (as a production Redis would).
 
 use std::process::Command;
 use std::time::Duration;
@@ -31,6 +32,29 @@ pub async fn command(port: u16, cmd: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned())
 }
 
+fn spawn(port: u16, dir: &std::path::Path) -> Process {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+        .arg("--dir")
+        .arg(dir);
+    Process::spawn("redis-server", cmd)
+}
+
+/// Waits until Redis answers PING; false if it exited or never answered.
+async fn answers(port: u16, process: &Process) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if command(port, "PING").await.as_deref() == Some("+PONG") {
+            return true;
+        }
+        if process.try_status().is_some() || tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl Redis {
     pub async fn start() -> Self {
         for _ in 0..5 {
@@ -38,32 +62,22 @@ impl Redis {
             let dir =
                 std::env::temp_dir().join(format!("rooms-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("redis dir");
-            let mut cmd = Command::new("redis-server");
-            cmd.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir);
-            let process = Process::spawn("redis-server", cmd);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                if command(port, "PING").await.as_deref() == Some("+PONG") {
-                    return Self { port, process, dir };
-                }
-                if process.try_status().is_some() || tokio::time::Instant::now() > deadline {
-                    break; // port raced with another process: try another
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            let process = spawn(port, &dir);
+            if answers(port, &process).await {
+                return Self { port, process, dir };
             }
+            // The port raced with another process: try another.
         }
         panic!("could not start redis-server (is it installed? the test script installs it)");
+    }
+
+    /// Stops Redis (SIGTERM: it writes its data out), keeps it down for
+    /// `down`, and starts it again on the same port with the same data.
+    pub async fn restart(&mut self, down: Duration) {
+        assert!(self.process.terminate(Duration::from_secs(10)).await, "redis stopped cleanly");
+        tokio::time::sleep(down).await;
+        self.process = spawn(self.port, &self.dir);
+        assert!(answers(self.port, &self.process).await, "redis came back");
     }
 
     pub fn pid(&self) -> u32 {

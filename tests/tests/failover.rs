@@ -279,3 +279,68 @@ async fn redis_pausing_refuses_events_then_service_resumes_losing_nothing() {
     assert!(after > 0, "service resumed");
     history_has_everything(&cluster, ROOM, &outcomes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_gateway_crash_clients_resume_elsewhere_with_exactly_what_they_missed() {
+    let mut cluster = cluster(2).await;
+    let (mut ann, hello, _) = Client::join(&cluster.gateways[0].ws_url(ROOM, "user=ann")).await;
+    let epoch = match hello {
+        ServerFrame::Welcome { epoch, .. } => epoch,
+        other => panic!("{other:?}"),
+    };
+    let mut bob = cluster.gateways[1].join(ROOM, "bob").await;
+    for i in 0..5 {
+        bob.chat(&format!("before {i}"), "").await;
+    }
+    let seen = ann.chats(5).await;
+    let last = seen.last().and_then(ServerFrame::seq).expect("seq");
+    // Ann's gateway dies; Bob keeps talking meanwhile.
+    cluster.gateways[0].process.kill();
+    assert!(matches!(
+        ann.next_within(Duration::from_secs(5)).await,
+        Some(rooms_tests::client::Received::Closed(..))
+    ));
+    for i in 0..7 {
+        bob.chat(&format!("missed {i}"), "").await;
+    }
+    bob.chats(5 + 7).await;
+    let url = cluster.gateways[1].ws_url(ROOM, &format!("user=ann&since={last}&epoch={epoch}"));
+    let (_back, _, replay) = Client::join(&url).await;
+    match replay {
+        ServerFrame::History { messages, gap, .. } => {
+            assert!(!gap);
+            let texts: Vec<String> = messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    ServerFrame::Chat { text, .. } => Some(text),
+                    _ => None,
+                })
+                .collect();
+            let expected: Vec<String> = (0..7).map(|i| format!("missed {i}")).collect();
+            assert_eq!(texts, expected, "exactly what was missed, in order");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_refuses_events_then_service_resumes_losing_nothing() {
+    let mut cluster = cluster(1).await;
+    let load = start_load(&cluster, ROOM).await;
+    run_for(Duration::from_millis(500)).await;
+    cluster.redis.as_mut().expect("redis").restart(Duration::from_secs(2)).await;
+    let restarted = Instant::now();
+    run_for(Duration::from_secs(3)).await;
+    let outcomes = load.stop().await;
+    let verified = verify(&outcomes, true);
+    eprintln!(
+        "redis restart: {} events, refused {} (unavailable), first event after restart {:?}",
+        verified.events.len(),
+        verified.refused,
+        pause_after(&outcomes, restarted)
+    );
+    assert!(outcomes.iter().flat_map(|o| &o.errors).all(|code| code == "unavailable"));
+    let after = outcomes.iter().flat_map(|o| &o.chats).filter(|(t, _, _)| *t > restarted).count();
+    assert!(after > 0, "service resumed");
+    history_has_everything(&cluster, ROOM, &outcomes).await;
+}
