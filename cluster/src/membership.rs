@@ -213,6 +213,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dns_membership_resolves_every_address() {
+        let source: MembershipSource = "dns:localhost:50051".parse().unwrap();
+        let members = source.resolve().await.unwrap();
+        assert!(members.contains(&"127.0.0.1:50051".to_owned()), "{members:?}");
+        let missing: MembershipSource = "dns:no-such-host.invalid:1".parse().unwrap();
+        assert!(missing.resolve().await.is_err());
+    }
+
+    #[tokio::test]
     async fn file_membership_follows_edits() {
         let dir = std::env::temp_dir().join(format!("rooms-members-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -264,20 +264,27 @@ async fn redis_pausing_refuses_events_then_service_resumes_losing_nothing() {
     run_for(Duration::from_secs(3)).await;
     assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
     let resumed = Instant::now();
+    let refused = recovers_after_outage(&cluster, load, resumed, "redis pause").await;
+    assert!(refused > 0, "sends during the outage were refused");
+}
+
+/// After a Redis outage ending at `back`: nothing lost, only `unavailable`
+/// refusals, service resumed. Returns how many sends were refused.
+async fn recovers_after_outage(cluster: &Cluster, load: Load, back: Instant, what: &str) -> usize {
     run_for(Duration::from_secs(3)).await;
     let outcomes = load.stop().await;
     let verified = verify(&outcomes, true);
     eprintln!(
-        "redis pause: {} events, refused {} (unavailable), first event after resume {:?}",
+        "{what}: {} events, refused {} (unavailable), first event after it {:?}",
         verified.events.len(),
         verified.refused,
-        pause_after(&outcomes, resumed)
+        pause_after(&outcomes, back)
     );
-    assert!(verified.refused > 0, "sends during the outage were refused");
     assert!(outcomes.iter().flat_map(|o| &o.errors).all(|code| code == "unavailable"));
-    let after = outcomes.iter().flat_map(|o| &o.chats).filter(|(t, _, _)| *t > resumed).count();
+    let after = outcomes.iter().flat_map(|o| &o.chats).filter(|(t, _, _)| *t > back).count();
     assert!(after > 0, "service resumed");
-    history_has_everything(&cluster, ROOM, &outcomes).await;
+    history_has_everything(cluster, ROOM, &outcomes).await;
+    verified.refused
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,17 +337,5 @@ async fn redis_restart_refuses_events_then_service_resumes_losing_nothing() {
     run_for(Duration::from_millis(500)).await;
     cluster.redis.as_mut().expect("redis").restart(Duration::from_secs(2)).await;
     let restarted = Instant::now();
-    run_for(Duration::from_secs(3)).await;
-    let outcomes = load.stop().await;
-    let verified = verify(&outcomes, true);
-    eprintln!(
-        "redis restart: {} events, refused {} (unavailable), first event after restart {:?}",
-        verified.events.len(),
-        verified.refused,
-        pause_after(&outcomes, restarted)
-    );
-    assert!(outcomes.iter().flat_map(|o| &o.errors).all(|code| code == "unavailable"));
-    let after = outcomes.iter().flat_map(|o| &o.chats).filter(|(t, _, _)| *t > restarted).count();
-    assert!(after > 0, "service resumed");
-    history_has_everything(&cluster, ROOM, &outcomes).await;
+    recovers_after_outage(&cluster, load, restarted, "redis restart").await;
 }
