@@ -296,20 +296,23 @@ impl Link {
                 return None;
             }
             let ring = self.links.router.ring();
-            let address = if target.is_empty() {
+            // Sent there by a roomhost (the previous owner or a lease holder),
+            // or the ring's first choice is unreachable: the roomhost asked
+            // may serve the room even if its own ring says otherwise, once it
+            // holds the lease (waiting out an unreachable owner's lease).
+            let redirected = !target.is_empty();
+            let address = if redirected {
+                Some(std::mem::take(&mut target))
+            } else {
                 let members = ring.members().iter().filter(|m| !unreachable.contains(m)).cloned();
                 Ring::new(members, 0).owner(&self.room).map(str::to_owned)
-            } else {
-                Some(std::mem::take(&mut target))
             };
             let Some(address) = address else {
                 unreachable.clear();
                 self.pause(rx, Duration::from_millis(100)).await;
                 continue;
             };
-            // Not the ring's first choice: the owner it names is unreachable,
-            // so this one may take the room once that owner's lease expires.
-            let fallback = !unreachable.is_empty();
+            let fallback = redirected || !unreachable.is_empty();
             match self.open(&address, fallback).await {
                 Ok(inbound) => {
                     tracing::debug!(room.id = %self.room, roomhost.addr = %address, fallback, "room stream open");

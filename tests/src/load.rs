@@ -165,21 +165,15 @@ pub fn verify(outcomes: &[Outcome], all_sent_arrive: bool) -> Verified {
     Verified { events, refused, unacknowledged }
 }
 
-/// The pause a fault caused: from `at` to the first arrival of an event
-/// newer than anything received before `at`.
+/// The pause a fault caused: the longest any client waited between two
+/// consecutive events, among waits that end after `at` (within 30 s).
 pub fn pause_after(outcomes: &[Outcome], at: Instant) -> Duration {
-    let before = outcomes
-        .iter()
-        .flat_map(|o| o.chats.iter())
-        .filter(|(t, _, _)| *t <= at)
-        .map(|(_, seq, _)| *seq)
-        .max()
-        .unwrap_or(0);
+    let horizon = at + Duration::from_secs(30);
     outcomes
         .iter()
-        .flat_map(|o| o.chats.iter())
-        .filter(|(t, seq, _)| *t > at && *seq > before)
-        .map(|(t, _, _)| t.duration_since(at))
-        .min()
+        .flat_map(|o| o.chats.windows(2))
+        .filter(|pair| pair[1].0 > at && pair[1].0 < horizon)
+        .map(|pair| pair[1].0.duration_since(pair[0].0))
+        .max()
         .expect("events after the fault")
 }

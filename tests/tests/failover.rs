@@ -275,7 +275,7 @@ async fn recovers_after_outage(cluster: &Cluster, load: Load, back: Instant, wha
     let outcomes = load.stop().await;
     let verified = verify(&outcomes, true);
     eprintln!(
-        "{what}: {} events, refused {} (unavailable), first event after it {:?}",
+        "{what}: {} events, refused {} (unavailable), longest wait {:?}",
         verified.events.len(),
         verified.refused,
         pause_after(&outcomes, back)
