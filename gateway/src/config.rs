@@ -4,9 +4,22 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use clap::Parser;
 use rooms_cluster::MembershipSource;
 use rooms_cluster::process::LogFormat;
+
+use crate::auth::{Access, AuthConfigError, JwtAlgorithm, JwtAuth, Origins};
+
+/// A secret read from a file, without the trailing newline editors add.
+fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    bytes
+}
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
@@ -42,15 +55,35 @@ pub struct Args {
     /// Client authentication.
     #[arg(long, env = "GATEWAY_AUTH", value_enum, default_value = "none")]
     pub auth: AuthMode,
-    /// HS256 secret for --auth jwt.
+    /// HS256 secret for --auth jwt (at least 16 bytes).
     #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// A file holding the HS256 secret (e.g. a mounted Secret).
+    #[arg(long, env = "GATEWAY_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// RS256/ES256 public key (PEM file) for --auth jwt.
     #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY")]
-    pub jwt_public_key: Option<String>,
+    pub jwt_public_key: Option<PathBuf>,
+    /// The one accepted token algorithm (default: HS256 with a secret,
+    /// RS256 with a public key).
+    #[arg(long, env = "GATEWAY_JWT_ALGORITHM", value_enum)]
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+    /// Required `iss` claim.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Origins allowed to open sockets: exact (https://app.example.com) or
+    /// *.example.com, comma-separated. Absent: any origin (a warning is logged).
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Bearer token every Admin call must carry (absent: Admin is open).
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Client messages per second per connection.
     #[arg(long, env = "GATEWAY_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
     pub rate_limit: u32,
@@ -72,8 +105,9 @@ pub struct Args {
 }
 
 /// Validated gateway configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
+    pub access: Arc<Access>,
     pub roomhosts: Option<MembershipSource>,
     pub admin_token: Option<String>,
     pub rate_limit: u32,
@@ -85,8 +119,12 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--auth jwt is not available in this release; use --auth none")]
-    JwtUnsupported,
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    #[error("reading {0}: {1}")]
+    File(PathBuf, std::io::Error),
+    #[error("--jwt-* flags need --auth jwt")]
+    JwtWithoutAuth,
     #[error("--rate-limit and --rate-burst must be at least 1")]
     Rate,
     #[error("--send-queue must be at least 1")]
@@ -99,9 +137,50 @@ pub enum ConfigError {
 
 impl Args {
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        if self.auth == AuthMode::Jwt {
-            return Err(ConfigError::JwtUnsupported);
-        }
+        let read =
+            |path: &PathBuf| std::fs::read(path).map_err(|e| ConfigError::File(path.clone(), e));
+        let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
+            (Some(secret), _) => Some(secret.as_bytes().to_vec()),
+            (None, Some(path)) => Some(trim_newline(read(path)?)),
+            (None, None) => None,
+        };
+        let jwt = match self.auth {
+            AuthMode::None => {
+                if secret.is_some() || self.jwt_public_key.is_some() {
+                    return Err(ConfigError::JwtWithoutAuth);
+                }
+                None
+            }
+            AuthMode::Jwt => {
+                let auth = match (secret, &self.jwt_public_key) {
+                    (Some(secret), None) => match self.jwt_algorithm {
+                        None | Some(JwtAlgorithm::Hs256) => JwtAuth::hs256(&secret)?,
+                        Some(other) => return Err(AuthConfigError::AlgorithmMismatch(other).into()),
+                    },
+                    (None, Some(path)) => {
+                        let algorithm = self.jwt_algorithm.unwrap_or(JwtAlgorithm::Rs256);
+                        JwtAuth::public_key(&read(path)?, algorithm)?
+                    }
+                    _ => return Err(AuthConfigError::NoKey.into()),
+                };
+                let auth = match &self.jwt_issuer {
+                    Some(issuer) => auth.with_issuer(issuer),
+                    None => auth,
+                };
+                Some(match &self.jwt_audience {
+                    Some(audience) => auth.with_audience(audience),
+                    None => auth,
+                })
+            }
+        };
+        let origins = Origins::parse(&self.allowed_origins)?;
+        let admin_token = match (self.admin_token, &self.admin_token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some(path)) => {
+                Some(String::from_utf8_lossy(&trim_newline(read(path)?)).into_owned())
+            }
+            (None, None) => None,
+        };
         if self.rate_limit == 0 || self.rate_burst == 0 {
             return Err(ConfigError::Rate);
         }
@@ -111,12 +190,13 @@ impl Args {
         if self.max_connections == 0 {
             return Err(ConfigError::MaxConnections);
         }
-        if self.admin_token.as_deref() == Some("") {
+        if admin_token.as_deref() == Some("") {
             return Err(ConfigError::AdminToken);
         }
         Ok(Config {
+            access: Arc::new(Access { jwt, origins }),
             roomhosts: self.roomhosts,
-            admin_token: self.admin_token,
+            admin_token,
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
             send_queue: self.send_queue,

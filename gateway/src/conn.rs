@@ -19,6 +19,8 @@ pub mod close_code {
     pub const SERVER_ERROR: u16 = 1011;
     pub const RESTART: u16 = 1012;
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const KICKED: u16 = 4001;
+    pub const TOKEN_EXPIRED: u16 = 4003;
 }
 
 /// A request to close one socket with a code; the first request wins.

@@ -12,14 +12,15 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use rooms_proto::RoomId;
 use rooms_proto::admin::GetRoomRequest;
 use rooms_proto::host::StatusRequest;
-use rooms_proto::{RoomId, UserId};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::auth::{Access, Denied};
 use crate::config::MAX_FRAME_BYTES;
 use crate::session::{self, Session, SessionEnv};
 use crate::subprotocol;
@@ -37,6 +38,7 @@ pub type Body = Full<Bytes>;
 /// State shared by every HTTP request.
 pub struct HttpState {
     pub env: SessionEnv,
+    pub access: Arc<Access>,
     pub connections: Arc<Semaphore>,
     pub next_conn: AtomicU64,
 }
@@ -49,6 +51,16 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Full::new(Bytes::from(body)))
         .unwrap_or_default()
+}
+
+/// A refused handshake, with a short reason in the body.
+fn refuse(state: &HttpState, denied: Denied) -> Response<Body> {
+    state.env.metrics.connections_refused.inc();
+    match denied {
+        Denied::Unauthorized(reason) => text(StatusCode::UNAUTHORIZED, reason),
+        Denied::Forbidden(reason) => text(StatusCode::FORBIDDEN, reason),
+        Denied::BadRequest(reason) => text(StatusCode::BAD_REQUEST, reason),
+    }
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -137,11 +149,30 @@ fn websocket(
         return text(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing");
     };
     let accept = derive_accept_key(key.as_bytes());
+    if let Err(denied) = state.access.check_origin(headers) {
+        return refuse(&state, denied);
+    }
     let offered = subprotocol::offered(headers);
-    let credential = offered.first().and_then(|p| subprotocol::decode_credential(p));
-    let selected = if credential.is_some() { offered.get(1).cloned() } else { None };
-
     let params = query_params(&req);
+    let jwt_mode = state.access.jwt.is_some();
+    // The first offered subprotocol may carry the credential (browsers cannot
+    // set headers): a JWT, or Nuxflare's base64(room:user). It is never
+    // echoed; the client's next offered subprotocol is selected instead.
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let (token, credential, selected) = if let Some(token) = params.get("token").cloned().or(bearer)
+    {
+        (Some(token), None, None)
+    } else if jwt_mode {
+        (offered.first().cloned(), None, offered.get(1).cloned())
+    } else {
+        let credential = offered.first().and_then(|p| subprotocol::decode_credential(p));
+        let selected = if credential.is_some() { offered.get(1).cloned() } else { None };
+        (None, credential, selected)
+    };
     let room = match (room, &credential) {
         (Some(room), _) => room,
         (None, Some((room, _))) => match RoomId::parse(room) {
@@ -155,19 +186,11 @@ fn websocket(
             );
         }
     };
-    let user = match params
-        .get("user")
-        .map(String::as_str)
-        .or(credential.as_ref().map(|(_, u)| u.as_str()))
-    {
-        Some(user) => match UserId::parse(user) {
-            Ok(user) => user,
-            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
-        },
-        None => match UserId::parse(&format!("anon-{:08x}", rand::random::<u32>())) {
-            Ok(user) => user,
-            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
+    let user_param =
+        params.get("user").map(String::as_str).or(credential.as_ref().map(|(_, u)| u.as_str()));
+    let identity = match state.access.identify(&room, token.as_deref(), user_param) {
+        Ok(identity) => identity,
+        Err(denied) => return refuse(&state, denied),
     };
     let since = match params.get("since").map(|s| s.parse::<u64>()) {
         None => None,
@@ -189,7 +212,8 @@ fn websocket(
     };
 
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
-    let session = Session { conn, room, user, since, epoch };
+    let session =
+        Session { conn, room, user: identity.user, since, epoch, expires_at: identity.expires_at };
     let env = state.env.clone();
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {

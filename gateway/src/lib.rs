@@ -4,7 +4,7 @@
 //! Layout:
 //! * [`config`]: flags and validated configuration.
 //! * [`http`]: routes, validation and the WebSocket upgrade; [`subprotocol`]
-//!   for `Sec-WebSocket-Protocol`.
+//!   for `Sec-WebSocket-Protocol`; [`auth`]: origin checks and identity (JWT).
 //! * [`session`]: one task per client socket; [`conn`]: its handle, close
 //!   signal and rate limiter.
 //! * [`link`]: one gRPC stream per (gateway, room), fanning frames out.
@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod http;
@@ -123,10 +124,21 @@ pub async fn run(
             send_queue: config.send_queue,
             shutdown: stop_rx.clone(),
         },
+        access: Arc::clone(&config.access),
         connections: Arc::clone(&connections),
         next_conn: AtomicU64::new(1),
     });
 
+    if config.access.origins.allows_any() {
+        tracing::warn!(
+            "no --allowed-origins: any web page may open sockets here (fine for development)"
+        );
+    }
+    if config.access.jwt.is_none() {
+        tracing::warn!(
+            "--auth none: users are who they say they are (?user=); use --auth jwt in production"
+        );
+    }
     let http_addr = listeners.http.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     tracing::info!(listen = %http_addr, admin = %admin_addr, gateway.id = %gateway_id, "gateway serving");

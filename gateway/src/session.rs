@@ -35,6 +35,8 @@ pub struct Session {
     pub user: UserId,
     pub since: Option<u64>,
     pub epoch: String,
+    /// When the session's token expires: the socket is closed with 4003.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 /// What a session needs from the gateway.
@@ -55,7 +57,7 @@ where
     let (tx, mut rx) = mpsc::channel(env.send_queue);
     let signal = Arc::new(CloseSignal::default());
     let handle = ConnHandle::new(tx, Arc::clone(&signal));
-    let Session { conn, room, user, since, epoch } = session;
+    let Session { conn, room, user, since, epoch, expires_at } = session;
     env.metrics.connections_open.inc();
     env.metrics.connections_total.inc();
 
@@ -91,6 +93,9 @@ where
             () = crate::stopped(&mut shutdown) => {
                 signal.trigger(close_code::RESTART, "gateway restarting; reconnect");
             }
+            () = token_expiry(expires_at) => {
+                signal.trigger(close_code::TOKEN_EXPIRED, "token expired; reconnect with a fresh one");
+            }
         }
         link.send(LinkCmd::Leave { conn }).await;
     } else {
@@ -110,6 +115,17 @@ where
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
     env.metrics.connections_open.dec();
+}
+
+/// Resolves when the session's token expires (never without one).
+async fn token_expiry(expires_at: Option<std::time::SystemTime>) {
+    match expires_at {
+        Some(at) => {
+            let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(left).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads until the client closes or must be closed (the reason goes to `signal`).

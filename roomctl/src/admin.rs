@@ -180,11 +180,8 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
                 )
             }
         }
-        Command::Bench(_) => {
-            return Err(Failure {
-                code: exit::USAGE,
-                message: "bench is not an Admin call".into(),
-            });
+        Command::Bench(_) | Command::Token(_) => {
+            return Err(Failure { code: exit::USAGE, message: "not an Admin call".into() });
         }
     };
     Ok(out)

@@ -50,6 +50,28 @@ pub enum Command {
     Status,
     /// Load generator: N clients across R rooms; prints one JSON line.
     Bench(BenchArgs),
+    /// Mint an HS256 client token (for development and tests).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// The gateway's --jwt-secret.
+    #[arg(long, env = "ROOMS_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The user id (`sub`).
+    #[arg(long)]
+    pub user: String,
+    /// Rooms the token opens, comma-separated: names or `prefix*` (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub rooms: Vec<String>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    #[arg(long)]
+    pub issuer: Option<String>,
+    #[arg(long)]
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]

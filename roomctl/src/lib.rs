@@ -1,7 +1,9 @@
-//! `roomctl`: the operator CLI over the Admin API ([`admin`]) and the load
-//! generator ([`bench`]); [`cli`] is its command line.
+//! `roomctl`: the operator CLI over the Admin API ([`admin`]), the load
+//! generator ([`bench`]) and a dev token minter ([`token`]); [`cli`] is its
+//! command line.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod bench;
 pub mod cli;
+pub mod token;

@@ -12,6 +12,8 @@ async fn main() -> ExitCode {
             .await
             .map(|report| report.to_string())
             .map_err(admin::Failure::from),
+        Command::Token(args) => roomctl::token::mint(args)
+            .map_err(|e| admin::Failure { code: exit::USAGE, message: e.to_string() }),
         _ => admin::run(&cli).await,
     };
     match result {

@@ -161,7 +161,8 @@ pub async fn http(addr: &str, request: &str) -> (u16, String) {
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:"))
                     .and_then(|v| v.trim().parse::<usize>().ok());
-                if length.is_some_and(|len| buf.len() >= end + 4 + len) {
+                let switching = head.starts_with("http/1.1 101");
+                if switching || length.is_some_and(|len| buf.len() >= end + 4 + len) {
                     return;
                 }
             }
