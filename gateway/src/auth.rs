@@ -2,10 +2,12 @@
 //! (cross-site WebSocket hijacking) and the user's identity — a verified JWT
 //! in `--auth jwt`, or `?user=` in the `--auth none` development mode.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::header::{HeaderMap, ORIGIN};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use rooms_proto::{RoomId, UserId};
 use serde::Deserialize;
 
@@ -42,13 +44,21 @@ pub enum JwtAlgorithm {
 }
 
 pub struct JwtAuth {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
+}
+
+enum Keys {
+    One(DecodingKey),
+    /// A JWKS: the token's `kid` picks the key (or the only one, without `kid`).
+    ById(HashMap<String, DecodingKey>),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
-    #[error("--auth jwt needs --jwt-secret (HS256) or --jwt-public-key (RS256/ES256)")]
+    #[error(
+        "--auth jwt needs exactly one of --jwt-secret[-file] (HS256), --jwt-public-key or --jwt-jwks (RS256/ES256)"
+    )]
     NoKey,
     #[error("--jwt-algorithm {0:?} does not match the key given")]
     AlgorithmMismatch(JwtAlgorithm),
@@ -64,7 +74,7 @@ impl JwtAuth {
         if secret.len() < 16 {
             return Err(AuthConfigError::Key("the HS256 secret must be at least 16 bytes".into()));
         }
-        Ok(Self::new(DecodingKey::from_secret(secret), Algorithm::HS256))
+        Ok(Self::new(Keys::One(DecodingKey::from_secret(secret)), Algorithm::HS256))
     }
 
     /// RS256 or ES256 with a PEM public key.
@@ -74,17 +84,54 @@ impl JwtAuth {
             JwtAlgorithm::Es256 => (DecodingKey::from_ec_pem(pem), Algorithm::ES256),
             JwtAlgorithm::Hs256 => return Err(AuthConfigError::AlgorithmMismatch(algorithm)),
         };
-        Ok(Self::new(key.map_err(|e| AuthConfigError::Key(e.to_string()))?, alg))
+        Ok(Self::new(Keys::One(key.map_err(|e| AuthConfigError::Key(e.to_string()))?), alg))
     }
 
-    fn new(key: DecodingKey, algorithm: Algorithm) -> Self {
+    /// RS256 or ES256 with the public keys of a JWKS document.
+    pub fn jwks(json: &[u8], algorithm: JwtAlgorithm) -> Result<Self, AuthConfigError> {
+        let alg = match algorithm {
+            JwtAlgorithm::Rs256 => Algorithm::RS256,
+            JwtAlgorithm::Es256 => Algorithm::ES256,
+            JwtAlgorithm::Hs256 => return Err(AuthConfigError::AlgorithmMismatch(algorithm)),
+        };
+        let set: JwkSet =
+            serde_json::from_slice(json).map_err(|e| AuthConfigError::Key(e.to_string()))?;
+        let mut keys = HashMap::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|e| AuthConfigError::Key(e.to_string()))?;
+            keys.insert(jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}")), key);
+        }
+        if keys.is_empty() {
+            return Err(AuthConfigError::Key("the JWKS holds no key".into()));
+        }
+        Ok(Self::new(Keys::ById(keys), alg))
+    }
+
+    fn new(keys: Keys, algorithm: Algorithm) -> Self {
         // Exactly one algorithm: `none` and algorithm confusion are refused.
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_aud = false;
-        Self { key, validation }
+        Self { keys, validation }
+    }
+
+    fn key_for(&self, token: &str) -> Result<&DecodingKey, Denied> {
+        match &self.keys {
+            Keys::One(key) => Ok(key),
+            Keys::ById(keys) => {
+                let header = decode_header(token)
+                    .map_err(|e| Denied::Unauthorized(format!("invalid token: {e}")))?;
+                match header.kid {
+                    Some(kid) => keys.get(&kid),
+                    None if keys.len() == 1 => keys.values().next(),
+                    None => None,
+                }
+                .ok_or_else(|| Denied::Unauthorized("invalid token: unknown key id".into()))
+            }
+        }
     }
 
     pub fn with_issuer(mut self, issuer: &str) -> Self {
@@ -99,7 +146,8 @@ impl JwtAuth {
     }
 
     fn verify(&self, token: &str, room: &RoomId) -> Result<Identity, Denied> {
-        let data = decode::<Claims>(token, &self.key, &self.validation)
+        let key = self.key_for(token)?;
+        let data = decode::<Claims>(token, key, &self.validation)
             .map_err(|e| Denied::Unauthorized(format!("invalid token: {e}")))?;
         let claims = data.claims;
         let user = UserId::parse(&claims.sub)
@@ -224,6 +272,29 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Handshake inputs from the network never panic the checks.
+        #[test]
+        fn arbitrary_handshake_inputs_are_refused_not_panicked(
+            token in ".{0,300}",
+            origin in ".{0,100}",
+            user in proptest::option::of(".{0,200}"),
+        ) {
+            let access = Access {
+                jwt: Some(JwtAuth::hs256(b"0123456789abcdef0123").unwrap()),
+                origins: Origins::parse(&["https://a.example".into(), "*.b.example".into()]).unwrap(),
+            };
+            let room = RoomId::parse("r").unwrap();
+            prop_assert!(matches!(access.identify(&room, Some(&token), None), Err(Denied::Unauthorized(_))));
+            let _ = access.origins.allows(Some(&origin));
+            let open = Access { jwt: None, origins: Origins::default() };
+            if let Ok(identity) = open.identify(&room, None, user.as_deref()) {
+                prop_assert!(UserId::parse(identity.user.as_str()).is_ok());
+            }
+        }
+    }
 
     #[test]
     fn room_patterns() {

@@ -64,6 +64,9 @@ pub struct Args {
     /// RS256/ES256 public key (PEM file) for --auth jwt.
     #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// RS256/ES256 public keys as a JWKS file; the token's `kid` picks one.
+    #[arg(long, env = "GATEWAY_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
     /// The one accepted token algorithm (default: HS256 with a secret,
     /// RS256 with a public key).
     #[arg(long, env = "GATEWAY_JWT_ALGORITHM", value_enum)]
@@ -146,20 +149,23 @@ impl Args {
         };
         let jwt = match self.auth {
             AuthMode::None => {
-                if secret.is_some() || self.jwt_public_key.is_some() {
+                if secret.is_some() || self.jwt_public_key.is_some() || self.jwt_jwks.is_some() {
                     return Err(ConfigError::JwtWithoutAuth);
                 }
                 None
             }
             AuthMode::Jwt => {
-                let auth = match (secret, &self.jwt_public_key) {
-                    (Some(secret), None) => match self.jwt_algorithm {
+                let algorithm = self.jwt_algorithm;
+                let auth = match (secret, &self.jwt_public_key, &self.jwt_jwks) {
+                    (Some(secret), None, None) => match algorithm {
                         None | Some(JwtAlgorithm::Hs256) => JwtAuth::hs256(&secret)?,
                         Some(other) => return Err(AuthConfigError::AlgorithmMismatch(other).into()),
                     },
-                    (None, Some(path)) => {
-                        let algorithm = self.jwt_algorithm.unwrap_or(JwtAlgorithm::Rs256);
-                        JwtAuth::public_key(&read(path)?, algorithm)?
+                    (None, Some(path), None) => {
+                        JwtAuth::public_key(&read(path)?, algorithm.unwrap_or(JwtAlgorithm::Rs256))?
+                    }
+                    (None, None, Some(path)) => {
+                        JwtAuth::jwks(&read(path)?, algorithm.unwrap_or(JwtAlgorithm::Rs256))?
                     }
                     _ => return Err(AuthConfigError::NoKey.into()),
                 };

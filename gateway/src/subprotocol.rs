@@ -59,6 +59,41 @@ fn decode_base64(input: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_subprotocol_headers_never_panic(value in "[ -~]{0,400}") {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = value.parse() {
+                headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+            }
+            for offered in offered(&headers) {
+                if let Some((room, user)) = decode_credential(&offered) {
+                    prop_assert!(!room.is_empty() && !user.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn credentials_round_trip(room in "[a-z0-9]{1,20}", user in "[a-z0-9]{1,20}") {
+            let encoded = b64(format!("{room}:{user}").as_bytes());
+            prop_assert_eq!(decode_credential(encoded.trim_end_matches('=')), Some((room, user)));
+        }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
 
     #[test]
     fn decodes_nuxflare_credentials() {

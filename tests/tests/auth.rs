@@ -184,6 +184,35 @@ async fn rs256_is_pinned_and_an_hs256_token_signed_with_the_public_key_is_refuse
     assert_eq!(handshake(&gw.http, &format!("/rooms/r/ws?token={rs}"), "").await, 101);
     let confused = hs256(&claims, &std::fs::read(&public).unwrap());
     assert_eq!(handshake(&gw.http, &format!("/rooms/r/ws?token={confused}"), "").await, 401);
+
+    // The same key published as a JWKS: the token's `kid` selects it.
+    let modulus = Command::new("openssl")
+        .args(["rsa", "-pubin", "-noout", "-modulus", "-in"])
+        .arg(&public)
+        .output()
+        .unwrap();
+    let hex = String::from_utf8(modulus.stdout).unwrap();
+    let hex = hex.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let jwks = json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256", "n": b64url(&n), "e": "AQAB"}]});
+    let jwks_path = dir.join("jwks.json");
+    std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+    let with_jwks = TestCluster::new(1, 1)
+        .gateway_arg("--auth=jwt")
+        .gateway_arg(&format!("--jwt-jwks={}", jwks_path.display()))
+        .start()
+        .await;
+    let jw = &with_jwks.gateways[0];
+    let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let by_kid = encode(&header, &claims, &key).unwrap();
+    assert_eq!(handshake(&jw.http, &format!("/rooms/r/ws?token={by_kid}"), "").await, 101);
+    header.kid = Some("other".into());
+    let unknown_kid = encode(&header, &claims, &key).unwrap();
+    assert_eq!(handshake(&jw.http, &format!("/rooms/r/ws?token={unknown_kid}"), "").await, 401);
     let _ = std::fs::remove_dir_all(dir);
 }
 
