@@ -146,6 +146,22 @@ async fn roomctl_publishes_and_shows_rooms() {
     assert_eq!(code, 0);
     assert!(out.starts_with("ROOM") && out.contains("ops"), "{out}");
 
+    let (code, out, _) = roomctl(&admin, &["--token", "s3cret", "--json", "rooms"]);
+    assert_eq!(code, 0);
+    let rooms: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(rooms["rooms"][0]["room"], "ops");
+    assert_eq!(rooms["rooms"][0]["connections"], 1);
+    let (code, out, _) = roomctl(&admin, &["--token", "s3cret", "--json", "status"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(status["roomhosts"][0]["address"], cluster.roomhosts[0].addr.as_str());
+    assert_eq!(status["roomhosts"][0]["healthy"], true);
+    assert_eq!(status["roomhosts"][0]["activeRooms"], 1);
+    assert_eq!(status["ringVersion"], 1);
+    let (code, out, _) = roomctl(&admin, &["--token", "s3cret", "status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("healthy") && out.contains(&cluster.roomhosts[0].addr), "{out}");
+
     // Scripts can tell failures apart.
     let (code, _, err) = roomctl(&admin, &["publish", "ops", "--data", "{}"]);
     assert_eq!(code, 4, "no token: {err}");
