@@ -72,6 +72,12 @@ impl TestCluster {
         self
     }
 
+    /// Lifts the per-connection rate limit, for tests whose clients send
+    /// faster than a person would.
+    pub fn unthrottled(self) -> Self {
+        self.gateway_arg("--rate-limit=1000").gateway_arg("--rate-burst=1000")
+    }
+
     /// Membership through a watched file, which [`Cluster::set_members`] rewrites.
     pub fn file_membership(mut self) -> Self {
         self.file_membership = true;

@@ -41,8 +41,7 @@ async fn chaos() {
         .file_membership()
         .roomhost_arg("--lease-ttl=2s")
         .roomhost_arg("--history-limit=100000")
-        .gateway_arg("--rate-limit=1000")
-        .gateway_arg("--rate-burst=1000")
+        .unthrottled()
         .start()
         .await;
     let rooms: Vec<String> = (0..4).map(|i| format!("chaos-{i}")).collect();

@@ -83,11 +83,7 @@ async fn clients_on_two_gateways_see_each_others_names_and_chat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_messages_from_two_gateways_arrive_in_one_total_order() {
-    let cluster = TestCluster::new(2, 2)
-        .gateway_arg("--rate-limit=1000")
-        .gateway_arg("--rate-burst=1000")
-        .start()
-        .await;
+    let cluster = TestCluster::new(2, 2).unthrottled().start().await;
     let (a, b) = (&cluster.gateways[0], &cluster.gateways[1]);
     let mut s1 = a.join("order", "s1").await;
     let mut s2 = b.join("order", "s2").await;

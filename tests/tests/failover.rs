@@ -17,8 +17,7 @@ async fn cluster(roomhosts: usize) -> Cluster {
         .file_membership()
         .roomhost_arg(LEASE_TTL)
         .roomhost_arg("--history-limit=100000")
-        .gateway_arg("--rate-limit=1000")
-        .gateway_arg("--rate-burst=1000")
+        .unthrottled()
         .start()
         .await
 }

@@ -34,11 +34,7 @@ async fn send_chats(client: &mut Client, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_gets_last_100_and_resume_and_paging_work() {
-    let cluster = TestCluster::new(2, 2)
-        .gateway_arg("--rate-limit=1000")
-        .gateway_arg("--rate-burst=1000")
-        .start()
-        .await;
+    let cluster = TestCluster::new(2, 2).unthrottled().start().await;
     let (a, b) = (&cluster.gateways[0], &cluster.gateways[1]);
     let mut writer = a.join("hist", "writer").await;
     send_chats(&mut writer, 120).await;
@@ -84,12 +80,8 @@ async fn late_joiner_gets_last_100_and_resume_and_paging_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_older_than_retention_reports_a_gap() {
-    let cluster = TestCluster::new(1, 1)
-        .roomhost_arg("--history-limit=100")
-        .gateway_arg("--rate-limit=1000")
-        .gateway_arg("--rate-burst=1000")
-        .start()
-        .await;
+    let cluster =
+        TestCluster::new(1, 1).roomhost_arg("--history-limit=100").unthrottled().start().await;
     let gw = &cluster.gateways[0];
     let (mut writer, hello, _) = Client::join(&gw.ws_url("short", "user=w")).await;
     let (_, epoch) = welcome(&hello);
