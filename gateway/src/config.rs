@@ -99,6 +99,9 @@ pub struct Args {
     /// Most WebSocket connections this gateway holds; more get HTTP 503.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Slowloris guard: a request's headers must arrive within this time.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
     /// Longest time SIGTERM waits for sockets to close.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -117,6 +120,7 @@ pub struct Config {
     pub rate_burst: u32,
     pub send_queue: usize,
     pub max_connections: usize,
+    pub handshake_timeout: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -207,6 +211,7 @@ impl Args {
             rate_burst: self.rate_burst,
             send_queue: self.send_queue,
             max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
             shutdown_grace: self.shutdown_grace,
         })
     }

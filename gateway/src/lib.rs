@@ -47,8 +47,6 @@ use metrics::Metrics;
 use router::Router;
 use session::SessionEnv;
 
-/// Slowloris guard: a request's headers must arrive within this time.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head the gateway reads.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
@@ -154,7 +152,8 @@ pub async fn run(
         )
     };
 
-    let accept = tokio::spawn(accept_loop(listeners.http, state, stop_rx.clone()));
+    let accept =
+        tokio::spawn(accept_loop(listeners.http, state, config.handshake_timeout, stop_rx.clone()));
 
     shutdown.await;
     tracing::info!("gateway stopping: closing sockets with 1012");
@@ -186,6 +185,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<HttpState>,
+    handshake_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -211,7 +211,7 @@ async fn accept_loop(
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(handshake_timeout)
                 .max_buf_size(MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();

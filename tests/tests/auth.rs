@@ -251,3 +251,21 @@ async fn past_the_connection_cap_upgrades_get_503() {
     let _two = gw.join("cap", "two").await;
     assert_eq!(handshake(&gw.http, "/rooms/cap/ws?user=three", "").await, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_never_finishes_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = TestCluster::new(1, 1).gateway_arg("--handshake-timeout=1s").start().await;
+    let mut slow = tokio::net::TcpStream::connect(&cluster.gateways[0].http).await.unwrap();
+    // Headers that never end (slowloris).
+    slow.write_all(b"GET /rooms/lobby/ws HTTP/1.1\r\nHost: t\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(rooms_tests::DEADLINE, slow.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "the gateway closed the connection");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
