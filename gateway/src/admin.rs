@@ -14,8 +14,7 @@ use rooms_proto::host::StatusRequest;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
-use crate::router::{HostClient, Router};
-use roomhost::service::MOVED_PREFIX;
+use crate::router::{HostClient, Router, call};
 
 /// Longest wait for a roomhost answering one Admin call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,44 +48,13 @@ impl AdminService {
         }
     }
 
-    /// Calls the roomhost that serves `room`: the ring owner, or where it
-    /// redirects (a room taken over by another roomhost).
     async fn on_owner<T, F, Fut>(&self, room: &str, call_with: F) -> Result<T, Status>
     where
         F: Fn(HostClient, RoomId) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
         let room = RoomId::parse(room).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (_, client) =
-            self.router.route(&room).map_err(|e| Status::unavailable(e.to_string()))?;
-        match call(call_with(client, room.clone())).await {
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                let Some(target) = status.message().strip_prefix(MOVED_PREFIX) else {
-                    return Err(status);
-                };
-                let ring = self.router.ring();
-                let client = self
-                    .router
-                    .client(target, &ring)
-                    .map_err(|_| Status::unavailable("the room's owner is unknown; retry"))?;
-                call(call_with(client, room)).await
-            }
-            other => other,
-        }
-    }
-}
-
-/// Runs one roomhost call with a deadline; transport failures are UNAVAILABLE.
-async fn call<T>(
-    future: impl std::future::Future<Output = Result<Response<T>, Status>>,
-) -> Result<T, Status> {
-    match tokio::time::timeout(CALL_TIMEOUT, future).await {
-        Ok(Ok(reply)) => Ok(reply.into_inner()),
-        Ok(Err(status)) if status.code() == tonic::Code::Unknown => {
-            Err(Status::unavailable(format!("roomhost unreachable: {}", status.message())))
-        }
-        Ok(Err(status)) => Err(status),
-        Err(_) => Err(Status::unavailable("roomhost did not answer in time")),
+        self.router.call_owner(&room, CALL_TIMEOUT, call_with).await
     }
 }
 
@@ -136,7 +104,7 @@ impl Admin for AdminService {
         for member in ring.members() {
             let mut client =
                 self.router.client(member, &ring).map_err(|e| Status::internal(e.to_string()))?;
-            match call(client.list_rooms(ListRoomsRequest {})).await {
+            match call(CALL_TIMEOUT, client.list_rooms(ListRoomsRequest {})).await {
                 Ok(reply) => rooms.extend(reply.rooms),
                 Err(status) => {
                     tracing::warn!(roomhost.addr = %member, %status, "list_rooms failed")
@@ -172,7 +140,7 @@ impl Admin for AdminService {
         let mut roomhosts = Vec::new();
         for member in ring.members() {
             let status = match self.router.client(member, &ring) {
-                Ok(mut client) => call(client.status(StatusRequest {})).await.ok(),
+                Ok(mut client) => call(CALL_TIMEOUT, client.status(StatusRequest {})).await.ok(),
                 Err(_) => None,
             };
             roomhosts.push(RoomhostStatus {

@@ -263,22 +263,20 @@ async fn ready(state: &HttpState) -> Response<Body> {
 }
 
 async fn room_info(state: &HttpState, room: RoomId) -> Response<Body> {
-    let Ok((_, mut client)) = state.env.links.router().route(&room) else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "no roomhost is configured");
-    };
-    let call = client.get_room(GetRoomRequest { room: room.to_string() });
-    match tokio::time::timeout(UPSTREAM_TIMEOUT, call).await {
-        Ok(Ok(reply)) => {
-            let r = reply.into_inner();
-            json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "room": r.room, "owner": r.owner, "connections": r.connections,
-                    "users": r.users, "seq": r.seq,
-                }),
-            )
-        }
-        Ok(Err(status)) => text(StatusCode::SERVICE_UNAVAILABLE, status.message().to_owned()),
-        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "roomhost did not answer"),
+    let router = state.env.links.router();
+    let reply = router
+        .call_owner(&room, UPSTREAM_TIMEOUT, |mut client, room| async move {
+            client.get_room(GetRoomRequest { room: room.to_string() }).await
+        })
+        .await;
+    match reply {
+        Ok(r) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "room": r.room, "owner": r.owner, "connections": r.connections,
+                "users": r.users, "seq": r.seq,
+            }),
+        ),
+        Err(status) => text(StatusCode::SERVICE_UNAVAILABLE, status.message().to_owned()),
     }
 }

@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use roomhost::service::MOVED_PREFIX;
 use rooms_cluster::{MembershipWatch, Ring};
 use rooms_proto::RoomId;
 use rooms_proto::host::room_host_client::RoomHostClient;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Response, Status};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Flow-control windows sized for thousands of room streams on one connection.
@@ -69,5 +71,49 @@ impl Router {
         channels.retain(|a, _| ring.contains(a));
         channels.insert(address.to_owned(), client.clone());
         Ok(client)
+    }
+}
+
+impl Router {
+    /// Calls the roomhost that serves `room`: the ring owner, or the one it
+    /// redirects to (a room handed over or taken over elsewhere).
+    pub async fn call_owner<T, F, Fut>(
+        &self,
+        room: &RoomId,
+        timeout: Duration,
+        call_with: F,
+    ) -> Result<T, Status>
+    where
+        F: Fn(HostClient, RoomId) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let (_, client) = self.route(room).map_err(|e| Status::unavailable(e.to_string()))?;
+        match call(timeout, call_with(client, room.clone())).await {
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                let Some(target) = status.message().strip_prefix(MOVED_PREFIX) else {
+                    return Err(status);
+                };
+                let client = self
+                    .client(target, &self.ring())
+                    .map_err(|_| Status::unavailable("the room's owner is unknown; retry"))?;
+                call(timeout, call_with(client, room.clone())).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Runs one roomhost call with a deadline; transport failures are UNAVAILABLE.
+pub async fn call<T>(
+    timeout: Duration,
+    future: impl std::future::Future<Output = Result<Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(timeout, future).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) if status.code() == tonic::Code::Unknown => {
+            Err(Status::unavailable(format!("roomhost unreachable: {}", status.message())))
+        }
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(Status::unavailable("roomhost did not answer in time")),
     }
 }

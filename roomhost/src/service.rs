@@ -157,6 +157,9 @@ impl RoomHost for RoomHostService {
         request: Request<GetRoomRequest>,
     ) -> Result<Response<GetRoomReply>, Status> {
         let room = parse_room(&request.into_inner().room)?;
+        if let Some(target) = self.elsewhere(&room, false) {
+            return Err(RoomError::Moved(target).into());
+        }
         let info = match self.registry.get(&room) {
             Some(handle) => {
                 let (reply, answer) = oneshot::channel();
@@ -213,6 +216,9 @@ impl RoomHost for RoomHostService {
         let room = parse_room(&request.room)?;
         if request.user_id.is_empty() {
             return Err(Status::invalid_argument("user_id is required"));
+        }
+        if let Some(target) = self.elsewhere(&room, false) {
+            return Err(RoomError::Moved(target).into());
         }
         let Some(handle) = self.registry.get(&room) else {
             return Ok(Response::new(KickReply { closed: 0 }));
