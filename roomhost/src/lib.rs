@@ -5,11 +5,13 @@
 //! * [`config`]: flags and validated configuration.
 //! * [`service`]: the gRPC `RoomHost` service (room streams, admin calls).
 //! * [`registry`]: the active rooms of this process, started on demand.
-//! * [`room`]: one room's actor: seq, presence, names, group commit, output gate.
+//! * [`room`]: one room's actor: seq, presence, names, group commit, output gate;
+//!   [`dedup`]: resent messages are not stored twice.
 //! * [`store`]: Redis (and the in-memory dev store).
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dedup;
 pub mod registry;
 pub mod room;
 pub mod service;

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
 
+use crate::dedup::Dedup;
 use crate::registry::Registry;
 use crate::store::{
     Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Store, StoreError,
@@ -142,6 +143,8 @@ struct Staged {
     outputs: Vec<Output>,
     /// Connections whose events are staged: told `unavailable` if the commit fails.
     senders: Vec<(GatewayId, ConnId)>,
+    /// (user, client id) of staged chats: forgotten if the commit fails.
+    client_ids: Vec<(String, String)>,
     replies: Vec<(oneshot::Sender<Result<u64, RoomError>>, u64)>,
 }
 
@@ -157,6 +160,7 @@ pub(crate) struct Room {
     first_seq: u64,
     names: HashMap<String, String>,
     recent: VecDeque<Event>,
+    dedup: Dedup,
     gateways: HashMap<GatewayId, GatewayTx>,
     conns: HashMap<(GatewayId, ConnId), String>,
     /// Connections per present user: `join` on 0 -> 1, `leave` on 1 -> 0.
@@ -202,6 +206,7 @@ impl Room {
             first_seq: 0,
             names: HashMap::new(),
             recent: VecDeque::with_capacity(RECENT_EVENTS),
+            dedup: Dedup::default(),
             gateways: HashMap::new(),
             conns: HashMap::new(),
             presence: HashMap::new(),
@@ -220,6 +225,7 @@ impl Room {
         self.epoch = loaded.epoch;
         self.first_seq = loaded.first_seq;
         self.names = loaded.names.into_iter().collect();
+        self.dedup = Dedup::from_events(&loaded.recent);
         self.recent = loaded.recent.into();
     }
 
@@ -466,10 +472,31 @@ impl Room {
                         vec![server::error(e.code, &e.message)],
                     );
                 }
+                if !chat.id.is_empty() && self.dedup.get(&user, &chat.id).is_some() {
+                    // A resend. Once the original is stored, the sender gets
+                    // it again and nobody else sees it twice (if its commit
+                    // failed instead, this one is stored normally).
+                    self.flush().await;
+                    if let Some(stored) = self.dedup.get(&user, &chat.id) {
+                        let original: Vec<Bytes> = self
+                            .recent
+                            .iter()
+                            .filter(|e| e.seq == stored)
+                            .map(|e| e.frame.clone())
+                            .collect();
+                        return self.direct(gateway, chat.conn, original);
+                    }
+                }
                 let Some(seq) = self.next_seq().await else {
                     return self.unavailable(gateway, chat.conn);
                 };
-                let id = if chat.id.is_empty() { format!("{}-{seq}", self.epoch) } else { chat.id };
+                let id = if chat.id.is_empty() {
+                    format!("{}-{seq}", self.epoch)
+                } else {
+                    self.dedup.insert(user.clone(), chat.id.clone(), seq);
+                    self.staged.client_ids.push((user.clone(), chat.id.clone()));
+                    chat.id
+                };
                 let time = server::timestamp(SystemTime::now());
                 let frame =
                     server::chat(seq, &id, &user, self.display_name(&user), &chat.text, &time);
@@ -780,6 +807,9 @@ impl Room {
         self.lease_suspect |= matches!(error, StoreError::LeaseLost);
         for (reply, _) in staged.replies {
             let _ = reply.send(Err(RoomError::Unavailable(error.to_string())));
+        }
+        for (user, id) in &staged.client_ids {
+            self.dedup.remove(user, id);
         }
         for (gateway, conn) in staged.senders {
             self.unavailable(gateway, conn);

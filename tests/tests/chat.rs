@@ -184,3 +184,34 @@ async fn typing_reaches_the_others_and_is_never_stored() {
     assert!(matches!(hello, ServerFrame::Welcome { seq: 1, .. }), "only the chat got a seq");
     assert!(matches!(history, ServerFrame::History { messages, .. } if messages.len() == 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_message_id_is_stored_once_and_echoed_to_its_sender() {
+    let cluster = TestCluster::new(1, 2).start().await;
+    let mut ann = cluster.gateways[0].join("dedup", "ann").await;
+    let mut bob = cluster.gateways[1].join("dedup", "bob").await;
+    ann.chat("hello once", "msg-1").await;
+    let first = ann.until(|f| matches!(f, ServerFrame::Chat { .. })).await;
+    // The client did not see its echo in time (say) and sends again.
+    ann.chat("hello once", "msg-1").await;
+    let again = ann.until(|f| matches!(f, ServerFrame::Chat { .. })).await;
+    assert_eq!(first, again, "the sender gets the stored event again, same seq");
+    ann.chat("next", "msg-2").await;
+    let chats = bob.chats(2).await;
+    let seen: Vec<(Option<u64>, String)> = chats
+        .into_iter()
+        .map(|c| match c {
+            ServerFrame::Chat { seq, text, .. } => (seq, text),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [(Some(1), "hello once".to_owned()), (Some(2), "next".to_owned())],
+        "others see it once"
+    );
+    // Another user may use the same id.
+    bob.chat("mine", "msg-1").await;
+    let mine = bob.until(|f| matches!(f, ServerFrame::Chat { text, .. } if text == "mine")).await;
+    assert_eq!(mine.seq(), Some(3));
+}
