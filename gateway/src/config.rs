@@ -99,6 +99,9 @@ pub struct Args {
     /// Most WebSocket connections this gateway holds; more get HTTP 503.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Idle sockets get a WebSocket ping this often.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
     /// Slowloris guard: a request's headers must arrive within this time.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
@@ -121,6 +124,7 @@ pub struct Config {
     pub send_queue: usize,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -212,6 +216,7 @@ impl Args {
             send_queue: self.send_queue,
             max_connections: self.max_connections,
             handshake_timeout: self.handshake_timeout,
+            ping_interval: self.ping_interval.max(Duration::from_millis(100)),
             shutdown_grace: self.shutdown_grace,
         })
     }

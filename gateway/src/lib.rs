@@ -120,6 +120,7 @@ pub async fn run(
             rate_limit: config.rate_limit,
             rate_burst: config.rate_burst,
             send_queue: config.send_queue,
+            ping_interval: config.ping_interval,
             shutdown: stop_rx.clone(),
         },
         access: Arc::clone(&config.access),

@@ -47,6 +47,9 @@ pub struct SessionEnv {
     pub rate_limit: u32,
     pub rate_burst: u32,
     pub send_queue: usize,
+    /// A socket with nothing to send for this long gets a WebSocket ping, so
+    /// proxies and load balancers keep idle connections open.
+    pub ping_interval: Duration,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -70,8 +73,19 @@ where
         let writer = async {
             let mut batch = Vec::with_capacity(WRITE_BATCH);
             loop {
-                if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
-                    return;
+                match tokio::time::timeout(env.ping_interval, rx.recv_many(&mut batch, WRITE_BATCH))
+                    .await
+                {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(_) => {
+                        // Idle: a ping keeps proxies and load balancers from
+                        // dropping the connection.
+                        if sink.send(Message::Ping(Default::default())).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                 }
                 for frames in batch.drain(..) {
                     for frame in frames.iter() {

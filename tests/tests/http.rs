@@ -89,3 +89,22 @@ async fn nuxflare_clients_pass_room_and_user_as_the_first_subprotocol() {
         "{welcome:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_get_pings() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let cluster = TestCluster::embedded(1).gateway_arg("--ping-interval=300ms").start().await;
+    let url = cluster.gateways[0].ws_url("quiet", "user=idle");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+    let ping = tokio::time::timeout(rooms_tests::DEADLINE, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if matches!(message, Message::Ping(_)) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ping, Ok(true), "an idle socket got a ping");
+}
