@@ -81,6 +81,8 @@ async fn chaos() {
         } else if cluster.roomhosts.len() < 5 {
             let fresh = cluster.spawn_roomhost().await;
             cluster.roomhosts.push(fresh);
+        } else {
+            continue; // at the size limit: nothing to add, the membership stays
         }
         let members: Vec<String> = cluster.roomhosts.iter().map(|r| r.addr.clone()).collect();
         cluster.set_members(&members).await;
