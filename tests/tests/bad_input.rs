@@ -77,8 +77,10 @@ async fn floods_are_rate_limited_then_closed_with_1008() {
             _ => {}
         }
     }
-    assert_eq!(chats, 40, "the burst allowance (40) goes through");
-    assert_eq!(limited, 10);
+    // The burst allowance (40) goes through; a token or two may refill (20/s)
+    // while the 50 arrive.
+    assert!((40..=43).contains(&chats), "{chats} went through");
+    assert_eq!(limited, 50 - chats, "the rest were refused with rate_limited");
 
     // Sustained flooding: closed with 1008.
     let mut flooder = gw.join("flood", "fred").await;
