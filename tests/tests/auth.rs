@@ -147,8 +147,8 @@ async fn a_token_expiring_mid_session_closes_it_with_4003() {
         .start()
         .await;
     let gw = &cluster.gateways[0];
-    // Expires 28 s ago: within the 30 s leeway, so accepted, then closed at exp + leeway.
-    let token = hs256(&json!({"sub": "ann", "exp": now() - 28}), SECRET.as_bytes());
+    // Expired 25 s ago: within the 30 s leeway, so accepted, then closed at exp + leeway.
+    let token = hs256(&json!({"sub": "ann", "exp": now() - 25}), SECRET.as_bytes());
     let (mut client, _, _) = Client::join(&gw.ws_url("lobby", &format!("token={token}"))).await;
     assert_eq!(client.closed().await, Some(4003));
 }

@@ -141,15 +141,23 @@ async fn sigterm_of_the_owner_hands_the_room_over_losing_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_a_roomhost_moves_rooms_to_it_under_load() {
     let mut cluster = cluster(1).await;
-    let rooms: Vec<String> = (0..6).map(|i| format!("grow-{i}")).collect();
+    // The newcomer runs but is not a member yet; pick rooms so that three
+    // will move to it and three stay.
+    let newcomer = cluster.spawn_roomhost().await;
+    let members = vec![cluster.roomhosts[0].addr.clone(), newcomer.addr.clone()];
+    let ring = rooms_cluster::Ring::new(members.clone(), 1);
+    let owner =
+        |room: &String| ring.owner(&rooms_proto::RoomId::parse(room).unwrap()).map(str::to_owned);
+    let candidates: Vec<String> = (0..200).map(|i| format!("grow-{i}")).collect();
+    let moving = candidates.iter().filter(|r| owner(r).as_deref() == Some(newcomer.addr.as_str()));
+    let staying = candidates.iter().filter(|r| owner(r).as_deref() != Some(newcomer.addr.as_str()));
+    let rooms: Vec<String> = moving.take(3).chain(staying.take(3)).cloned().collect();
     let mut loads = Vec::new();
     for room in &rooms {
         loads.push(start_load(&cluster, room).await);
     }
     run_for(Duration::from_millis(500)).await;
-    let newcomer = cluster.spawn_roomhost().await;
     cluster.roomhosts.push(newcomer);
-    let members: Vec<String> = cluster.roomhosts.iter().map(|r| r.addr.clone()).collect();
     let moved_at = Instant::now();
     cluster.set_members(&members).await;
     run_for(Duration::from_millis(1000)).await;
@@ -159,7 +167,7 @@ async fn adding_a_roomhost_moves_rooms_to_it_under_load() {
             moved += 1;
         }
     }
-    assert!(moved > 0, "the new roomhost took some rooms");
+    assert_eq!(moved, 3, "the new roomhost took the rooms the ring gives it");
     let all = futures_util::future::join_all(loads.into_iter().map(Load::stop)).await;
     for (room, outcomes) in rooms.iter().zip(all) {
         let verified = verify(&outcomes, true);
