@@ -12,16 +12,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 /// Gateway-local connection id (never 0: 0 means "none" on the wire).
 pub type ConnId = u64;
 
-/// WebSocket close codes the gateway uses.
-pub mod close_code {
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const SERVER_ERROR: u16 = 1011;
-    pub const RESTART: u16 = 1012;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub const KICKED: u16 = 4001;
-    pub const TOKEN_EXPIRED: u16 = 4003;
-}
+pub use rooms_proto::server::close_code;
 
 /// A request to close one socket with a code; the first request wins.
 #[derive(Default)]

@@ -11,6 +11,18 @@ use std::time::SystemTime;
 
 use crate::client::ErrorCode;
 
+/// WebSocket close codes of the protocol (docs/protocol.md), used by the
+/// gateway when it closes a socket and by the roomhost when it asks it to.
+pub mod close_code {
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const SERVER_ERROR: u16 = 1011;
+    pub const RESTART: u16 = 1012;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const KICKED: u16 = 4001;
+    pub const TOKEN_EXPIRED: u16 = 4003;
+}
+
 /// RFC 3339 UTC with milliseconds, the `time` of every timed event.
 pub fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()

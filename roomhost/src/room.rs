@@ -22,7 +22,7 @@ use rooms_proto::client::{ErrorCode, validate_name, validate_text};
 use rooms_proto::host::{
     Attached, Broadcast, CloseConn, Direct, HostFrame, Moved, Moving, gateway_frame, host_frame,
 };
-use rooms_proto::server::{self, UserEntry};
+use rooms_proto::server::{self, UserEntry, close_code};
 use rooms_proto::{RoomId, UserId};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -438,7 +438,11 @@ impl Room {
                 let targets: Vec<(GatewayId, ConnId)> =
                     self.conns.iter().filter(|(_, u)| **u == user).map(|(k, _)| *k).collect();
                 for (gateway, conn) in &targets {
-                    let close = CloseConn { conn: *conn, code: 4001, reason: reason.clone() };
+                    let close = CloseConn {
+                        conn: *conn,
+                        code: close_code::KICKED.into(),
+                        reason: reason.clone(),
+                    };
                     self.send(*gateway, host_frame::Kind::Close(close));
                 }
                 let _ = reply.send(targets.len() as u32);
@@ -543,11 +547,19 @@ impl Room {
     async fn join(&mut self, gateway: GatewayId, join: rooms_proto::host::Join) {
         self.flush().await;
         let Ok(user) = UserId::parse(&join.user_id) else {
-            let close = CloseConn { conn: join.conn, code: 1008, reason: "invalid user id".into() };
+            let close = CloseConn {
+                conn: join.conn,
+                code: close_code::POLICY.into(),
+                reason: "invalid user id".into(),
+            };
             return self.send(gateway, host_frame::Kind::Close(close));
         };
         if self.conns.len() >= MAX_CONNS_PER_ROOM {
-            let close = CloseConn { conn: join.conn, code: 1013, reason: "room is full".into() };
+            let close = CloseConn {
+                conn: join.conn,
+                code: close_code::TRY_AGAIN_LATER.into(),
+                reason: "room is full".into(),
+            };
             return self.send(gateway, host_frame::Kind::Close(close));
         }
         let user = user.as_str().to_owned();
