@@ -5,7 +5,7 @@
 //!   `dns:`), watched for changes.
 //! * [`ring`]: the consistent-hash ring over those members; gateways and
 //!   roomhosts derive the same ring from the same members.
-//! * [`process`]: how every server process logs and stops (SIGTERM).
+//! * [`process`]: how every server process stops (SIGTERM).
 #![forbid(unsafe_code)]
 
 pub mod membership;

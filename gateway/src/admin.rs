@@ -13,6 +13,7 @@ use rooms_proto::admin::{
 use rooms_proto::host::StatusRequest;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::router::{HostClient, Router, call};
 
@@ -65,6 +66,8 @@ impl Admin for AdminService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
         self.authorize(&request)?;
+        let span = tracing::info_span!("admin.publish", room.id = %request.get_ref().room);
+        rooms_telemetry::propagation::extract(request.metadata(), &span);
         let request = request.into_inner();
         rooms_proto::server::parse_system_data(&request.data_json)
             .map_err(Status::invalid_argument)?;
@@ -74,6 +77,7 @@ impl Admin for AdminService {
                 let request = PublishRequest { room: room.to_string(), ..request.clone() };
                 async move { client.publish(request).await }
             })
+            .instrument(span)
             .await?;
         Ok(Response::new(reply))
     }

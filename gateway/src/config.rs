@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use rooms_cluster::MembershipSource;
-use rooms_cluster::process::LogFormat;
+use rooms_telemetry::LogFormat;
 
 use crate::auth::{Access, AuthConfigError, JwtAlgorithm, JwtAuth, Origins};
 

@@ -83,7 +83,14 @@ async fn start_embedded() -> Result<(MembershipWatch, Embedded), GatewayError> {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        if let Err(error) = roomhost::run(listener, config, store, shutdown).await {
+        if let Err(error) = roomhost::run(
+            roomhost::Listeners { grpc: listener, http: None },
+            config,
+            store,
+            shutdown,
+        )
+        .await
+        {
             tracing::error!(%error, "embedded roomhost failed");
         }
     });
@@ -106,8 +113,8 @@ pub async fn run(
             (membership, Some(embedded))
         }
     };
-    let router = Router::new(membership);
     let metrics = Arc::new(Metrics::new());
+    let router = Router::new(membership, metrics.redirects.clone());
     let gateway_id = format!("gw-{:08x}", rand::random::<u32>());
     let (stop_tx, stop_rx) = watch::channel(false);
     let links =

@@ -23,6 +23,7 @@ use rooms_proto::host::{
 };
 use rooms_proto::{RoomId, UserId, client::ErrorCode};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -49,11 +50,28 @@ pub const HOLD_LIMIT: usize = 1024;
 /// closes its sockets (1012: reconnect and resume).
 pub const REATTACH_DEADLINE: Duration = Duration::from_secs(30);
 const DISPATCH_ATTEMPTS: usize = 4;
+/// Chats per link whose stored event is awaited to time them; past it (the
+/// oldest are forgotten after [`PENDING_TTL`]) new chats go untimed.
+const MAX_PENDING: usize = 4096;
+const PENDING_TTL: Duration = Duration::from_secs(10);
 
 pub enum LinkCmd {
-    Join { conn: ConnId, user: UserId, since: Option<u64>, epoch: String, handle: ConnHandle },
-    Leave { conn: ConnId },
-    Frame { conn: ConnId, kind: gateway_frame::Kind },
+    Join {
+        conn: ConnId,
+        user: UserId,
+        since: Option<u64>,
+        epoch: String,
+        handle: ConnHandle,
+    },
+    Leave {
+        conn: ConnId,
+    },
+    /// A client frame, read off its socket at `received`.
+    Frame {
+        conn: ConnId,
+        kind: gateway_frame::Kind,
+        received: Instant,
+    },
 }
 
 #[derive(Clone)]
@@ -80,6 +98,9 @@ pub struct Links {
     gateway_id: String,
     active: Mutex<HashMap<RoomId, LinkHandle>>,
     generation: AtomicU64,
+    /// Tags for chats sent upstream: random start, so that another
+    /// gateway's tags in a shared broadcast never match ours.
+    next_tag: AtomicU64,
     /// Set when the gateway stops: links close instead of following moves.
     stop: watch::Receiver<bool>,
 }
@@ -97,6 +118,7 @@ impl Links {
             gateway_id,
             active: Mutex::default(),
             generation: AtomicU64::new(1),
+            next_tag: AtomicU64::new(rand::random::<u64>() >> 1 | 1),
             stop,
         })
     }
@@ -185,6 +207,10 @@ struct Link {
     departed: Vec<(ConnId, UserId)>,
     /// Redirects followed without any frame delivered in between.
     bounces: u32,
+    /// Tagged chats sent upstream, by tag: when each was read off its socket.
+    pending: HashMap<u64, Instant>,
+    /// Since when the room's frames have been held for a move.
+    moving_since: Option<Instant>,
 }
 
 fn frame(kind: gateway_frame::Kind) -> GatewayFrame {
@@ -224,6 +250,8 @@ impl Link {
             streaming: false,
             departed: Vec::new(),
             bounces: 0,
+            pending: HashMap::new(),
+            moving_since: None,
         };
         if let Some(inbound) = link.reattach(&mut rx, String::new(), OPEN_TIMEOUT).await {
             link.serve(&mut rx, inbound).await;
@@ -262,6 +290,10 @@ impl Link {
                 }
             };
             if let Next::Reattach(target) = next {
+                if !target.is_empty() {
+                    self.links.metrics.redirects.inc();
+                }
+                self.moving_since.get_or_insert_with(Instant::now);
                 self.held.get_or_insert_with(VecDeque::new);
                 self.streaming = false;
                 match self.reattach(rx, target, REATTACH_DEADLINE).await {
@@ -414,8 +446,27 @@ impl Link {
                     self.departed.push((conn, local.user));
                 }
             }
-            LinkCmd::Frame { conn, kind } => self.forward(conn, kind),
+            LinkCmd::Frame { conn, mut kind, received } => {
+                if let gateway_frame::Kind::Chat(chat) = &mut kind {
+                    chat.tag = self.track(received);
+                }
+                self.forward(conn, kind);
+            }
         }
+    }
+
+    /// A tag for a chat read off its socket at `received`, to time it until
+    /// its stored event comes back (0: untimed, too many in flight).
+    fn track(&mut self, received: Instant) -> u64 {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.retain(|_, at| at.elapsed() < PENDING_TTL);
+            if self.pending.len() >= MAX_PENDING {
+                return 0;
+            }
+        }
+        let tag = self.links.next_tag.fetch_add(1, Ordering::Relaxed).max(1);
+        self.pending.insert(tag, received);
+        tag
     }
 
     /// Queues a client frame for the roomhost, keeping it until the owner
@@ -470,6 +521,7 @@ impl Link {
                 if frames.is_empty() {
                     return Next::Continue;
                 }
+                let started = Instant::now();
                 for (conn, local) in &self.conns {
                     if *conn == broadcast.except_conn || !local.welcomed {
                         continue;
@@ -479,6 +531,12 @@ impl Link {
                         Delivery::Overflow => metrics.send_queue_full.inc(),
                         Delivery::Closed => 0,
                     };
+                }
+                metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
+                for tag in broadcast.tags {
+                    if let Some(received) = self.pending.remove(&tag) {
+                        metrics.e2e_seconds.observe(received.elapsed().as_secs_f64());
+                    }
                 }
             }
             Some(host_frame::Kind::Direct(direct)) => {
@@ -499,6 +557,7 @@ impl Link {
                 }
             }
             Some(host_frame::Kind::Moving(_)) => {
+                self.moving_since.get_or_insert_with(Instant::now);
                 // Everything sent so far will be processed before Drained.
                 let _ = self.upstream.try_send(frame(gateway_frame::Kind::Drained(Drained {})));
                 self.held = Some(VecDeque::new());
@@ -507,6 +566,10 @@ impl Link {
             }
             Some(host_frame::Kind::Attached(_)) => {
                 self.bounces = 0;
+                if let Some(since) = self.moving_since.take() {
+                    metrics.room_moves.inc();
+                    metrics.room_move_pause_seconds.observe(since.elapsed().as_secs_f64());
+                }
                 self.held = None;
                 self.departed.clear();
             }

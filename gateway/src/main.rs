@@ -1,12 +1,12 @@
 use anyhow::Context;
 use clap::Parser;
-use rooms_cluster::process::{init_logging, shutdown_signal};
+use rooms_cluster::process::shutdown_signal;
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = gateway::Args::parse();
-    init_logging(args.log_format);
+    let telemetry = rooms_telemetry::init(args.log_format, "rooms-gateway");
     let (listen, admin_listen) = (args.listen, args.admin_listen);
     let config = args.into_config()?;
     let listeners = gateway::Listeners {
@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {admin_listen}"))?,
     };
-    gateway::run(listeners, config, shutdown_signal()).await?;
-    Ok(())
+    let result = gateway::run(listeners, config, shutdown_signal()).await;
+    telemetry.shutdown().await;
+    Ok(result?)
 }

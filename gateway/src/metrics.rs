@@ -1,9 +1,10 @@
 //! Prometheus metrics of the gateway, served as text on `/metrics`.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use rooms_telemetry::prometheus::{latency_histogram, render};
 
 pub struct Metrics {
     registry: Registry,
@@ -16,6 +17,11 @@ pub struct Metrics {
     pub frames_rejected: Counter,
     pub rate_limited: Counter,
     pub send_queue_full: Counter,
+    pub fanout_seconds: Histogram,
+    pub e2e_seconds: Histogram,
+    pub room_moves: Counter,
+    pub room_move_pause_seconds: Histogram,
+    pub redirects: Counter,
 }
 
 impl Default for Metrics {
@@ -37,56 +43,69 @@ impl Metrics {
             frames_rejected: Counter::default(),
             rate_limited: Counter::default(),
             send_queue_full: Counter::default(),
+            fanout_seconds: latency_histogram(),
+            e2e_seconds: latency_histogram(),
+            room_moves: Counter::default(),
+            room_move_pause_seconds: latency_histogram(),
+            redirects: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "connections_open",
-            "Open client WebSockets",
-            metrics.connections_open.clone(),
-        );
-        registry.register(
-            "connections",
-            "Client WebSockets accepted",
-            metrics.connections_total.clone(),
-        );
-        registry.register(
+        let m = &metrics;
+        let r = &mut registry;
+        r.register("connections_open", "Open client WebSockets", m.connections_open.clone());
+        r.register("connections", "Client WebSockets accepted", m.connections_total.clone());
+        r.register(
             "connections_refused",
             "Upgrades refused because the connection limit was reached",
-            metrics.connections_refused.clone(),
+            m.connections_refused.clone(),
         );
-        registry.register(
-            "room_links",
-            "Open room streams to roomhosts",
-            metrics.room_links.clone(),
-        );
-        registry.register("frames_in", "Client frames received", metrics.frames_in.clone());
-        registry.register(
-            "frames_out",
-            "Frames queued to client sockets",
-            metrics.frames_out.clone(),
-        );
-        registry.register(
+        r.register("room_links", "Open room streams to roomhosts", m.room_links.clone());
+        r.register("frames_in", "Client frames received", m.frames_in.clone());
+        r.register("frames_out", "Frames queued to client sockets", m.frames_out.clone());
+        r.register(
             "frames_rejected",
             "Client frames refused as invalid (answered with an error frame)",
-            metrics.frames_rejected.clone(),
+            m.frames_rejected.clone(),
         );
-        registry.register(
+        r.register(
             "rate_limited",
             "Client frames dropped by the rate limit",
-            metrics.rate_limited.clone(),
+            m.rate_limited.clone(),
         );
-        registry.register(
+        r.register(
             "send_queue_full",
             "Clients closed with 1013 because their send queue was full",
-            metrics.send_queue_full.clone(),
+            m.send_queue_full.clone(),
+        );
+        r.register(
+            "fanout_seconds",
+            "Time to queue one batch of room frames to every local socket of the room",
+            m.fanout_seconds.clone(),
+        );
+        r.register(
+            "e2e_seconds",
+            "Time from a chat frame read off a client socket until its stored event was queued to the room's local sockets",
+            m.e2e_seconds.clone(),
+        );
+        r.register(
+            "room_moves",
+            "Room streams re-attached to another roomhost (handoff or crash)",
+            m.room_moves.clone(),
+        );
+        r.register(
+            "room_move_pause_seconds",
+            "How long a room's frames were held while it moved",
+            m.room_move_pause_seconds.clone(),
+        );
+        r.register(
+            "redirects",
+            "Redirects to a room's real owner followed (streams and Admin calls)",
+            m.redirects.clone(),
         );
         Self { registry, ..metrics }
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        render(&self.registry)
     }
 }

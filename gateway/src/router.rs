@@ -5,19 +5,28 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use roomhost::service::MOVED_PREFIX;
 use rooms_cluster::{MembershipWatch, Ring};
 use rooms_proto::RoomId;
 use rooms_proto::host::room_host_client::RoomHostClient;
+use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Response, Status};
+use tonic::{Request, Response, Status};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Flow-control windows sized for thousands of room streams on one connection.
 pub const STREAM_WINDOW: u32 = 1 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 
-pub type HostClient = RoomHostClient<Channel>;
+/// Every call carries the caller's trace context in its metadata.
+pub type HostClient = RoomHostClient<InterceptedService<Channel, Propagate>>;
+type Propagate = fn(Request<()>) -> Result<Request<()>, Status>;
+
+fn propagate(mut request: Request<()>) -> Result<Request<()>, Status> {
+    rooms_telemetry::propagation::inject(request.metadata_mut());
+    Ok(request)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -32,11 +41,13 @@ pub struct Router {
     /// One lazily connected channel per member address; pruned to the
     /// current members when a new one is added.
     channels: Mutex<HashMap<String, HostClient>>,
+    /// Redirects to a room's real owner followed.
+    redirects: Counter,
 }
 
 impl Router {
-    pub fn new(membership: MembershipWatch) -> Arc<Self> {
-        Arc::new(Self { membership, channels: Mutex::default() })
+    pub fn new(membership: MembershipWatch, redirects: Counter) -> Arc<Self> {
+        Arc::new(Self { membership, channels: Mutex::default(), redirects })
     }
 
     pub fn ring(&self) -> Arc<Ring> {
@@ -67,7 +78,8 @@ impl Router {
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         let client =
-            RoomHostClient::new(endpoint.connect_lazy()).max_decoding_message_size(8 << 20);
+            RoomHostClient::with_interceptor(endpoint.connect_lazy(), propagate as Propagate)
+                .max_decoding_message_size(8 << 20);
         channels.retain(|a, _| ring.contains(a));
         channels.insert(address.to_owned(), client.clone());
         Ok(client)
@@ -93,6 +105,7 @@ impl Router {
                 let Some(target) = status.message().strip_prefix(MOVED_PREFIX) else {
                     return Err(status);
                 };
+                self.redirects.inc();
                 let client = self
                     .client(target, &self.ring())
                     .map_err(|_| Status::unavailable("the room's owner is unknown; retry"))?;

@@ -176,6 +176,7 @@ async fn read_frames<S>(
             }
             Err(_) => return,
         };
+        let received = tokio::time::Instant::now();
         env.metrics.frames_in.inc();
         match limiter.check() {
             Verdict::Allow => {}
@@ -191,9 +192,14 @@ async fn read_frames<S>(
             }
         }
         let kind = match client::parse(&text) {
-            Ok(ClientFrame::Chat { text, id }) => {
-                gateway_frame::Kind::Chat(Chat { conn, text, id: id.unwrap_or_default() })
-            }
+            Ok(ClientFrame::Chat { text, id }) => gateway_frame::Kind::Chat(Chat {
+                conn,
+                text,
+                id: id.unwrap_or_default(),
+                // Set by the link.
+                tag: 0,
+                traceparent: chat_traceparent(conn),
+            }),
             Ok(ClientFrame::Name { name }) => gateway_frame::Kind::SetName(SetName { conn, name }),
             Ok(ClientFrame::Typing) => gateway_frame::Kind::Typing(Typing { conn }),
             Ok(ClientFrame::History { before, limit }) => {
@@ -208,9 +214,19 @@ async fn read_frames<S>(
                 continue;
             }
         };
-        if !link.send(LinkCmd::Frame { conn, kind }).await {
+        if !link.send(LinkCmd::Frame { conn, kind, received }).await {
             signal.trigger(close_code::RESTART, "room moved; reconnect");
             return;
         }
     }
+}
+
+/// The trace context of a new span for one chat message (which the roomhost
+/// continues), or empty when traces are off.
+fn chat_traceparent(conn: ConnId) -> String {
+    if !rooms_telemetry::logging::traces_enabled() {
+        return String::new();
+    }
+    let span = tracing::info_span!("gateway.chat", conn.id = conn);
+    rooms_telemetry::propagation::traceparent(&span)
 }

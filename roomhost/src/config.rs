@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use rooms_cluster::MembershipSource;
-use rooms_cluster::process::LogFormat;
+use rooms_telemetry::LogFormat;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9091";
 pub const DEFAULT_IDLE_TIMEOUT: &str = "30s";
 pub const DEFAULT_HISTORY_LIMIT: usize = 1000;
 pub const DEFAULT_MAX_ROOMS: usize = 100_000;
@@ -22,6 +23,9 @@ pub struct Args {
     /// gRPC listen address.
     #[arg(long, env = "ROOMHOST_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// HTTP listen address for /metrics (Prometheus), /healthz and /readyz.
+    #[arg(long, env = "ROOMHOST_METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: SocketAddr,
     /// Address other processes use to reach this roomhost (default: the listen address).
     #[arg(long, env = "ROOMHOST_ADVERTISE")]
     pub advertise: Option<String>,

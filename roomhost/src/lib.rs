@@ -8,10 +8,13 @@
 //! * [`room`]: one room's actor: seq, presence, names, group commit, output gate;
 //!   [`dedup`]: resent messages are not stored twice.
 //! * [`store`]: Redis (and the in-memory dev store).
+//! * [`metrics`] and [`http`]: Prometheus metrics and health on `--metrics-listen`.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod dedup;
+pub mod http;
+pub mod metrics;
 pub mod registry;
 pub mod room;
 pub mod service;
@@ -23,9 +26,11 @@ use std::time::Duration;
 
 use rooms_proto::host::room_host_server::RoomHostServer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 pub use config::{Args, Config};
+use metrics::Metrics;
 use registry::Registry;
 use room::RoomSettings;
 use rooms_cluster::MembershipWatch;
@@ -62,15 +67,25 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
     })
 }
 
-/// Serves rooms on `listener` until `shutdown` resolves, then flushes every
-/// room and closes the gateways' streams (bounded by the shutdown grace).
+/// The roomhost's listeners, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// gRPC: room streams and calls from gateways.
+    pub grpc: TcpListener,
+    /// HTTP `/metrics`, `/healthz`, `/readyz`; none for an embedded roomhost.
+    pub http: Option<TcpListener>,
+}
+
+/// Serves rooms until `shutdown` resolves, then flushes every room and
+/// closes the gateways' streams (bounded by the shutdown grace).
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Config,
     store: Store,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RoomhostError> {
+    let Listeners { grpc: listener, http } = listeners;
     let local = listener.local_addr()?;
+    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
     let advertise = config.advertise.clone().unwrap_or_else(|| local.to_string());
     let settings = RoomSettings {
         idle_timeout: config.room_idle_timeout,
@@ -85,7 +100,13 @@ pub async fn run(
         None => None,
     };
     let ring = membership.as_ref().map(MembershipWatch::subscribe);
-    let registry = Registry::new(store, settings, config.max_rooms, ring.clone());
+    let metrics = Arc::new(Metrics::new());
+    let registry =
+        Registry::new(store, settings, config.max_rooms, ring.clone(), Arc::clone(&metrics));
+    let (stop_http, http_stopped) = watch::channel(false);
+    let http_task = http.map(|listener| {
+        tokio::spawn(http::serve(listener, Arc::clone(&registry), metrics, http_stopped))
+    });
     let rebalancer = ring.map(|mut ring| {
         let registry = Arc::clone(&registry);
         tokio::spawn(async move {
@@ -96,7 +117,8 @@ pub async fn run(
         })
     });
     let service = service::RoomHostService::new(Arc::clone(&registry), advertise.clone());
-    tracing::info!(listen = %local, advertise = %advertise, "roomhost serving");
+    let metrics_addr = http_addr.map_or_else(|| "none".to_owned(), |a| a.to_string());
+    tracing::info!(listen = %local, advertise = %advertise, metrics = %metrics_addr, "roomhost serving");
     let grace = config.shutdown_grace;
     let drain = async move {
         shutdown.await;
@@ -115,6 +137,10 @@ pub async fn run(
         .await?;
     if let Some(task) = rebalancer {
         task.abort();
+    }
+    let _ = stop_http.send(true);
+    if let Some(task) = http_task {
+        let _ = task.await;
     }
     drop(membership);
     tracing::info!("roomhost stopped");

@@ -1,16 +1,24 @@
 use anyhow::Context;
 use clap::Parser;
-use rooms_cluster::process::{init_logging, shutdown_signal};
+use rooms_cluster::process::shutdown_signal;
+use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = roomhost::Args::parse();
-    init_logging(args.log_format);
-    let listen = args.listen;
+    let telemetry = rooms_telemetry::init(args.log_format, "rooms-roomhost");
+    let (listen, metrics_listen) = (args.listen, args.metrics_listen);
     let config = args.into_config()?;
     let store = roomhost::open_store(&config).await.context("opening the store")?;
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    roomhost::run(listener, config, store, shutdown_signal()).await?;
-    Ok(())
+    let listeners = roomhost::Listeners {
+        grpc: TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?,
+        http: Some(
+            TcpListener::bind(metrics_listen)
+                .await
+                .with_context(|| format!("binding {metrics_listen}"))?,
+        ),
+    };
+    let result = roomhost::run(listeners, config, store, shutdown_signal()).await;
+    telemetry.shutdown().await;
+    Ok(result?)
 }

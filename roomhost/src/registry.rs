@@ -11,6 +11,7 @@ use rooms_cluster::Ring;
 use rooms_proto::RoomId;
 use tokio::sync::{mpsc, watch};
 
+use crate::metrics::Metrics;
 use crate::room::{COMMAND_QUEUE, Command, Room, RoomHandle, RoomSettings, redirect};
 use crate::store::{Acquired, Lease, Store};
 
@@ -44,6 +45,7 @@ pub struct Registry {
     /// Held by every room actor; `shutdown` waits until all are dropped.
     done_tx: Mutex<Option<mpsc::Sender<()>>>,
     done_rx: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    metrics: Arc<Metrics>,
 }
 
 struct Rooms {
@@ -57,6 +59,7 @@ impl Registry {
         settings: RoomSettings,
         max_rooms: usize,
         ring: Option<watch::Receiver<Arc<Ring>>>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let (done_tx, done_rx) = mpsc::channel(1);
         Arc::new(Self {
@@ -68,7 +71,12 @@ impl Registry {
             generation: AtomicU64::new(1),
             done_tx: Mutex::new(Some(done_tx)),
             done_rx: tokio::sync::Mutex::new(done_rx),
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Store {
@@ -136,6 +144,7 @@ impl Registry {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let handle = RoomHandle { tx, generation };
         rooms.active.insert(room.clone(), handle.clone());
+        self.metrics.rooms_active.set(rooms.active.len() as i64);
         drop(rooms);
         tokio::spawn(Arc::clone(self).start_room(room.clone(), generation, rx, done, fallback));
         Ok(handle)
@@ -182,6 +191,7 @@ impl Registry {
                 }
             }
         };
+        self.metrics.rooms_loaded.inc();
         let settings = Arc::clone(&self.settings);
         let store = self.store.clone();
         Room::new(room, generation, loaded, store, settings, self, lease).run(rx).await;
@@ -242,6 +252,7 @@ impl Registry {
         let mut rooms = self.lock();
         if rooms.active.get(room).is_some_and(|h| h.generation == generation) {
             rooms.active.remove(room);
+            self.metrics.rooms_active.set(rooms.active.len() as i64);
         }
     }
 

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::dedup::Dedup;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{
     Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Store, StoreError,
@@ -146,6 +147,18 @@ struct Staged {
     /// (user, client id) of staged chats: forgotten if the commit fails.
     client_ids: Vec<(String, String)>,
     replies: Vec<(oneshot::Sender<Result<u64, RoomError>>, u64)>,
+    /// Where staged chats came from: their tags go back to the sending
+    /// gateway with the event, and their latency and spans end on emit.
+    origins: Vec<Origin>,
+}
+
+/// A staged chat's origin.
+struct Origin {
+    gateway: GatewayId,
+    tag: u64,
+    received: Instant,
+    /// The message's span, a child of the gateway's (only when traces are on).
+    _span: Option<tracing::Span>,
 }
 
 pub(crate) struct Room {
@@ -173,6 +186,8 @@ pub(crate) struct Room {
     /// A commit found the lease gone: re-check it before anything else.
     lease_suspect: bool,
     moving: Option<MoveState>,
+    /// Connections and gateway streams last added to the process gauges.
+    reported: (i64, i64),
 }
 
 /// A handoff in progress.
@@ -181,6 +196,7 @@ struct MoveState {
     /// Gateways that have not answered `Moving` yet.
     waiting: Vec<GatewayId>,
     deadline: Instant,
+    started: Instant,
     /// Attaches that arrived meanwhile: sent to the new owner at the end.
     deferred: Vec<GatewayTx>,
 }
@@ -215,6 +231,7 @@ impl Room {
             lease,
             lease_suspect: false,
             moving: None,
+            reported: (0, 0),
         };
         room.apply_loaded(loaded);
         room
@@ -266,6 +283,7 @@ impl Room {
                     }
                 }
                 self.flush().await;
+                self.report_gauges();
             }
             if self.lease_suspect && !self.recheck_lease().await {
                 return self.finish_move(rx).await;
@@ -346,6 +364,7 @@ impl Room {
             target,
             waiting,
             deadline: Instant::now() + MOVE_DRAIN,
+            started: Instant::now(),
             deferred: Vec::new(),
         });
     }
@@ -356,6 +375,11 @@ impl Room {
     async fn finish_move(mut self, mut rx: mpsc::Receiver<Command>) {
         self.flush().await;
         let state = self.moving.take();
+        if let Some(state) = &state {
+            let metrics = self.metrics();
+            metrics.room_moves.inc();
+            metrics.room_move_seconds.observe(state.started.elapsed().as_secs_f64());
+        }
         let target = state.as_ref().map(|m| m.target.clone()).unwrap_or_default();
         if !self.lease_suspect {
             self.release_lease().await;
@@ -379,6 +403,7 @@ impl Room {
     async fn hibernate(self, mut rx: mpsc::Receiver<Command>) {
         self.release_lease().await;
         self.registry.remove_if(&self.id, self.generation);
+        self.metrics().rooms_evicted.inc();
         rx.close();
         tracing::debug!(room.id = %self.id, "room idle, evicted");
         while let Ok(cmd) = rx.try_recv() {
@@ -466,6 +491,7 @@ impl Room {
             Kind::Join(join) => self.join(gateway, join).await,
             Kind::Leave(leave) => self.leave(gateway, leave.conn),
             Kind::Chat(chat) => {
+                let received = Instant::now();
                 let Some(user) = self.conns.get(&(gateway, chat.conn)).cloned() else {
                     return;
                 };
@@ -506,6 +532,12 @@ impl Room {
                     server::chat(seq, &id, &user, self.display_name(&user), &chat.text, &time);
                 self.stage(Event { seq, frame });
                 self.staged.senders.push((gateway, chat.conn));
+                let span = (!chat.traceparent.is_empty()).then(|| {
+                    let span = tracing::info_span!("room.chat", room.id = %self.id, seq);
+                    rooms_telemetry::propagation::set_parent(&span, &chat.traceparent);
+                    span
+                });
+                self.staged.origins.push(Origin { gateway, tag: chat.tag, received, _span: span });
             }
             Kind::SetName(set) => {
                 let Some(user) = self.conns.get(&(gateway, set.conn)).cloned() else {
@@ -635,7 +667,7 @@ impl Room {
             }
         };
         for page in events.chunks(REPLAY_PAGE) {
-            let broadcast = Broadcast { frames: page.to_vec(), except_conn: 0 };
+            let broadcast = Broadcast { frames: page.to_vec(), ..Broadcast::default() };
             self.send(gateway, host_frame::Kind::Broadcast(broadcast));
         }
     }
@@ -777,10 +809,14 @@ impl Room {
     /// Writes staged events (one round trip), then emits every staged output.
     async fn flush(&mut self) {
         if !self.staged.commit.is_empty() {
+            let started = Instant::now();
             let result = self
                 .store
                 .commit(&self.id, &self.settings.owner, self.lease, &self.staged.commit)
                 .await;
+            let metrics = self.metrics();
+            metrics.redis_write_seconds.observe(started.elapsed().as_secs_f64());
+            metrics.redis_batch_events.observe(self.staged.commit.events.len() as f64);
             let staged = std::mem::take(&mut self.staged);
             match result {
                 Ok(()) => self.committed(staged),
@@ -791,7 +827,8 @@ impl Room {
     }
 
     fn committed(&mut self, staged: Staged) {
-        let Staged { commit, outputs, replies, .. } = staged;
+        let Staged { commit, outputs, replies, origins, .. } = staged;
+        self.metrics().events_persisted.inc_by(commit.events.len() as u64);
         if let Some(last) = commit.last_seq() {
             self.seq = last;
         }
@@ -811,10 +848,16 @@ impl Room {
             let _ = reply.send(Ok(seq));
         }
         self.staged.outputs = outputs;
+        self.staged.origins = origins;
     }
 
     fn commit_failed(&mut self, staged: Staged, error: StoreError) {
         tracing::warn!(room.id = %self.id, %error, events = staged.commit.events.len(), "commit failed");
+        let metrics = self.metrics();
+        metrics.commit_failures.inc();
+        if matches!(error, StoreError::LeaseLost) {
+            metrics.leases_lost.inc();
+        }
         self.stale = true;
         self.lease_suspect |= matches!(error, StoreError::LeaseLost);
         for (reply, _) in staged.replies {
@@ -840,30 +883,45 @@ impl Room {
     /// grouped into one `Broadcast`.
     fn emit(&mut self) {
         let outputs = std::mem::take(&mut self.staged.outputs);
+        let origins = std::mem::take(&mut self.staged.origins);
         let mut run: Vec<Bytes> = Vec::new();
         for output in outputs {
             match output {
                 Output::Event(frame) | Output::All(frame) => run.push(frame),
                 Output::Except { gateway, conn, frame } => {
-                    self.broadcast(std::mem::take(&mut run), None);
-                    self.broadcast(vec![frame], Some((gateway, conn)));
+                    self.broadcast(std::mem::take(&mut run), None, &[]);
+                    self.broadcast(vec![frame], Some((gateway, conn)), &[]);
                 }
             }
         }
-        self.broadcast(run, None);
+        self.broadcast(run, None, &origins);
+        let metrics = self.metrics();
+        for origin in &origins {
+            metrics.event_seconds.observe(origin.received.elapsed().as_secs_f64());
+        }
     }
 
-    fn broadcast(&mut self, frames: Vec<Bytes>, except: Option<(GatewayId, ConnId)>) {
+    /// Sends `frames` to every gateway; each also gets the tags of the chats
+    /// it sent among them.
+    fn broadcast(
+        &mut self,
+        frames: Vec<Bytes>,
+        except: Option<(GatewayId, ConnId)>,
+        origins: &[Origin],
+    ) {
         if frames.is_empty() {
             return;
         }
+        self.metrics().broadcasts.inc();
         let mut dead = Vec::new();
         for (id, tx) in &self.gateways {
             let except_conn = match except {
                 Some((gateway, conn)) if gateway == *id => conn,
                 _ => 0,
             };
-            let frame = Broadcast { frames: frames.clone(), except_conn };
+            let tags =
+                origins.iter().filter(|o| o.gateway == *id && o.tag != 0).map(|o| o.tag).collect();
+            let frame = Broadcast { frames: frames.clone(), except_conn, tags };
             let msg =
                 HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)), room_seq: self.seq };
             if tx.try_send(Ok(msg)).is_err() {
@@ -875,6 +933,20 @@ impl Room {
 
     fn direct(&mut self, gateway: GatewayId, conn: ConnId, frames: Vec<Bytes>) {
         self.send(gateway, host_frame::Kind::Direct(Direct { conn, frames }));
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.registry.metrics()
+    }
+
+    /// Brings the process gauges up to date with this room's connections
+    /// and gateway streams.
+    fn report_gauges(&mut self) {
+        let now = (self.conns.len() as i64, self.gateways.len() as i64);
+        let metrics = self.registry.metrics();
+        metrics.connections.inc_by(now.0 - self.reported.0);
+        metrics.gateway_streams.inc_by(now.1 - self.reported.1);
+        self.reported = now;
     }
 
     fn frame_of(&self, kind: host_frame::Kind) -> HostFrame {
@@ -899,9 +971,18 @@ impl Room {
         }
         for gateway in dead {
             tracing::warn!(room.id = %self.id, gateway, "gateway too slow or gone; detaching it");
+            self.metrics().gateways_dropped.inc();
             self.detach(gateway);
         }
         self.emit();
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let metrics = self.registry.metrics();
+        metrics.connections.dec_by(self.reported.0);
+        metrics.gateway_streams.dec_by(self.reported.1);
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::registry::{Registry, RegistryError};
 use crate::room::{Command, GATEWAY_QUEUE, RoomError, RoomInfo};
@@ -40,13 +41,31 @@ impl RoomHostService {
         if self.registry.get(room).is_some() {
             return None;
         }
-        if self.registry.is_closed() {
-            return Some(self.registry.successor(room));
+        let target = if self.registry.is_closed() {
+            Some(self.registry.successor(room))
+        } else if fallback {
+            None
+        } else {
+            self.registry.ring_owner(room).filter(|owner| *owner != self.advertise)
+        };
+        if target.is_some() {
+            self.registry.metrics().redirects.inc();
         }
-        if fallback {
-            return None;
+        target
+    }
+
+    async fn publish_in(&self, request: PublishRequest) -> Result<Response<PublishReply>, Status> {
+        let room = parse_room(&request.room)?;
+        let data = rooms_proto::server::parse_system_data(&request.data_json)
+            .map_err(Status::invalid_argument)?;
+        if let Some(target) = self.elsewhere(&room, false) {
+            return Err(RoomError::Moved(target).into());
         }
-        self.registry.ring_owner(room).filter(|owner| *owner != self.advertise)
+        let (reply, answer) = oneshot::channel();
+        let persist = request.persist.unwrap_or(true);
+        self.registry.dispatch(&room, Command::Publish { data, persist, reply }, false).await?;
+        let seq = answer.await.map_err(dropped)??;
+        Ok(Response::new(PublishReply { seq }))
     }
 }
 
@@ -94,6 +113,8 @@ impl RoomHost for RoomHostService {
         &self,
         request: Request<Streaming<GatewayFrame>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let span = tracing::info_span!("roomhost.attach");
+        rooms_telemetry::propagation::extract(request.metadata(), &span);
         let mut inbound = request.into_inner();
         let open = match inbound.message().await? {
             Some(GatewayFrame { kind: Some(gateway_frame::Kind::Open(open)) }) => open,
@@ -111,13 +132,15 @@ impl RoomHost for RoomHostService {
         }
         let gateway = self.next_gateway.fetch_add(1, Ordering::Relaxed);
         let attach = Command::Attach { gateway, tx, resume_after: open.resume_after };
-        let mut handle = self.registry.dispatch(&room, attach, open.fallback).await?;
+        let mut handle =
+            self.registry.dispatch(&room, attach, open.fallback).instrument(span).await?;
         tracing::debug!(room.id = %room, gateway, gateway.name = %open.gateway_id, "room stream attached");
         let registry = Arc::clone(&self.registry);
         // Owned by the stream: ends when the gateway closes it or the server stops.
         tokio::spawn(async move {
             while let Ok(Some(frame)) = inbound.message().await {
                 let Some(frame) = frame.kind else { continue };
+                registry.metrics().frames_in.inc();
                 let cmd = Command::Frame { gateway, frame };
                 if let Err(mpsc::error::SendError(cmd)) = handle.tx.send(cmd).await {
                     // The actor hibernated and handed our Attach to its successor.
@@ -138,20 +161,10 @@ impl RoomHost for RoomHostService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
-        let request = request.into_inner();
-        let room = parse_room(&request.room)?;
-        let data = rooms_proto::server::parse_system_data(&request.data_json)
-            .map_err(Status::invalid_argument)?;
-        if let Some(target) = self.elsewhere(&room, false) {
-            return Err(RoomError::Moved(target).into());
-        }
-        let (reply, answer) = oneshot::channel();
-        let persist = request.persist.unwrap_or(true);
-        self.registry.dispatch(&room, Command::Publish { data, persist, reply }, false).await?;
-        let seq = answer.await.map_err(dropped)??;
-        Ok(Response::new(PublishReply { seq }))
+        let span = tracing::info_span!("roomhost.publish", room.id = %request.get_ref().room);
+        rooms_telemetry::propagation::extract(request.metadata(), &span);
+        self.publish_in(request.into_inner()).instrument(span).await
     }
-
     async fn get_room(
         &self,
         request: Request<GetRoomRequest>,

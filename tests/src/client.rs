@@ -182,3 +182,23 @@ pub async fn http(addr: &str, request: &str) -> (u16, String) {
 pub async fn get(addr: &str, path: &str) -> (u16, String) {
     http(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")).await
 }
+
+/// One series of a Prometheus text page at `addr` (`GET /metrics`): the sum
+/// of every line whose name (labels aside) is `name`; 0 when absent.
+pub async fn metric(addr: &str, name: &str) -> f64 {
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics on {addr}");
+    parse_metric(&body, name)
+}
+
+/// The sum of the samples named `name` in a Prometheus text page.
+pub fn parse_metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let series_name = series.split('{').next()?;
+            (series_name == name).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

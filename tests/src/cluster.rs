@@ -17,6 +17,8 @@ pub struct Roomhost {
     pub process: Process,
     /// The advertise (= listen) address, `127.0.0.1:PORT`.
     pub addr: String,
+    /// Its `/metrics` and health address.
+    pub metrics: String,
 }
 
 pub struct Gateway {
@@ -54,6 +56,8 @@ pub struct TestCluster {
     file_membership: bool,
     roomhost_args: Vec<String>,
     gateway_args: Vec<String>,
+    /// Environment of every roomhost and gateway.
+    envs: Vec<(String, String)>,
 }
 
 impl TestCluster {
@@ -69,6 +73,12 @@ impl TestCluster {
 
     pub fn gateway_arg(mut self, arg: &str) -> Self {
         self.gateway_args.push(arg.to_owned());
+        self
+    }
+
+    /// Sets an environment variable for every roomhost and gateway.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -187,17 +197,18 @@ impl Cluster {
 
     pub async fn spawn_roomhost(&self) -> Roomhost {
         let mut cmd = Command::new(binary("roomhost"));
-        cmd.args(["--listen", "127.0.0.1:0"]);
+        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
         if let Some(url) = self.redis_url() {
             cmd.args(["--redis", &url]);
         }
         if self.members_file.is_some() {
             cmd.args(["--roomhosts", &self.membership()]);
         }
-        cmd.args(&self.spec.roomhost_args);
+        cmd.args(&self.spec.roomhost_args).envs(self.spec.envs.iter().cloned());
         let process = Process::spawn("roomhost", cmd);
         let addr = process.wait_for_field("roomhost serving", "advertise").await;
-        Roomhost { process, addr }
+        let metrics = process.wait_for_field("roomhost serving", "metrics").await;
+        Roomhost { process, addr, metrics }
     }
 
     pub async fn spawn_gateway(&self) -> Gateway {
@@ -206,7 +217,7 @@ impl Cluster {
         if !self.roomhosts.is_empty() {
             cmd.args(["--roomhosts", &self.membership()]);
         }
-        cmd.args(&self.spec.gateway_args);
+        cmd.args(&self.spec.gateway_args).envs(self.spec.envs.iter().cloned());
         let process = Process::spawn("gateway", cmd);
         let http = process.wait_for_field("gateway serving", "listen").await;
         let admin = process.wait_for_field("gateway serving", "admin").await;
