@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A real local rooms cluster without containers: Redis + 3 roomhosts + 2 gateways,
-# started with the same flags the Helm chart gives them (file: membership here,
-# dns: in Kubernetes).
+# started with the same flags and values the Helm chart (k8s/rooms) gives them;
+# k8s/check.sh verifies that. The differences are deliberate: file: membership
+# here (dns: in Kubernetes), --auth none and no admin token (a development
+# cluster), text logs, and loopback addresses.
 #
 #   deploy/local-cluster.sh up       # build if needed, start, wait until ready
 #   deploy/local-cluster.sh status   # which processes are alive
@@ -9,14 +11,16 @@
 #
 # Environment: ROOMS_LOCAL_DIR (state, logs; /tmp/rooms-local), ROOMS_BIN_DIR
 # (binaries; target/release, built when missing), REDIS_PORT (6390),
-# ROOMHOST_PORTS ("50051 50052 50053"), GATEWAY_PORTS ("8080 8081"),
-# ADMIN_PORTS ("9090 9091"), GATEWAY_ARGS / ROOMHOST_ARGS (extra flags).
+# ROOMHOST_PORTS ("50051 50052 50053"), METRICS_PORTS ("9101 9102 9103",
+# the roomhosts' /metrics), GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS
+# ("9090 9091"), GATEWAY_ARGS / ROOMHOST_ARGS (extra flags, appended).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DIR="${ROOMS_LOCAL_DIR:-/tmp/rooms-local}"
 BIN="${ROOMS_BIN_DIR:-$ROOT/target/release}"
 REDIS_PORT="${REDIS_PORT:-6390}"
 read -r -a ROOMHOST_PORTS <<< "${ROOMHOST_PORTS:-50051 50052 50053}"
+read -r -a METRICS_PORTS <<< "${METRICS_PORTS:-9101 9102 9103}"
 read -r -a GATEWAY_PORTS <<< "${GATEWAY_PORTS:-8080 8081}"
 read -r -a ADMIN_PORTS <<< "${ADMIN_PORTS:-9090 9091}"
 read -r -a GATEWAY_EXTRA <<< "${GATEWAY_ARGS:-}"
@@ -28,12 +32,21 @@ start() {  # name, command...
   echo $! >"$DIR/$name.pid"
 }
 
-wait_http() {  # url
+http_ok() {  # port path: is the answer 200? (bash only, no curl needed)
+  local status
+  exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || return 1
+  printf 'GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' "$2" >&3
+  read -r -t 2 _ status _ <&3 || status=""
+  exec 3<&-
+  [ "$status" = "200" ]
+}
+
+wait_http() {  # port path
   for _ in $(seq 1 300); do
-    curl -sf -o /dev/null "$1" && return 0
+    http_ok "$1" "$2" && return 0
     sleep 0.1
   done
-  echo "timed out waiting for $1" >&2
+  echo "timed out waiting for 127.0.0.1:$1$2" >&2
   return 1
 }
 
@@ -51,17 +64,23 @@ up() {
     --daemonize yes --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log"
   for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
 
-  local i=0
-  for p in "${ROOMHOST_PORTS[@]}"; do
-    start "roomhost-$i" "$BIN/roomhost" --listen "127.0.0.1:$p" --advertise "127.0.0.1:$p" \
-      --roomhosts "file:$DIR/members" --redis "redis://127.0.0.1:$REDIS_PORT" "${ROOMHOST_EXTRA[@]}"
-    i=$((i + 1))
+  # The chart's values (k8s/rooms/values.yaml), flag for flag.
+  for i in "${!ROOMHOST_PORTS[@]}"; do
+    local p=${ROOMHOST_PORTS[$i]}
+    start "roomhost-$i" "$BIN/roomhost" --listen="127.0.0.1:$p" \
+      --metrics-listen="127.0.0.1:${METRICS_PORTS[$i]}" --advertise="127.0.0.1:$p" \
+      --roomhosts="file:$DIR/members" --redis="redis://127.0.0.1:$REDIS_PORT" \
+      --room-idle-timeout=30s --history-limit=1000 --max-rooms=100000 --lease-ttl=5s \
+      --shutdown-grace=20s --log-format=text "${ROOMHOST_EXTRA[@]}"
   done
   for i in "${!GATEWAY_PORTS[@]}"; do
-    start "gateway-$i" "$BIN/gateway" --listen "127.0.0.1:${GATEWAY_PORTS[$i]}" \
-      --admin-listen "127.0.0.1:${ADMIN_PORTS[$i]}" --roomhosts "file:$DIR/members" "${GATEWAY_EXTRA[@]}"
+    start "gateway-$i" "$BIN/gateway" --listen="127.0.0.1:${GATEWAY_PORTS[$i]}" \
+      --admin-listen="127.0.0.1:${ADMIN_PORTS[$i]}" --roomhosts="file:$DIR/members" \
+      --auth=none --rate-limit=20 --rate-burst=40 --send-queue=256 --max-connections=50000 \
+      --ping-interval=30s --shutdown-grace=10s --log-format=text "${GATEWAY_EXTRA[@]}"
   done
-  for p in "${GATEWAY_PORTS[@]}"; do wait_http "http://127.0.0.1:$p/readyz"; done
+  for p in "${METRICS_PORTS[@]}"; do wait_http "$p" /readyz; done
+  for p in "${GATEWAY_PORTS[@]}"; do wait_http "$p" /readyz; done
   # Something else may have answered on those ports: every process must be ours and alive.
   local dead=0
   while read -r name pid; do
@@ -71,6 +90,7 @@ up() {
   echo "rooms local cluster is up (state and logs in $DIR)"
   echo "  chat:     http://127.0.0.1:${GATEWAY_PORTS[0]}  (and :${GATEWAY_PORTS[1]:-})"
   echo "  operator: $BIN/roomctl --admin http://127.0.0.1:${ADMIN_PORTS[0]} status"
+  echo "  metrics:  http://127.0.0.1:${GATEWAY_PORTS[0]}/metrics and http://127.0.0.1:${METRICS_PORTS[0]}/metrics"
   echo "  stop:     $0 down"
 }
 

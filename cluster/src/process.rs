@@ -1,4 +1,5 @@
-//! How every rooms server process stops: SIGTERM (Kubernetes) or Ctrl-C.
+//! How every rooms server process checks its flags and stops: SIGTERM
+//! (Kubernetes) or Ctrl-C.
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
@@ -21,5 +22,20 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `--check-config`: reports whether the flags make a valid configuration
+/// and exits (0 valid, 2 invalid, as for a flag clap refuses).
+pub fn check_config<C, E: std::fmt::Display>(binary: &str, config: Result<C, E>) -> ! {
+    match config {
+        Ok(_) => {
+            println!("{binary}: configuration is valid");
+            std::process::exit(0)
+        }
+        Err(error) => {
+            eprintln!("{binary}: invalid configuration: {error}");
+            std::process::exit(2)
+        }
     }
 }

@@ -40,7 +40,7 @@ pub enum AuthMode {
 
 /// A rooms gateway: serves client WebSockets and the operator Admin API.
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version)]
+#[command(name = "gateway", version, args_override_self = true)]
 pub struct Args {
     /// WebSocket + HTTP listen address.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -111,6 +111,10 @@ pub struct Args {
     /// Log format: text or json.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Validate the flags (and read the files they name), print the result
+    /// and exit without serving: 0 if valid, 2 if not.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Validated gateway configuration.

@@ -6,6 +6,9 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = gateway::Args::parse();
+    if args.check_config {
+        rooms_cluster::process::check_config("gateway", args.into_config());
+    }
     let telemetry = rooms_telemetry::init(args.log_format, "rooms-gateway");
     let (listen, admin_listen) = (args.listen, args.admin_listen);
     let config = args.into_config()?;

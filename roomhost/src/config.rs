@@ -18,7 +18,7 @@ pub const DEFAULT_LEASE_TTL: &str = "5s";
 
 /// A rooms roomhost: owns rooms, persists them to Redis, serves gateways over gRPC.
 #[derive(Debug, Parser)]
-#[command(name = "roomhost", version)]
+#[command(name = "roomhost", version, args_override_self = true)]
 pub struct Args {
     /// gRPC listen address.
     #[arg(long, env = "ROOMHOST_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -55,6 +55,10 @@ pub struct Args {
     /// Log format: text or json.
     #[arg(long, env = "ROOMHOST_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Validate the flags (and read the files they name), print the result
+    /// and exit without serving: 0 if valid, 2 if not.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Validated roomhost configuration.

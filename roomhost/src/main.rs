@@ -6,6 +6,9 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = roomhost::Args::parse();
+    if args.check_config {
+        rooms_cluster::process::check_config("roomhost", args.into_config());
+    }
     let telemetry = rooms_telemetry::init(args.log_format, "rooms-roomhost");
     let (listen, metrics_listen) = (args.listen, args.metrics_listen);
     let config = args.into_config()?;

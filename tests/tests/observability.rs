@@ -67,6 +67,24 @@ async fn metrics_move_with_traffic_and_room_moves() {
     assert!(metric(host, "rooms_roomhost_event_seconds_count").await >= 20.0);
     assert!(metric(host, "rooms_roomhost_frames_in_total").await >= 20.0);
 
+    // Every series the Grafana dashboard plots exists.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/rooms/dashboards/rooms.json"),
+    )
+    .expect("the dashboard");
+    let pages = get(http, "/metrics").await.1 + &get(host, "/metrics").await.1;
+    let mut plotted = 0;
+    for name in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if name.starts_with("rooms_") {
+            plotted += 1;
+            assert!(
+                pages.contains(&format!("\n{name}")),
+                "the dashboard plots {name}, never exported"
+            );
+        }
+    }
+    assert!(plotted >= 20, "{plotted} series in the dashboard");
+
     // Take the owner out of the ring: the room moves to the other roomhost.
     cluster.set_members(&[cluster.roomhosts[other].addr.clone()]).await;
     eventually("the room to move", || async {
