@@ -32,7 +32,9 @@ pub struct Args {
     /// Roomhost membership: static:A,B | file:PATH | dns:NAME:PORT.
     #[arg(long, env = "ROOMHOST_ROOMHOSTS")]
     pub roomhosts: Option<MembershipSource>,
-    /// Redis URL (redis://...). Absent: an in-memory store, for development only.
+    /// Redis: redis://[:PASSWORD@]HOST:PORT[/DB] (or rediss:// for TLS), or a
+    /// Redis Cluster: redis-cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...]
+    /// (seed nodes). Absent: an in-memory store, for development only.
     #[arg(long, env = "ROOMHOST_REDIS")]
     pub redis: Option<String>,
     /// Evict a room from memory after this long without connections.
@@ -82,7 +84,9 @@ pub enum ConfigError {
     MaxRooms,
     #[error("--room-idle-timeout must be at least 1s")]
     IdleTimeout,
-    #[error("--redis must be a redis:// or rediss:// URL")]
+    #[error(
+        "--redis must be a redis:// or rediss:// URL, or redis-cluster://HOST:PORT[,HOST:PORT...]"
+    )]
     RedisUrl,
     #[error("--lease-ttl must be between 1s and 5m")]
     LeaseTtl,
@@ -102,10 +106,12 @@ impl Args {
         if self.lease_ttl < Duration::from_secs(1) || self.lease_ttl > Duration::from_secs(300) {
             return Err(ConfigError::LeaseTtl);
         }
-        if let Some(url) = &self.redis
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(ConfigError::RedisUrl);
+        if let Some(url) = &self.redis {
+            let single = url.starts_with("redis://") || url.starts_with("rediss://");
+            let cluster = crate::store::cluster_seeds(url).is_some_and(|s| !s.is_empty());
+            if !(single || cluster) {
+                return Err(ConfigError::RedisUrl);
+            }
         }
         Ok(Config {
             advertise: self.advertise,

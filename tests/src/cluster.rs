@@ -11,7 +11,7 @@ fn count(process: &Process, needle: &str) -> usize {
     process.logs().iter().filter(|l| l.contains(needle)).count()
 }
 use crate::process::{Process, binary};
-use crate::redis::Redis;
+use crate::redis::{Redis, RedisCluster};
 
 pub struct Roomhost {
     pub process: Process,
@@ -51,6 +51,8 @@ pub struct TestCluster {
     roomhosts: usize,
     gateways: usize,
     no_redis: bool,
+    /// A 3-master Redis Cluster instead of one Redis.
+    redis_cluster: bool,
     /// Membership through a file every process watches (`file:`), which
     /// tests rewrite to add and remove roomhosts.
     file_membership: bool,
@@ -94,13 +96,22 @@ impl TestCluster {
         self
     }
 
+    /// Roomhosts store into a local 3-master Redis Cluster.
+    pub fn redis_cluster(mut self) -> Self {
+        self.redis_cluster = true;
+        self
+    }
+
     /// Only gateways with an embedded roomhost (no Redis).
     pub fn embedded(gateways: usize) -> Self {
         Self { gateways, no_redis: true, ..Self::default() }
     }
 
     pub async fn start(self) -> Cluster {
-        let redis = if self.no_redis { None } else { Some(Redis::start().await) };
+        let redis_cluster =
+            if self.redis_cluster { Some(RedisCluster::start(3).await) } else { None };
+        let redis =
+            if self.no_redis || self.redis_cluster { None } else { Some(Redis::start().await) };
         let members_file = self.file_membership.then(|| {
             let dir = std::env::temp_dir().join(format!(
                 "rooms-members-{}-{}",
@@ -114,6 +125,7 @@ impl TestCluster {
         });
         let mut cluster = Cluster {
             redis,
+            redis_cluster,
             roomhosts: Vec::new(),
             gateways: Vec::new(),
             spec: self.clone(),
@@ -137,6 +149,7 @@ impl TestCluster {
 
 pub struct Cluster {
     pub redis: Option<Redis>,
+    pub redis_cluster: Option<RedisCluster>,
     pub roomhosts: Vec<Roomhost>,
     pub gateways: Vec<Gateway>,
     spec: TestCluster,
@@ -147,7 +160,10 @@ const MEMBERSHIP_CHANGED: &str = "roomhost membership changed";
 
 impl Cluster {
     pub fn redis_url(&self) -> Option<String> {
-        self.redis.as_ref().map(Redis::url)
+        self.redis
+            .as_ref()
+            .map(Redis::url)
+            .or_else(|| self.redis_cluster.as_ref().map(RedisCluster::url))
     }
 
     pub fn membership(&self) -> String {
@@ -249,6 +265,10 @@ impl Cluster {
         for _ in 0..roomhosts {
             let roomhost = self.spawn_roomhost().await;
             self.roomhosts.push(roomhost);
+        }
+        if self.members_file.is_some() {
+            let members: Vec<String> = self.roomhosts.iter().map(|r| r.addr.clone()).collect();
+            self.set_members(&members).await;
         }
         for _ in 0..gateways {
             let gateway = self.spawn_gateway().await;

@@ -1,6 +1,7 @@
 //! Rooms move between roomhosts — crash, shutdown, scale-out — while clients
 //! chat through two gateways: nobody is disconnected, seqs stay contiguous
-//! without duplicates, and nothing any client saw is lost.
+//! without duplicates, and nothing any client saw is lost. The same holds
+//! with a 3-master Redis Cluster as the store.
 
 use std::time::Duration;
 
@@ -12,14 +13,16 @@ use tokio::time::Instant;
 const ROOM: &str = "busy";
 const LEASE_TTL: &str = "--lease-ttl=2s";
 
-async fn cluster(roomhosts: usize) -> Cluster {
+fn spec(roomhosts: usize) -> TestCluster {
     TestCluster::new(roomhosts, 2)
         .file_membership()
         .roomhost_arg(LEASE_TTL)
         .roomhost_arg("--history-limit=100000")
         .unthrottled()
-        .start()
-        .await
+}
+
+async fn cluster(roomhosts: usize) -> Cluster {
+    spec(roomhosts).start().await
 }
 
 /// Two clients on each gateway, all sending.
@@ -80,7 +83,64 @@ async fn history_has_everything(cluster: &Cluster, room: &str, outcomes: &[Outco
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_owner_disconnects_no_one_and_loses_nothing_seen() {
-    let mut cluster = cluster(3).await;
+    sigkill_of_the_owner(cluster(3).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_cluster_sigkill_of_the_owner_loses_nothing_seen() {
+    sigkill_of_the_owner(spec(3).redis_cluster().start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_cluster_rooms_spread_over_every_master_and_survive_restarts() {
+    let mut cluster = spec(3).redis_cluster().start().await;
+    const ROOMS: usize = 30;
+    let mut pairs = Vec::new();
+    for r in 0..ROOMS {
+        let room = format!("spread-{r}");
+        let ann = cluster.gateways[0].join(&room, "ann").await;
+        let bob = cluster.gateways[1].join(&room, "bob").await;
+        pairs.push((room, ann, bob));
+    }
+    for (room, ann, _) in &mut pairs {
+        ann.chat(&format!("hello {room}"), "h").await;
+    }
+    for (room, ann, bob) in &mut pairs {
+        for client in [ann, bob] {
+            let chat = client.until(|f| matches!(f, ServerFrame::Chat { .. })).await;
+            let expected = format!("hello {room}");
+            assert!(
+                matches!(&chat, ServerFrame::Chat { text, seq: Some(1), .. } if *text == expected),
+                "{chat:?}"
+            );
+        }
+    }
+    let keys = cluster.redis_cluster.as_ref().expect("redis cluster").keys_per_node().await;
+    assert!(keys.iter().all(|k| *k > 0), "rooms on every master: {keys:?}");
+    assert!(keys.iter().sum::<u64>() >= ROOMS as u64 * 3, "{keys:?}");
+
+    // Everything but the Redis Cluster restarts: history and seq are there.
+    for (_, ann, bob) in pairs.drain(..) {
+        ann.close().await;
+        bob.close().await;
+    }
+    cluster.restart_all_but_redis().await;
+    for r in 0..ROOMS {
+        let room = format!("spread-{r}");
+        let (mut again, hello, history) =
+            Client::join(&cluster.gateways[1].ws_url(&room, "user=cy")).await;
+        assert!(matches!(hello, ServerFrame::Welcome { seq: 1, .. }), "{hello:?}");
+        assert!(
+            matches!(&history, ServerFrame::History { messages, .. } if messages.len() == 1),
+            "{history:?}"
+        );
+        again.chat("again", "a").await;
+        let chat = again.until(|f| matches!(f, ServerFrame::Chat { .. })).await;
+        assert!(matches!(chat, ServerFrame::Chat { seq: Some(2), .. }), "{chat:?}");
+    }
+}
+
+async fn sigkill_of_the_owner(mut cluster: Cluster) {
     let load = start_load(&cluster, ROOM).await;
     run_for(Duration::from_millis(800)).await;
     let owner = cluster.owner_of(ROOM).await;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use rooms_proto::RoomId;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, cluster_seeds};
 
 /// How many recent events a loaded room keeps in memory (the `history` sent on join).
 pub const RECENT_EVENTS: usize = 100;

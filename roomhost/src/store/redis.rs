@@ -11,14 +11,22 @@
 //!
 //! Keys are built only from validated [`RoomId`]s; user input is only ever a
 //! command argument, never part of a command.
+//!
+//! `--redis redis://…` (or `rediss://`) is one server;
+//! `redis-cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]` names seed nodes
+//! of a Redis Cluster, which is then discovered and followed through slot
+//! moves and failovers. Since a room's keys share one slot, every pipeline
+//! and script of a room runs on one node either way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::{IntoConnectionInfo, Script, Value, cmd, pipe};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Script, Value, cmd, pipe};
 use rooms_proto::RoomId;
 
 use super::{
@@ -30,9 +38,12 @@ use super::{
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The URL scheme naming Redis Cluster seed nodes.
+pub const CLUSTER_SCHEME: &str = "redis-cluster://";
+
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     history_limit: usize,
     scripts: Arc<Scripts>,
 }
@@ -132,20 +143,86 @@ fn stream_id(seq: u64) -> String {
     format!("{seq}-0")
 }
 
+/// One multiplexed connection shared by every room: to one server, or to
+/// each node of a Redis Cluster (commands routed by their keys' slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// The seed nodes of a `redis-cluster://` URL as `redis://` URLs (None for
+/// any other URL). Credentials before `@` apply to every node.
+pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix(CLUSTER_SCHEME)?;
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|host| format!("redis://{auth}{host}"))
+        .collect();
+    Some(seeds)
+}
+
 impl RedisStore {
     /// Connects (and keeps reconnecting in the background when the link drops).
     pub async fn connect(url: &str, history_limit: usize) -> Result<Self, StoreError> {
         // Group commits from many rooms share one multiplexed connection:
         // without TCP_NODELAY, Nagle holds each small write behind the last
         // unacknowledged one.
-        let info =
-            url.into_connection_info()?.set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let tcp = TcpSettings::default().set_nodelay(true);
+        let conn = match cluster_seeds(url) {
+            Some(seeds) => {
+                let client = ClusterClient::builder(seeds)
+                    .tcp_settings(tcp)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(2)
+                    .build()?;
+                Conn::Cluster(client.get_async_connection().await?)
+            }
+            None => {
+                let info = url.into_connection_info()?.set_tcp_settings(tcp);
+                let client = redis::Client::open(info)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_number_of_retries(2);
+                Conn::Single(ConnectionManager::new_with_config(client, config).await?)
+            }
+        };
         Ok(Self { conn, history_limit: history_limit.max(1), scripts: Arc::new(Scripts::new()) })
     }
 
@@ -369,4 +446,23 @@ fn parse_entries(value: Value) -> Result<Vec<Event>, StoreError> {
         events.push(Event { seq, frame });
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_seeds;
+
+    #[test]
+    fn cluster_urls_name_seed_nodes() {
+        assert_eq!(cluster_seeds("redis://a:1"), None);
+        assert_eq!(
+            cluster_seeds("redis-cluster://a:7000,b:7001, c:7002"),
+            Some(vec!["redis://a:7000".into(), "redis://b:7001".into(), "redis://c:7002".into()])
+        );
+        assert_eq!(
+            cluster_seeds("redis-cluster://:p@ss@a:7000,b:7001"),
+            Some(vec!["redis://:p@ss@a:7000".into(), "redis://:p@ss@b:7001".into()])
+        );
+        assert_eq!(cluster_seeds("redis-cluster://"), Some(vec![]));
+    }
 }
