@@ -34,7 +34,7 @@ start() {  # name, command...
 
 http_ok() {  # port path: is the answer 200? (bash only, no curl needed)
   local status
-  exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || return 1
+  { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
   printf 'GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' "$2" >&3
   read -r -t 2 _ status _ <&3 || status=""
   exec 3<&-

@@ -44,7 +44,7 @@ impl Shared {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -67,6 +67,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
         "--rooms and --clients must be at least 1"
     );
     anyhow::ensure!(args.senders <= args.clients, "--senders cannot exceed --clients");
+    if args.preload > 0 {
+        return crate::cold::run(&args).await;
+    }
     let bases: Vec<String> =
         args.url.split(',').map(|u| u.trim().trim_end_matches('/').to_owned()).collect();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -146,6 +149,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // Scripts sample server memory after this line (see deploy/bench.sh).
+    eprintln!("bench: {} clients connected", readers.len());
+
     // Send.
     shared.measuring.store(true, Ordering::Relaxed);
     let sending = Instant::now();
@@ -174,6 +180,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     let delivered = shared.delivered.load(Ordering::Relaxed);
 
     if !args.hold.is_zero() {
+        eprintln!("bench: holding {} idle clients", readers.len());
         tokio::time::sleep(args.hold).await;
     }
     shared.stop.store(true, Ordering::Relaxed);

@@ -112,4 +112,14 @@ pub struct BenchArgs {
     /// A label for the JSON line (e.g. the server's name).
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Cold-room mode: first store this many chats in each of --rooms rooms
+    /// (one client per room), wait --cold-wait for the rooms to leave the
+    /// roomhosts' memory, then join each room once and time connect →
+    /// `welcome` + `history`. 0 = the usual load.
+    #[arg(long, default_value_t = 0)]
+    pub preload: usize,
+    /// Cold-room mode: how long to wait after preloading (longer than the
+    /// roomhosts' --room-idle-timeout).
+    #[arg(long, default_value = "7s", value_parser = humantime::parse_duration)]
+    pub cold_wait: Duration,
 }
