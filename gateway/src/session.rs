@@ -5,23 +5,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use rooms_proto::client::{self, ClientFrame, ErrorCode};
 use rooms_proto::host::{Chat, HistoryRequest, SetName, Typing, gateway_frame};
 use rooms_proto::{RoomId, UserId};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use crate::conn::{CloseSignal, ConnHandle, ConnId, RateLimiter, Verdict, close_code};
+use crate::conn::{CloseSignal, ConnHandle, ConnId, Frames, RateLimiter, Verdict, close_code};
 use crate::link::{LinkCmd, LinkHandle, Links};
 use crate::metrics::Metrics;
 
 /// Queued batches written to the socket per flush at most.
-const WRITE_BATCH: usize = 16;
+const WRITE_BATCH: usize = 64;
 /// After sending a close frame, how long the client gets to read it and
 /// answer before the socket is dropped (its frames meanwhile are discarded).
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
@@ -55,9 +56,9 @@ pub struct SessionEnv {
 
 pub async fn run<S>(ws: WebSocketStream<S>, session: Session, env: SessionEnv)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::channel(env.send_queue);
+    let (tx, rx) = mpsc::channel(env.send_queue);
     let signal = Arc::new(CloseSignal::default());
     let handle = ConnHandle::new(tx, Arc::clone(&signal));
     let Session { conn, room, user, since, epoch, expires_at } = session;
@@ -66,43 +67,20 @@ where
 
     let join = LinkCmd::Join { conn, user, since, epoch, handle: handle.clone() };
     let link = env.links.dispatch(&room, join).await;
-    let (mut sink, mut stream) = ws.split();
+    let (sink, mut stream) = ws.split();
+    // The writer is its own task, woken only by frames to write: a delivery
+    // never polls the reader, the timers or the close signal.
+    let (stop_writer, stopped_writer) = oneshot::channel();
+    let mut writer = tokio::spawn(write_frames(sink, rx, env.ping_interval, stopped_writer));
+    // Set when the writer ended first (write error or closed queue).
+    let mut written = None;
 
     if let Ok(link) = link {
         let reader = read_frames(&mut stream, conn, &link, &handle, &signal, &env);
-        let writer = async {
-            let mut batch = Vec::with_capacity(WRITE_BATCH);
-            loop {
-                match tokio::time::timeout(env.ping_interval, rx.recv_many(&mut batch, WRITE_BATCH))
-                    .await
-                {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(_) => {
-                        // Idle: a ping keeps proxies and load balancers from
-                        // dropping the connection.
-                        if sink.send(Message::Ping(Default::default())).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-                for frames in batch.drain(..) {
-                    for frame in frames.iter() {
-                        if sink.feed(Message::Text(frame.clone())).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-        };
         let mut shutdown = env.shutdown.clone();
         tokio::select! {
             () = reader => {}
-            () = writer => {}
+            ended = &mut writer => written = Some(ended.ok().flatten()),
             _ = signal.requested() => {}
             () = crate::stopped(&mut shutdown) => {
                 signal.trigger(close_code::RESTART, "gateway restarting; reconnect");
@@ -116,19 +94,87 @@ where
         signal.trigger(close_code::TRY_AGAIN_LATER, "room unavailable");
     }
 
-    if let Some((code, reason)) = signal.get() {
-        let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
-        let sent =
-            tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
-        if matches!(sent, Ok(Ok(()))) {
-            // Closing handshake: read (and drop) until the client answers, so
-            // it is not reset while still sending and gets to see the code.
-            let drain = async { while let Some(Ok(_)) = stream.next().await {} };
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, drain).await;
+    // The socket's write half comes back unless the writer ended on an error.
+    let sink = match written {
+        Some(sink) => sink,
+        None => {
+            let _ = stop_writer.send(());
+            writer.await.ok().flatten()
+        }
+    };
+    if let Some(mut sink) = sink {
+        if let Some((code, reason)) = signal.get() {
+            let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
+            let sent =
+                tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+            if matches!(sent, Ok(Ok(()))) {
+                // Closing handshake: read (and drop) until the client answers, so
+                // it is not reset while still sending and gets to see the code.
+                let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, drain).await;
+            }
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    }
+    env.metrics.connections_open.dec();
+}
+
+type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+
+/// Writes queued frames, many per flush, until `stop` (then hands the sink
+/// back) or a write fails (None). A socket that wrote nothing for a whole
+/// ping interval gets a ping, so proxies keep idle connections open; the
+/// timer is reset once per interval, not per frame.
+async fn write_frames<S>(
+    mut sink: Sink<S>,
+    mut rx: mpsc::Receiver<Frames>,
+    ping_interval: Duration,
+    mut stop: oneshot::Receiver<()>,
+) -> Option<Sink<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let ping = tokio::time::sleep(ping_interval);
+    tokio::pin!(ping);
+    let mut wrote = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return Some(sink),
+            received = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if received == 0 {
+                    return Some(sink);
+                }
+                if received < WRITE_BATCH {
+                    // Let the fan-out that woke us queue more before the
+                    // syscall: under load one flush then carries several
+                    // batches; when idle this costs one reschedule.
+                    tokio::task::yield_now().await;
+                    while batch.len() < WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(frames) => batch.push(frames),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                for frames in batch.drain(..) {
+                    for frame in frames.iter() {
+                        sink.feed(Message::Text(frame.clone())).await.ok()?;
+                    }
+                }
+                sink.flush().await.ok()?;
+                wrote = true;
+            }
+            () = &mut ping => {
+                if !wrote {
+                    sink.send(Message::Ping(Default::default())).await.ok()?;
+                }
+                wrote = false;
+                ping.as_mut().reset(tokio::time::Instant::now() + ping_interval);
+            }
         }
     }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-    env.metrics.connections_open.dec();
 }
 
 /// Resolves when the session's token expires (never without one).

@@ -38,6 +38,11 @@ use crate::store::{
 
 /// Most commands handled in one turn (one group commit).
 pub const MAX_BATCH: usize = 512;
+/// A commit of at least this many events marks the room busy: its next
+/// turn lingers up to [`BUSY_LINGER`] for more, so a hot room writes and
+/// fans out fewer, larger batches (a quiet room never waits).
+pub const BUSY_EVENTS: usize = 8;
+pub const BUSY_LINGER: Duration = Duration::from_millis(10);
 /// Capacity of a room's command channel; senders wait when it is full.
 pub const COMMAND_QUEUE: usize = 1024;
 /// Capacity of the frame queue towards one gateway. A gateway that lets it
@@ -188,6 +193,8 @@ pub(crate) struct Room {
     moving: Option<MoveState>,
     /// Connections and gateway streams last added to the process gauges.
     reported: (i64, i64),
+    /// The last commit was large: the next turn lingers for more.
+    busy: bool,
 }
 
 /// A handoff in progress.
@@ -232,6 +239,7 @@ impl Room {
             lease_suspect: false,
             moving: None,
             reported: (0, 0),
+            busy: false,
         };
         room.apply_loaded(loaded);
         room
@@ -275,14 +283,29 @@ impl Room {
                 }
             };
             if let Some(first) = first {
+                let turn = Instant::now();
                 self.handle(first).await;
-                for _ in 1..MAX_BATCH {
+                let mut taken = 1;
+                while taken < MAX_BATCH {
                     match rx.try_recv() {
                         Ok(cmd) => self.handle(cmd).await,
                         Err(_) => break,
                     }
+                    taken += 1;
                 }
+                if self.busy {
+                    let until = turn + BUSY_LINGER;
+                    while taken < MAX_BATCH {
+                        match tokio::time::timeout_at(until, rx.recv()).await {
+                            Ok(Some(cmd)) => self.handle(cmd).await,
+                            _ => break,
+                        }
+                        taken += 1;
+                    }
+                }
+                let events = self.staged.commit.events.len();
                 self.flush().await;
+                self.busy = events >= BUSY_EVENTS;
                 self.report_gauges();
             }
             if self.lease_suspect && !self.recheck_lease().await {
