@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use rooms_proto::client::ErrorCode;
 use rooms_proto::server;
 use tokio::sync::{Notify, mpsc};
@@ -49,11 +50,18 @@ impl CloseSignal {
 /// shared by every connection of the room: one refcount each, no copy.
 pub type Frames = Arc<[Utf8Bytes]>;
 
+/// What a socket's writer is asked to send.
+pub enum Outgoing {
+    Frames(Frames),
+    /// The answer to a client's ping, with its payload.
+    Pong(Bytes),
+}
+
 /// Sends frames to one client socket without ever waiting: a full queue
 /// closes that client (1013) so it never slows the room.
 #[derive(Clone)]
 pub struct ConnHandle {
-    tx: mpsc::Sender<Frames>,
+    tx: mpsc::Sender<Outgoing>,
     close: Arc<CloseSignal>,
 }
 
@@ -68,12 +76,12 @@ pub enum Delivery {
 }
 
 impl ConnHandle {
-    pub fn new(tx: mpsc::Sender<Frames>, close: Arc<CloseSignal>) -> Self {
+    pub fn new(tx: mpsc::Sender<Outgoing>, close: Arc<CloseSignal>) -> Self {
         Self { tx, close }
     }
 
     pub fn deliver(&self, frames: Frames) -> Delivery {
-        match self.tx.try_send(frames) {
+        match self.tx.try_send(Outgoing::Frames(frames)) {
             Ok(()) => Delivery::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close.trigger(close_code::TRY_AGAIN_LATER, "client too slow: send queue full");
@@ -81,6 +89,12 @@ impl ConnHandle {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
         }
+    }
+
+    /// Queues a pong; dropped if the queue is full (the client is then
+    /// about to be closed as too slow anyway).
+    pub fn pong(&self, payload: Bytes) {
+        let _ = self.tx.try_send(Outgoing::Pong(payload));
     }
 
     pub fn close(&self, code: u16, reason: impl Into<String>) {

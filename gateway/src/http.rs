@@ -11,24 +11,20 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use rooms_proto::RoomId;
 use rooms_proto::admin::GetRoomRequest;
 use rooms_proto::host::StatusRequest;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{Access, Denied};
 use crate::config::MAX_FRAME_BYTES;
 use crate::session::{self, Session, SessionEnv};
-use crate::subprotocol;
+use crate::{socket, subprotocol};
 
 /// Initial read buffer per socket.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Bound of a socket's unflushed write buffer; past it the session ends.
-const MAX_WRITE_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 const DEMO_PAGE: &str = include_str!("assets/demo.html");
 /// Longest wait for one roomhost call made on behalf of an HTTP request.
 const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -228,12 +224,11 @@ fn websocket(
             // tungstenite zeroes its whole read buffer before every read and keeps
             // it per connection: 4 KiB (grown on demand for larger frames)
             // instead of the 128 KiB default saves memory and CPU per socket.
-            .read_buffer_size(READ_BUFFER_BYTES)
-            .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES);
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        session::run(ws, session, env).await;
+            .read_buffer_size(READ_BUFFER_BYTES);
+        match socket::split(upgraded, config).await {
+            Some((reader, writer)) => session::run(reader, writer, session, env).await,
+            None => tracing::warn!("upgraded connection is not a TCP stream; dropped"),
+        }
     });
 
     let mut response = Response::builder()

@@ -5,8 +5,10 @@
 //! * [`config`]: flags and validated configuration.
 //! * [`http`]: routes, validation and the WebSocket upgrade; [`subprotocol`]
 //!   for `Sec-WebSocket-Protocol`; [`auth`]: origin checks and identity (JWT).
-//! * [`session`]: one task per client socket; [`conn`]: its handle, close
-//!   signal and rate limiter.
+//! * [`session`]: one reader and one writer task per client socket;
+//!   [`socket`] splits the upgraded connection for them, [`writer`] frames
+//!   what goes out; [`conn`]: the socket's handle, close signal and rate
+//!   limiter.
 //! * [`link`]: one gRPC stream per (gateway, room), fanning frames out.
 //! * [`router`]: ring lookup and the gRPC channel per roomhost.
 //! * [`admin`]: the operator API.
@@ -22,7 +24,9 @@ pub mod link;
 pub mod metrics;
 pub mod router;
 pub mod session;
+pub mod socket;
 pub mod subprotocol;
+pub mod writer;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -5,22 +5,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use rooms_proto::client::{self, ClientFrame, ErrorCode};
 use rooms_proto::host::{Chat, HistoryRequest, SetName, Typing, gateway_frame};
 use rooms_proto::{RoomId, UserId};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::conn::{CloseSignal, ConnHandle, ConnId, Frames, RateLimiter, Verdict, close_code};
+use crate::conn::{
+    CloseSignal, ConnHandle, ConnId, Frames, Outgoing, RateLimiter, Verdict, close_code,
+};
 use crate::link::{LinkCmd, LinkHandle, Links};
 use crate::metrics::Metrics;
+use crate::socket::{Reader, Writer};
 
+/// The close code answered to a client that closed without one.
+const NORMAL_CLOSURE: u16 = 1000;
 /// Queued batches written to the socket per flush at most.
 const WRITE_BATCH: usize = 64;
 /// After sending a close frame, how long the client gets to read it and
@@ -54,10 +54,7 @@ pub struct SessionEnv {
     pub shutdown: watch::Receiver<bool>,
 }
 
-pub async fn run<S>(ws: WebSocketStream<S>, session: Session, env: SessionEnv)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: SessionEnv) {
     let (tx, rx) = mpsc::channel(env.send_queue);
     let signal = Arc::new(CloseSignal::default());
     let handle = ConnHandle::new(tx, Arc::clone(&signal));
@@ -67,19 +64,20 @@ where
 
     let join = LinkCmd::Join { conn, user, since, epoch, handle: handle.clone() };
     let link = env.links.dispatch(&room, join).await;
-    let (sink, mut stream) = ws.split();
     // The writer is its own task, woken only by frames to write: a delivery
     // never polls the reader, the timers or the close signal.
     let (stop_writer, stopped_writer) = oneshot::channel();
-    let mut writer = tokio::spawn(write_frames(sink, rx, env.ping_interval, stopped_writer));
+    let mut writer = tokio::spawn(write_frames(writer, rx, env.ping_interval, stopped_writer));
     // Set when the writer ended first (write error or closed queue).
     let mut written = None;
+    // The client's close frame, if it closed first: answered with its code.
+    let mut client_closed = None;
 
     if let Ok(link) = link {
-        let reader = read_frames(&mut stream, conn, &link, &handle, &signal, &env);
+        let read = read_frames(&mut reader, conn, &link, &handle, &signal, &env);
         let mut shutdown = env.shutdown.clone();
         tokio::select! {
-            () = reader => {}
+            closed = read => client_closed = closed,
             ended = &mut writer => written = Some(ended.ok().flatten()),
             _ = signal.requested() => {}
             () = crate::stopped(&mut shutdown) => {
@@ -95,86 +93,91 @@ where
     }
 
     // The socket's write half comes back unless the writer ended on an error.
-    let sink = match written {
-        Some(sink) => sink,
+    let writer = match written {
+        Some(writer) => writer,
         None => {
             let _ = stop_writer.send(());
             writer.await.ok().flatten()
         }
     };
-    if let Some(mut sink) = sink {
+    if let Some(mut writer) = writer {
         if let Some((code, reason)) = signal.get() {
-            let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
-            let sent =
-                tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
-            if matches!(sent, Ok(Ok(()))) {
+            let sent = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason)).await;
+            if matches!(sent, Ok(Ok(()))) && client_closed.is_none() {
                 // Closing handshake: read (and drop) until the client answers, so
                 // it is not reset while still sending and gets to see the code.
-                let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+                let drain = async { while let Some(Ok(_)) = reader.next().await {} };
                 let _ = tokio::time::timeout(CLOSE_HANDSHAKE, drain).await;
             }
+        } else if let Some(code) = client_closed {
+            // The client closed first: echo its code (RFC 6455 §5.5.1).
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, "")).await;
         }
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.shutdown()).await;
     }
     env.metrics.connections_open.dec();
 }
 
-type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
-
-/// Writes queued frames, many per flush, until `stop` (then hands the sink
-/// back) or a write fails (None). A socket that wrote nothing for a whole
-/// ping interval gets a ping, so proxies keep idle connections open; the
-/// timer is reset once per interval, not per frame.
-async fn write_frames<S>(
-    mut sink: Sink<S>,
-    mut rx: mpsc::Receiver<Frames>,
+/// Writes queued frames, many per syscall, until `stop` (then hands the
+/// writer back) or a write fails (None). A socket that wrote nothing for a
+/// whole ping interval gets a ping, so proxies keep idle connections open;
+/// the timer is reset once per interval, not per frame.
+async fn write_frames(
+    mut writer: Writer,
+    mut rx: mpsc::Receiver<Outgoing>,
     ping_interval: Duration,
     mut stop: oneshot::Receiver<()>,
-) -> Option<Sink<S>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+) -> Option<Writer> {
     let ping = tokio::time::sleep(ping_interval);
     tokio::pin!(ping);
     let mut wrote = false;
     loop {
         tokio::select! {
             biased;
-            _ = &mut stop => return Some(sink),
-            received = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if received == 0 {
-                    return Some(sink);
-                }
-                if received < WRITE_BATCH {
-                    // Let the fan-out that woke us queue more before the
-                    // syscall: under load one flush then carries several
-                    // batches; when idle this costs one reschedule.
-                    tokio::task::yield_now().await;
-                    while batch.len() < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(frames) => batch.push(frames),
-                            Err(_) => break,
-                        }
+            _ = &mut stop => return Some(writer),
+            first = rx.recv() => {
+                let first = first?;
+                // Let the fan-out that woke us queue more before the
+                // syscall: under load one write then carries several
+                // batches; when idle this costs one reschedule. The batch
+                // lives only while it is written: idle sockets hold none.
+                tokio::task::yield_now().await;
+                let mut batch = vec![first];
+                while batch.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
                     }
                 }
-                for frames in batch.drain(..) {
-                    for frame in frames.iter() {
-                        sink.feed(Message::Text(frame.clone())).await.ok()?;
-                    }
-                }
-                sink.flush().await.ok()?;
+                write_batch(&mut writer, batch).await.ok()?;
                 wrote = true;
             }
             () = &mut ping => {
                 if !wrote {
-                    sink.send(Message::Ping(Default::default())).await.ok()?;
+                    writer.ping().await.ok()?;
                 }
                 wrote = false;
                 ping.as_mut().reset(tokio::time::Instant::now() + ping_interval);
             }
         }
     }
+}
+
+/// Writes a batch in order: runs of frames as one vectored write, pongs
+/// between them.
+async fn write_batch(writer: &mut Writer, batch: Vec<Outgoing>) -> std::io::Result<()> {
+    let mut run: Vec<Frames> = Vec::new();
+    for outgoing in batch {
+        match outgoing {
+            Outgoing::Frames(frames) => run.push(frames),
+            Outgoing::Pong(payload) => {
+                writer.text(run.iter().flat_map(|f| f.iter())).await?;
+                run.clear();
+                writer.pong(&payload).await?;
+            }
+        }
+    }
+    writer.text(run.iter().flat_map(|f| f.iter())).await
 }
 
 /// Resolves when the session's token expires (never without one).
@@ -188,7 +191,8 @@ async fn token_expiry(expires_at: Option<std::time::SystemTime>) {
     }
 }
 
-/// Reads until the client closes or must be closed (the reason goes to `signal`).
+/// Reads until the client closes (its close code is returned) or must be
+/// closed (the reason goes to `signal`). Pings are answered by the writer.
 async fn read_frames<S>(
     stream: &mut S,
     conn: ConnId,
@@ -196,7 +200,8 @@ async fn read_frames<S>(
     handle: &ConnHandle,
     signal: &CloseSignal,
     env: &SessionEnv,
-) where
+) -> Option<u16>
+where
     S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let mut limiter = RateLimiter::new(env.rate_limit, env.rate_burst);
@@ -214,13 +219,25 @@ async fn read_frames<S>(
                 );
                 continue;
             }
-            Ok(Message::Close(_)) | Err(WsError::ConnectionClosed) => return,
+            Ok(Message::Close(frame)) => {
+                let code = frame.map_or(NORMAL_CLOSURE, |f| u16::from(f.code));
+                // 1005/1006/1015 are never sent in a frame; answer 1000.
+                return Some(if matches!(code, 1005 | 1006 | 1015) {
+                    NORMAL_CLOSURE
+                } else {
+                    code
+                });
+            }
+            Ok(Message::Ping(payload)) => {
+                handle.pong(payload);
+                continue;
+            }
             Ok(_) => continue,
             Err(WsError::Capacity(_)) => {
                 signal.trigger(close_code::TOO_BIG, "frame larger than 64 KiB");
-                return;
+                return None;
             }
-            Err(_) => return,
+            Err(_) => return None,
         };
         let received = tokio::time::Instant::now();
         env.metrics.frames_in.inc();
@@ -234,7 +251,7 @@ async fn read_frames<S>(
             Verdict::Flood => {
                 env.metrics.rate_limited.inc();
                 signal.trigger(close_code::POLICY, "message flood");
-                return;
+                return None;
             }
         }
         let kind = match client::parse(&text) {
@@ -262,9 +279,10 @@ async fn read_frames<S>(
         };
         if !link.send(LinkCmd::Frame { conn, kind, received }).await {
             signal.trigger(close_code::RESTART, "room moved; reconnect");
-            return;
+            return None;
         }
     }
+    None
 }
 
 /// The trace context of a new span for one chat message (which the roomhost
