@@ -13,7 +13,9 @@
 # (binaries; target/release, built when missing), REDIS_PORT (6390),
 # ROOMHOST_PORTS ("50051 50052 50053"), METRICS_PORTS ("9101 9102 9103",
 # the roomhosts' /metrics), GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS
-# ("9090 9091"), GATEWAY_ARGS / ROOMHOST_ARGS (extra flags, appended).
+# ("9090 9091"), GATEWAY_ARGS / ROOMHOST_ARGS (extra flags, appended),
+# REDIS_CLUSTER=1 (a 3-master Redis Cluster on REDIS_PORT..REDIS_PORT+2
+# instead of one Redis).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DIR="${ROOMS_LOCAL_DIR:-/tmp/rooms-local}"
@@ -60,16 +62,36 @@ up() {
   : >"$DIR/members"
   for p in "${ROOMHOST_PORTS[@]}"; do echo "127.0.0.1:$p" >>"$DIR/members"; done
 
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$DIR" \
-    --daemonize yes --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log"
-  for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  local redis_url="redis://127.0.0.1:$REDIS_PORT"
+  if [ "${REDIS_CLUSTER:-0}" = 1 ]; then
+    local nodes=() hosts=()
+    for i in 0 1 2; do
+      local port=$((REDIS_PORT + i))
+      rm -rf "$DIR/redis-$i"; mkdir -p "$DIR/redis-$i"
+      redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$DIR/redis-$i" \
+        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+        --daemonize yes --pidfile "$DIR/redis-$i.pid" --logfile "$DIR/redis-$i.log"
+      for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+      nodes+=("127.0.0.1:$port"); hosts+=("127.0.0.1:$port")
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+    for _ in $(seq 1 200); do
+      redis-cli -p "$REDIS_PORT" cluster info 2>/dev/null | grep -q cluster_state:ok && break
+      sleep 0.05
+    done
+    redis_url="redis-cluster://$(IFS=,; echo "${hosts[*]}")"
+  else
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$DIR" \
+      --daemonize yes --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log"
+    for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  fi
 
   # The chart's values (k8s/rooms/values.yaml), flag for flag.
   for i in "${!ROOMHOST_PORTS[@]}"; do
     local p=${ROOMHOST_PORTS[$i]}
     start "roomhost-$i" "$BIN/roomhost" --listen="127.0.0.1:$p" \
       --metrics-listen="127.0.0.1:${METRICS_PORTS[$i]}" --advertise="127.0.0.1:$p" \
-      --roomhosts="file:$DIR/members" --redis="redis://127.0.0.1:$REDIS_PORT" \
+      --roomhosts="file:$DIR/members" --redis="$redis_url" \
       --room-idle-timeout=30s --history-limit=1000 --max-rooms=100000 --lease-ttl=5s \
       --shutdown-grace=20s --log-format=text "${ROOMHOST_EXTRA[@]}"
   done
@@ -95,7 +117,7 @@ up() {
 }
 
 pids() {
-  for f in "$DIR"/gateway-*.pid "$DIR"/roomhost-*.pid "$DIR"/redis.pid; do
+  for f in "$DIR"/gateway-*.pid "$DIR"/roomhost-*.pid "$DIR"/redis*.pid; do
     [ -f "$f" ] && echo "$(basename "$f" .pid) $(cat "$f")"
   done
 }

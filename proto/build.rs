@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     tonic_prost_build::configure()
         .bytes(".rooms.host.v1")
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_protos(&["proto/rooms/v1/admin.proto", "proto/rooms/v1/host.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -63,7 +63,9 @@ pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: Sess
     env.metrics.connections_total.inc();
 
     let join = LinkCmd::Join { conn, user, since, epoch, handle: handle.clone() };
-    let link = env.links.dispatch(&room, join).await;
+    // Boxed, as the closing below: futures that run once, at either end of
+    // the connection, take no room in the session's state while it is idle.
+    let link = Box::pin(env.links.dispatch(&room, join)).await;
     // The writer is its own task, woken only by frames to write: a delivery
     // never polls the reader, the timers or the close signal.
     let (stop_writer, stopped_writer) = oneshot::channel();
@@ -87,7 +89,7 @@ pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: Sess
                 signal.trigger(close_code::TOKEN_EXPIRED, "token expired; reconnect with a fresh one");
             }
         }
-        link.send(LinkCmd::Leave { conn }).await;
+        Box::pin(link.send(LinkCmd::Leave { conn })).await;
     } else {
         signal.trigger(close_code::TRY_AGAIN_LATER, "room unavailable");
     }
@@ -100,22 +102,33 @@ pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: Sess
             writer.await.ok().flatten()
         }
     };
-    if let Some(mut writer) = writer {
-        if let Some((code, reason)) = signal.get() {
-            let sent = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason)).await;
-            if matches!(sent, Ok(Ok(()))) && client_closed.is_none() {
-                // Closing handshake: read (and drop) until the client answers, so
-                // it is not reset while still sending and gets to see the code.
-                let drain = async { while let Some(Ok(_)) = reader.next().await {} };
-                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, drain).await;
-            }
-        } else if let Some(code) = client_closed {
-            // The client closed first: echo its code (RFC 6455 §5.5.1).
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, "")).await;
-        }
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.shutdown()).await;
+    if let Some(writer) = writer {
+        Box::pin(close(writer, &mut reader, signal.get(), client_closed)).await;
     }
     env.metrics.connections_open.dec();
+}
+
+/// Ends the connection: our close frame (`ours`), then the client's answer
+/// awaited; or, if the client closed first, its code echoed.
+async fn close(
+    mut writer: Writer,
+    reader: &mut Reader,
+    ours: Option<(u16, String)>,
+    client_closed: Option<u16>,
+) {
+    if let Some((code, reason)) = ours {
+        let sent = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason)).await;
+        if matches!(sent, Ok(Ok(()))) && client_closed.is_none() {
+            // Closing handshake: read (and drop) until the client answers, so
+            // it is not reset while still sending and gets to see the code.
+            let drain = async { while let Some(Ok(_)) = reader.next().await {} };
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, drain).await;
+        }
+    } else if let Some(code) = client_closed {
+        // The client closed first: echo its code (RFC 6455 §5.5.1).
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, "")).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.shutdown()).await;
 }
 
 /// Writes queued frames, many per syscall, until `stop` (then hands the
@@ -277,7 +290,7 @@ where
                 continue;
             }
         };
-        if !link.send(LinkCmd::Frame { conn, kind, received }).await {
+        if !Box::pin(link.send(LinkCmd::Frame { conn, kind, received })).await {
             signal.trigger(close_code::RESTART, "room moved; reconnect");
             return None;
         }

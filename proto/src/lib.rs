@@ -6,9 +6,11 @@
 //! * [`names`]: validated identifiers (`RoomId`, `UserId`).
 //! * [`client`]: frames a WebSocket client sends, parsed and validated at the edge.
 //! * [`server`]: frames the server sends, serialized once and shared as bytes.
+//! * [`codec`]: the gRPC codec (small per-stream buffers).
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod codec;
 pub mod names;
 pub mod server;
 

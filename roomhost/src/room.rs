@@ -27,7 +27,6 @@ use rooms_proto::{RoomId, UserId};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tonic::Status;
 
 use crate::dedup::Dedup;
 use crate::metrics::Metrics;
@@ -59,7 +58,8 @@ pub const MOVE_DRAIN: Duration = Duration::from_secs(2);
 
 pub type GatewayId = u64;
 pub type ConnId = u64;
-pub type GatewayTx = mpsc::Sender<Result<HostFrame, Status>>;
+/// Frames to one gateway's room stream (the stream wraps them in `Ok`).
+pub type GatewayTx = mpsc::Sender<HostFrame>;
 
 /// What a room actor is asked to do.
 pub enum Command {
@@ -413,7 +413,7 @@ impl Room {
         txs.extend(state.map(|m| m.deferred).unwrap_or_default());
         let moved = self.frame_of(host_frame::Kind::Moved(Moved { address: target.clone() }));
         for tx in &txs {
-            let _ = tx.try_send(Ok(moved.clone()));
+            let _ = tx.try_send(moved.clone());
         }
         while let Ok(cmd) = rx.try_recv() {
             redirect(cmd, &target, self.seq);
@@ -947,7 +947,7 @@ impl Room {
             let frame = Broadcast { frames: frames.clone(), except_conn, tags };
             let msg =
                 HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)), room_seq: self.seq };
-            if tx.try_send(Ok(msg)).is_err() {
+            if tx.try_send(msg).is_err() {
                 dead.push(*id);
             }
         }
@@ -981,7 +981,7 @@ impl Room {
         let Some(tx) = self.gateways.get(&gateway) else {
             return;
         };
-        if tx.try_send(Ok(frame)).is_err() {
+        if tx.try_send(frame).is_err() {
             self.drop_gateways(vec![gateway]);
         }
     }
@@ -1015,7 +1015,7 @@ pub(crate) fn redirect(cmd: Command, target: &str, seq: u64) {
     match cmd {
         Command::Attach { tx, .. } => {
             let frame = HostFrame { kind: Some(host_frame::Kind::Moved(moved())), room_seq: seq };
-            let _ = tx.try_send(Ok(frame));
+            let _ = tx.try_send(frame);
         }
         Command::Publish { reply, .. } => {
             let _ = reply.send(Err(RoomError::Moved(target.to_owned())));

@@ -15,8 +15,8 @@ use rooms_proto::host::{
     GatewayFrame, HostFrame, Moved, StatusReply, StatusRequest, gateway_frame, host_frame,
 };
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -127,8 +127,8 @@ impl RoomHost for RoomHostService {
                 kind: Some(host_frame::Kind::Moved(Moved { address: target })),
                 room_seq: 0,
             };
-            let _ = tx.try_send(Ok(moved));
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+            let _ = tx.try_send(moved);
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))));
         }
         let gateway = self.next_gateway.fetch_add(1, Ordering::Relaxed);
         let attach = Command::Attach { gateway, tx, resume_after: open.resume_after };
@@ -154,7 +154,7 @@ impl RoomHost for RoomHostService {
                 let _ = handle.tx.send(Command::Detach { gateway }).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
     }
 
     async fn publish(
