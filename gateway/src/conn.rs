@@ -1,12 +1,13 @@
 //! The handle through which a room link reaches one client socket, and the
 //! per-connection rate limiter.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rooms_proto::client::ErrorCode;
 use rooms_proto::server;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -53,15 +54,108 @@ pub type Frames = Arc<[Utf8Bytes]>;
 /// What a socket's writer is asked to send.
 pub enum Outgoing {
     Frames(Frames),
-    /// The answer to a client's ping, with its payload.
-    Pong(Bytes),
+    /// The answer to a client's ping, with its payload (rare: boxed, so
+    /// the common case stays two words).
+    Pong(Box<Bytes>),
+}
+
+/// Queue capacity kept after the queue drains; a burst beyond it is given
+/// back, so an idle socket holds almost nothing.
+const KEPT_CAPACITY: usize = 4;
+
+/// One socket's outgoing queue: bounded, never waits on the sending side,
+/// one consumer (the socket's writer). Lighter than a channel: an empty
+/// queue holds no buffer.
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+    ready: Notify,
+    capacity: usize,
+}
+
+struct OutboxState {
+    queue: VecDeque<Outgoing>,
+    closed: bool,
+}
+
+impl OutboxState {
+    /// Moves up to `limit` items into `out`; a drained queue gives back
+    /// what a burst made it grow to.
+    fn take(&mut self, out: &mut Vec<Outgoing>, limit: usize) -> usize {
+        let n = self.queue.len().min(limit);
+        out.extend(self.queue.drain(..n));
+        if self.queue.is_empty() && self.queue.capacity() > KEPT_CAPACITY {
+            self.queue.shrink_to(KEPT_CAPACITY);
+        }
+        n
+    }
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        let state = OutboxState { queue: VecDeque::new(), closed: false };
+        Arc::new(Self { state: Mutex::new(state), ready: Notify::new(), capacity: capacity.max(1) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, item: Outgoing) -> Delivery {
+        let mut state = self.lock();
+        if state.closed {
+            return Delivery::Closed;
+        }
+        if state.queue.len() >= self.capacity {
+            return Delivery::Overflow;
+        }
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(item);
+        drop(state);
+        if was_empty {
+            // A permit is kept if the writer is not waiting yet.
+            self.ready.notify_one();
+        }
+        Delivery::Queued
+    }
+
+    /// Waits for items and moves up to `limit` of them into `out`; 0 once
+    /// the outbox is closed.
+    pub async fn recv_many(&self, out: &mut Vec<Outgoing>, limit: usize) -> usize {
+        loop {
+            {
+                let mut state = self.lock();
+                if !state.queue.is_empty() {
+                    return state.take(out, limit);
+                }
+                if state.closed {
+                    return 0;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Moves up to `limit` queued items into `out` without waiting.
+    pub fn try_take(&self, out: &mut Vec<Outgoing>, limit: usize) {
+        let room = limit.saturating_sub(out.len());
+        self.lock().take(out, room);
+    }
+
+    /// Refuses everything from now on and drops what is queued.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.queue = VecDeque::new();
+        drop(state);
+        self.ready.notify_one();
+    }
 }
 
 /// Sends frames to one client socket without ever waiting: a full queue
 /// closes that client (1013) so it never slows the room.
 #[derive(Clone)]
 pub struct ConnHandle {
-    tx: mpsc::Sender<Outgoing>,
+    outbox: Arc<Outbox>,
     close: Arc<CloseSignal>,
 }
 
@@ -76,25 +170,22 @@ pub enum Delivery {
 }
 
 impl ConnHandle {
-    pub fn new(tx: mpsc::Sender<Outgoing>, close: Arc<CloseSignal>) -> Self {
-        Self { tx, close }
+    pub fn new(outbox: Arc<Outbox>, close: Arc<CloseSignal>) -> Self {
+        Self { outbox, close }
     }
 
     pub fn deliver(&self, frames: Frames) -> Delivery {
-        match self.tx.try_send(Outgoing::Frames(frames)) {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close.trigger(close_code::TRY_AGAIN_LATER, "client too slow: send queue full");
-                Delivery::Overflow
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        let delivery = self.outbox.push(Outgoing::Frames(frames));
+        if delivery == Delivery::Overflow {
+            self.close.trigger(close_code::TRY_AGAIN_LATER, "client too slow: send queue full");
         }
+        delivery
     }
 
     /// Queues a pong; dropped if the queue is full (the client is then
     /// about to be closed as too slow anyway).
     pub fn pong(&self, payload: Bytes) {
-        let _ = self.tx.try_send(Outgoing::Pong(payload));
+        let _ = self.outbox.push(Outgoing::Pong(Box::new(payload)));
     }
 
     pub fn close(&self, code: u16, reason: impl Into<String>) {
@@ -188,11 +279,40 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_requests_close_1013() {
-        let (tx, _rx) = mpsc::channel(1);
+        let outbox = Outbox::new(1);
         let signal = Arc::new(CloseSignal::default());
-        let handle = ConnHandle::new(tx, Arc::clone(&signal));
+        let handle = ConnHandle::new(Arc::clone(&outbox), Arc::clone(&signal));
         assert_eq!(handle.deliver(Arc::new(["a".into()])), Delivery::Queued);
         assert_eq!(handle.deliver(Arc::new(["b".into()])), Delivery::Overflow);
         assert_eq!(signal.requested().await.0, close_code::TRY_AGAIN_LATER);
+        let mut got = Vec::new();
+        assert_eq!(outbox.recv_many(&mut got, 8).await, 1);
+        outbox.close();
+        assert_eq!(handle.deliver(Arc::new(["c".into()])), Delivery::Closed);
+        assert_eq!(outbox.recv_many(&mut got, 8).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_for_each_delivery_and_bursts_are_given_back() {
+        let outbox = Outbox::new(1000);
+        let handle = ConnHandle::new(Arc::clone(&outbox), Arc::new(CloseSignal::default()));
+        let writer = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < 500 {
+                    outbox.recv_many(&mut got, 64).await;
+                }
+                got.len()
+            })
+        };
+        for i in 0..500 {
+            assert_eq!(handle.deliver(Arc::new([i.to_string().into()])), Delivery::Queued);
+            if i % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(writer.await.unwrap(), 500);
+        assert!(outbox.lock().queue.capacity() <= KEPT_CAPACITY);
     }
 }

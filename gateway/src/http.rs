@@ -24,7 +24,7 @@ use crate::session::{self, Session, SessionEnv};
 use crate::{socket, subprotocol};
 
 /// Initial read buffer per socket.
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 512;
 const DEMO_PAGE: &str = include_str!("assets/demo.html");
 /// Longest wait for one roomhost call made on behalf of an HTTP request.
 const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);

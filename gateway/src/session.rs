@@ -9,11 +9,11 @@ use futures_util::StreamExt;
 use rooms_proto::client::{self, ClientFrame, ErrorCode};
 use rooms_proto::host::{Chat, HistoryRequest, SetName, Typing, gateway_frame};
 use rooms_proto::{RoomId, UserId};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::conn::{
-    CloseSignal, ConnHandle, ConnId, Frames, Outgoing, RateLimiter, Verdict, close_code,
+    CloseSignal, ConnHandle, ConnId, Frames, Outbox, Outgoing, RateLimiter, Verdict, close_code,
 };
 use crate::link::{LinkCmd, LinkHandle, Links};
 use crate::metrics::Metrics;
@@ -55,9 +55,9 @@ pub struct SessionEnv {
 }
 
 pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: SessionEnv) {
-    let (tx, rx) = mpsc::channel(env.send_queue);
+    let outbox = Outbox::new(env.send_queue);
     let signal = Arc::new(CloseSignal::default());
-    let handle = ConnHandle::new(tx, Arc::clone(&signal));
+    let handle = ConnHandle::new(Arc::clone(&outbox), Arc::clone(&signal));
     let Session { conn, room, user, since, epoch, expires_at } = session;
     env.metrics.connections_open.inc();
     env.metrics.connections_total.inc();
@@ -69,7 +69,8 @@ pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: Sess
     // The writer is its own task, woken only by frames to write: a delivery
     // never polls the reader, the timers or the close signal.
     let (stop_writer, stopped_writer) = oneshot::channel();
-    let mut writer = tokio::spawn(write_frames(writer, rx, env.ping_interval, stopped_writer));
+    let mut writer =
+        tokio::spawn(write_frames(writer, Arc::clone(&outbox), env.ping_interval, stopped_writer));
     // Set when the writer ended first (write error or closed queue).
     let mut written = None;
     // The client's close frame, if it closed first: answered with its code.
@@ -94,6 +95,9 @@ pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: Sess
         signal.trigger(close_code::TRY_AGAIN_LATER, "room unavailable");
     }
 
+    // Nothing more is queued for this socket (the link may still deliver
+    // until it processes the Leave).
+    outbox.close();
     // The socket's write half comes back unless the writer ended on an error.
     let writer = match written {
         Some(writer) => writer,
@@ -137,32 +141,31 @@ async fn close(
 /// the timer is reset once per interval, not per frame.
 async fn write_frames(
     mut writer: Writer,
-    mut rx: mpsc::Receiver<Outgoing>,
+    outbox: Arc<Outbox>,
     ping_interval: Duration,
     mut stop: oneshot::Receiver<()>,
 ) -> Option<Writer> {
     let ping = tokio::time::sleep(ping_interval);
     tokio::pin!(ping);
     let mut wrote = false;
+    // Empty between writes: an idle socket holds no batch buffer.
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
             biased;
             _ = &mut stop => return Some(writer),
-            first = rx.recv() => {
-                let first = first?;
+            _ = outbox.recv_many(&mut batch, WRITE_BATCH) => {
+                if batch.is_empty() {
+                    return Some(writer);
+                }
                 // Let the fan-out that woke us queue more before the
                 // syscall: under load one write then carries several
-                // batches; when idle this costs one reschedule. The batch
-                // lives only while it is written: idle sockets hold none.
-                tokio::task::yield_now().await;
-                let mut batch = vec![first];
-                while batch.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
+                // batches; when idle this costs one reschedule.
+                if batch.len() < WRITE_BATCH {
+                    tokio::task::yield_now().await;
+                    outbox.try_take(&mut batch, WRITE_BATCH);
                 }
-                write_batch(&mut writer, batch).await.ok()?;
+                write_batch(&mut writer, std::mem::take(&mut batch).into_iter()).await.ok()?;
                 wrote = true;
             }
             () = &mut ping => {
@@ -178,7 +181,10 @@ async fn write_frames(
 
 /// Writes a batch in order: runs of frames as one vectored write, pongs
 /// between them.
-async fn write_batch(writer: &mut Writer, batch: Vec<Outgoing>) -> std::io::Result<()> {
+async fn write_batch(
+    writer: &mut Writer,
+    batch: impl Iterator<Item = Outgoing>,
+) -> std::io::Result<()> {
     let mut run: Vec<Frames> = Vec::new();
     for outgoing in batch {
         match outgoing {
