@@ -267,6 +267,9 @@ Redis Cluster.
   `--room-idle-timeout 5s` (so the idle scenarios finish quickly).
 * Server CPU = user + system time from `/proc/PID/stat` over the whole run (connecting
   included) divided by deliveries; memory = `VmRSS` from `/proc/PID/status`.
+* workerd does not run the 5,000-room scenario: it holds two descriptors per WebSocket, and
+  10,000 clients exceed this machine's 20,000-descriptor limit. Peers keep no history, so the
+  cold-room scenario is rooms' alone.
 
 ## Results
 {table}
