@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use rooms_cluster::Ring;
 use rooms_proto::host::{
     Drained, GatewayFrame, HostFrame, Join, Leave, Open, gateway_frame, host_frame,
@@ -51,8 +50,6 @@ pub const HOLD_LIMIT: usize = 1024;
 /// closes its sockets (1012: reconnect and resume).
 pub const REATTACH_DEADLINE: Duration = Duration::from_secs(30);
 const DISPATCH_ATTEMPTS: usize = 4;
-/// Frames from the roomhost taken at once when several have arrived.
-const MERGE_LIMIT: usize = 64;
 /// Chats per link whose stored event is awaited to time them; past it (the
 /// oldest are forgotten after [`PENDING_TTL`]) new chats go untimed.
 const MAX_PENDING: usize = 4096;
@@ -216,22 +213,6 @@ struct Link {
     moving_since: Option<Instant>,
 }
 
-/// A broadcast for every connection (no exception): such runs can merge.
-fn is_plain_broadcast(message: &HostFrame) -> bool {
-    matches!(&message.kind, Some(host_frame::Kind::Broadcast(b)) if b.except_conn == 0)
-}
-
-/// Appends a plain broadcast to another.
-fn merge(into: &mut HostFrame, message: HostFrame) {
-    into.room_seq = into.room_seq.max(message.room_seq);
-    if let (Some(host_frame::Kind::Broadcast(into)), Some(host_frame::Kind::Broadcast(more))) =
-        (&mut into.kind, message.kind)
-    {
-        into.frames.extend(more.frames);
-        into.tags.extend(more.tags);
-    }
-}
-
 fn frame(kind: gateway_frame::Kind) -> GatewayFrame {
     GatewayFrame { kind: Some(kind) }
 }
@@ -292,7 +273,7 @@ impl Link {
                     None => return,
                 },
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => self.deliver_ready(message, &mut inbound),
+                    Ok(Some(message)) => self.deliver(message),
                     Ok(None) | Err(_) => {
                         tracing::warn!(room.id = %self.room, "room stream broke; re-attaching");
                         Next::Reattach(String::new())
@@ -527,40 +508,6 @@ impl Link {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.error(conn, ErrorCode::Unavailable, "room busy; message not sent, retry");
             }
-        }
-    }
-
-    /// Delivers `first` and the frames already received behind it, merging
-    /// consecutive broadcasts for everyone into one fan-out: under load each
-    /// socket then gets more frames per wake-up and per write.
-    fn deliver_ready(&mut self, first: HostFrame, inbound: &mut Streaming<HostFrame>) -> Next {
-        let mut merged: Option<HostFrame> = None;
-        let mut next = Some(first);
-        let mut taken = 1;
-        while let Some(message) = next.take() {
-            if is_plain_broadcast(&message) {
-                match &mut merged {
-                    Some(into) => merge(into, message),
-                    None => merged = Some(message),
-                }
-            } else {
-                if let Some(run) = merged.take() {
-                    self.deliver(run);
-                }
-                if let Next::Reattach(target) = self.deliver(message) {
-                    return Next::Reattach(target);
-                }
-            }
-            if taken < MERGE_LIMIT
-                && let Some(Ok(Some(message))) = inbound.message().now_or_never()
-            {
-                next = Some(message);
-                taken += 1;
-            }
-        }
-        match merged {
-            Some(run) => self.deliver(run),
-            None => Next::Continue,
         }
     }
 
