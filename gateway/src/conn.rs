@@ -192,9 +192,15 @@ impl ConnHandle {
         self.close.trigger(code, reason);
     }
 
-    /// Queues an `error` frame made at the gateway.
-    pub fn send_error(&self, code: ErrorCode, message: &str) {
-        if let Ok(frame) = Utf8Bytes::try_from(server::error(code, message)) {
+    /// Queues an `error` frame made at the gateway, naming the refused
+    /// request's client `id` when it had one (else empty).
+    pub fn send_error(&self, code: ErrorCode, message: &str, id: &str) {
+        self.send(server::error_for(code, message, id));
+    }
+
+    /// Queues one frame made at the gateway.
+    pub fn send(&self, frame: Bytes) {
+        if let Ok(frame) = Utf8Bytes::try_from(frame) {
             self.deliver(Arc::new([frame]));
         }
     }

@@ -124,6 +124,42 @@ fn query_params(req: &Request<Incoming>) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// A token given as `?token=` or `Authorization: Bearer`.
+fn explicit_token(headers: &HeaderMap, params: &HashMap<String, String>) -> Option<String> {
+    params.get("token").cloned().or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+    })
+}
+
+/// A plain GET of a WebSocket endpoint: 426. When it carries a token that
+/// the handshake would refuse, the handshake's 401/403 instead: a browser
+/// cannot read the status of a failed handshake, so its client asks again
+/// this way to learn whether retrying can help.
+fn not_upgraded(
+    state: &HttpState,
+    req: &Request<Incoming>,
+    room: Option<&RoomId>,
+) -> Response<Body> {
+    let params = query_params(req);
+    if let (Some(room), Some(token)) = (room, explicit_token(req.headers(), &params)) {
+        let checked = state
+            .access
+            .check_origin(req.headers())
+            .and_then(|()| state.access.identify(room, Some(&token), None));
+        if let Err(denied) = checked {
+            return refuse(state, denied);
+        }
+    }
+    text(
+        StatusCode::UPGRADE_REQUIRED,
+        "this endpoint speaks WebSocket: connect with a WebSocket client (Upgrade: websocket)",
+    )
+}
+
 /// Validates the handshake and the session, answers 101, and starts the
 /// session task once hyper hands over the upgraded connection.
 fn websocket(
@@ -132,10 +168,7 @@ fn websocket(
     room: Option<RoomId>,
 ) -> Response<Body> {
     if !wants_websocket(req.headers()) {
-        return text(
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket: connect with a WebSocket client (Upgrade: websocket)",
-        );
+        return not_upgraded(&state, &req, room.as_ref());
     }
     let headers = req.headers();
     if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
@@ -154,13 +187,7 @@ fn websocket(
     // The first offered subprotocol may carry the credential (browsers cannot
     // set headers): a JWT, or Nuxflare's base64(room:user). It is never
     // echoed; the client's next offered subprotocol is selected instead.
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let (token, credential, selected) = if let Some(token) = params.get("token").cloned().or(bearer)
-    {
+    let (token, credential, selected) = if let Some(token) = explicit_token(headers, &params) {
         (Some(token), None, None)
     } else if jwt_mode {
         (offered.first().cloned(), None, offered.get(1).cloned())

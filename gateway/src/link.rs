@@ -479,6 +479,7 @@ impl Link {
                     conn,
                     ErrorCode::Unavailable,
                     "room moving; message not sent, retry",
+                    &message,
                 );
             }
             held.push_back(message.clone());
@@ -505,8 +506,13 @@ impl Link {
                     held.push_back(message);
                 }
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.error(conn, ErrorCode::Unavailable, "room busy; message not sent, retry");
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                self.error(
+                    conn,
+                    ErrorCode::Unavailable,
+                    "room busy; message not sent, retry",
+                    &message,
+                );
             }
         }
     }
@@ -582,9 +588,15 @@ impl Link {
         Next::Continue
     }
 
-    fn error(&self, conn: ConnId, code: ErrorCode, message: &str) {
+    /// Refuses `refused` (a client's frame), naming its client id if it is
+    /// a chat with one.
+    fn error(&self, conn: ConnId, code: ErrorCode, message: &str, refused: &GatewayFrame) {
         if let Some(Local { handle, .. }) = self.conns.get(&conn) {
-            handle.send_error(code, message);
+            let id = match &refused.kind {
+                Some(gateway_frame::Kind::Chat(chat)) => chat.id.as_str(),
+                _ => "",
+            };
+            handle.send_error(code, message, id);
         }
     }
 
@@ -594,15 +606,17 @@ impl Link {
         self.links.remove_if(&self.room, self.generation);
         rx.close();
         for local in self.conns.values() {
-            local
-                .handle
-                .send_error(ErrorCode::Unavailable, "room unavailable; reconnect to resume");
+            local.handle.send_error(
+                ErrorCode::Unavailable,
+                "room unavailable; reconnect to resume",
+                "",
+            );
             local.handle.close(close_code::RESTART, "room unavailable; reconnect");
         }
         self.conns.clear();
         while let Ok(cmd) = rx.try_recv() {
             if let LinkCmd::Join { handle, .. } = cmd {
-                handle.send_error(ErrorCode::Unavailable, "room unavailable; retry");
+                handle.send_error(ErrorCode::Unavailable, "room unavailable; retry", "");
                 handle.close(close_code::TRY_AGAIN_LATER, "room unavailable");
             }
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rooms_proto::client::{self, ClientFrame, ErrorCode};
 use rooms_proto::host::{Chat, HistoryRequest, SetName, Typing, gateway_frame};
+use rooms_proto::server;
 use rooms_proto::{RoomId, UserId};
 use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -224,9 +225,9 @@ where
     S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let mut limiter = RateLimiter::new(env.rate_limit, env.rate_burst);
-    let refuse = |code: ErrorCode, message: &str| {
+    let refuse = |code: ErrorCode, message: &str, id: Option<&str>| {
         env.metrics.frames_rejected.inc();
-        handle.send_error(code, message);
+        handle.send_error(code, message, id.unwrap_or_default());
     };
     while let Some(message) = stream.next().await {
         let text = match message {
@@ -235,6 +236,7 @@ where
                 refuse(
                     ErrorCode::InvalidMessage,
                     "binary frames are not supported; send JSON text",
+                    None,
                 );
                 continue;
             }
@@ -264,7 +266,12 @@ where
             Verdict::Allow => {}
             Verdict::Limited => {
                 env.metrics.rate_limited.inc();
-                refuse(ErrorCode::RateLimited, "too many messages; this one was dropped");
+                let id = client::request_id(&text);
+                refuse(
+                    ErrorCode::RateLimited,
+                    "too many messages; this one was dropped",
+                    id.as_deref(),
+                );
                 continue;
             }
             Verdict::Flood => {
@@ -284,6 +291,10 @@ where
             }),
             Ok(ClientFrame::Name { name }) => gateway_frame::Kind::SetName(SetName { conn, name }),
             Ok(ClientFrame::Typing) => gateway_frame::Kind::Typing(Typing { conn }),
+            Ok(ClientFrame::Ping) => {
+                handle.send(server::pong());
+                continue;
+            }
             Ok(ClientFrame::History { before, limit }) => {
                 gateway_frame::Kind::History(HistoryRequest {
                     conn,
@@ -292,7 +303,7 @@ where
                 })
             }
             Err(error) => {
-                refuse(error.code, &error.message);
+                refuse(error.code, &error.message, error.id.as_deref());
                 continue;
             }
         };

@@ -23,6 +23,10 @@ pub enum ClientFrame {
     History { before: Option<u64>, limit: u32 },
     /// Ephemeral "is typing" signal.
     Typing,
+    /// A liveness check, answered `pong` by the gateway itself (browsers
+    /// cannot see WebSocket pings, so this is how they detect a dead
+    /// connection on a quiet room).
+    Ping,
 }
 
 /// The codes of `error` frames (SPEC: client protocol).
@@ -53,16 +57,37 @@ impl ErrorCode {
 pub struct FrameError {
     pub code: ErrorCode,
     pub message: String,
+    /// The refused request's client `id`, echoed in the `error` frame.
+    pub id: Option<String>,
 }
 
 impl FrameError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::InvalidMessage, message: message.into() }
+        Self { code: ErrorCode::InvalidMessage, message: message.into(), id: None }
     }
 
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::TooLarge, message: message.into() }
+        Self { code: ErrorCode::TooLarge, message: message.into(), id: None }
     }
+
+    fn with_id(mut self, id: Option<&String>) -> Self {
+        self.id = id.cloned();
+        self
+    }
+}
+
+/// The client `id` of a frame, read without validating the rest, so a
+/// request refused before parsing (rate limit) can still be named. None
+/// when absent, empty, too long or not JSON.
+pub fn request_id(input: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    serde_json::from_str::<IdOnly>(input)
+        .ok()?
+        .id
+        .filter(|id| !id.is_empty() && id.chars().count() <= MAX_ID_CHARS)
 }
 
 /// The union of every field any accepted frame (or alias) carries.
@@ -94,7 +119,6 @@ pub fn parse(input: &str) -> Result<ClientFrame, FrameError> {
                 .text
                 .or(raw.message)
                 .ok_or_else(|| FrameError::invalid("`text` is required"))?;
-            validate_text(&text)?;
             // An empty id is the same as none: the server makes one.
             let id = raw.id.filter(|id| !id.is_empty());
             if id.as_ref().is_some_and(|id| id.chars().count() > MAX_ID_CHARS) {
@@ -102,6 +126,7 @@ pub fn parse(input: &str) -> Result<ClientFrame, FrameError> {
                     "`id` must be at most {MAX_ID_CHARS} characters"
                 )));
             }
+            validate_text(&text).map_err(|e| e.with_id(id.as_ref()))?;
             Ok(ClientFrame::Chat { text, id })
         }
         "history" => {
@@ -112,6 +137,7 @@ pub fn parse(input: &str) -> Result<ClientFrame, FrameError> {
             Ok(ClientFrame::History { before: raw.before, limit: limit as u32 })
         }
         "typing" => Ok(ClientFrame::Typing),
+        "ping" => Ok(ClientFrame::Ping),
         other => Err(FrameError::invalid(format!("unknown type `{}`", truncate(other, 32)))),
     }
 }
@@ -158,6 +184,17 @@ fn truncate(s: &str, max_chars: usize) -> &str {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn refusals_of_chats_name_their_id() {
+        let long = format!(r#"{{"type":"chat","text":"{}","id":"c9"}}"#, "x".repeat(4097));
+        let error = parse(&long).unwrap_err();
+        assert_eq!((error.code, error.id.as_deref()), (ErrorCode::TooLarge, Some("c9")));
+        assert_eq!(request_id(r#"{"type":"chat","text":"hi","id":"c3"}"#).as_deref(), Some("c3"));
+        assert_eq!(request_id(r#"{"type":"chat","id":""}"#), None);
+        assert_eq!(request_id("{broken"), None);
+        assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+    }
 
     #[test]
     fn accepts_each_frame_and_alias() {

@@ -177,10 +177,23 @@ pub fn parse_system_data(json: &str) -> Result<Box<RawValue>, String> {
 struct ErrorFrame<'a> {
     code: &'static str,
     message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
 }
 
 pub fn error(code: ErrorCode, message: &str) -> Bytes {
-    encode(&ErrorFrame { code: code.as_str(), message })
+    error_for(code, message, "")
+}
+
+/// An `error` refusing the request whose client `id` was `id` (echoed so
+/// the client knows which of its messages failed; omitted when empty).
+pub fn error_for(code: ErrorCode, message: &str, id: &str) -> Bytes {
+    encode(&ErrorFrame { code: code.as_str(), message, id })
+}
+
+/// The answer to a client's `ping`.
+pub fn pong() -> Bytes {
+    Bytes::from_static(br#"{"type":"pong"}"#)
 }
 
 /// A server frame as a client reads it. Fields a peer server may omit
@@ -239,7 +252,10 @@ pub enum ServerFrame {
     Error {
         code: String,
         message: String,
+        #[serde(default)]
+        id: Option<String>,
     },
+    Pong,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -147,8 +147,9 @@ enum Output {
 struct Staged {
     commit: Commit,
     outputs: Vec<Output>,
-    /// Connections whose events are staged: told `unavailable` if the commit fails.
-    senders: Vec<(GatewayId, ConnId)>,
+    /// Connections whose events are staged, with the chat's client id (or
+    /// empty): told `unavailable` if the commit fails.
+    senders: Vec<(GatewayId, ConnId, String)>,
     /// (user, client id) of staged chats: forgotten if the commit fails.
     client_ids: Vec<(String, String)>,
     replies: Vec<(oneshot::Sender<Result<u64, RoomError>>, u64)>,
@@ -522,7 +523,7 @@ impl Room {
                     return self.direct(
                         gateway,
                         chat.conn,
-                        vec![server::error(e.code, &e.message)],
+                        vec![server::error_for(e.code, &e.message, &chat.id)],
                     );
                 }
                 if !chat.id.is_empty() && self.dedup.get(&user, &chat.id).is_some() {
@@ -541,20 +542,21 @@ impl Room {
                     }
                 }
                 let Some(seq) = self.next_seq().await else {
-                    return self.unavailable(gateway, chat.conn);
+                    return self.unavailable(gateway, chat.conn, &chat.id);
                 };
-                let id = if chat.id.is_empty() {
-                    format!("{}-{seq}", self.epoch)
+                // The error for a failed commit names the client's id, if any.
+                let (id, refused_id) = if chat.id.is_empty() {
+                    (format!("{}-{seq}", self.epoch), String::new())
                 } else {
                     self.dedup.insert(user.clone(), chat.id.clone(), seq);
                     self.staged.client_ids.push((user.clone(), chat.id.clone()));
-                    chat.id
+                    (chat.id.clone(), chat.id)
                 };
                 let time = server::timestamp(SystemTime::now());
                 let frame =
                     server::chat(seq, &id, &user, self.display_name(&user), &chat.text, &time);
                 self.stage(Event { seq, frame });
-                self.staged.senders.push((gateway, chat.conn));
+                self.staged.senders.push((gateway, chat.conn, refused_id));
                 let span = (!chat.traceparent.is_empty()).then(|| {
                     let span = tracing::info_span!("room.chat", room.id = %self.id, seq);
                     rooms_telemetry::propagation::set_parent(&span, &chat.traceparent);
@@ -577,12 +579,12 @@ impl Room {
                     }
                 };
                 let Some(seq) = self.next_seq().await else {
-                    return self.unavailable(gateway, set.conn);
+                    return self.unavailable(gateway, set.conn, "");
                 };
                 let time = server::timestamp(SystemTime::now());
                 self.stage(Event { seq, frame: server::name(seq, &user, &name, &time) });
                 self.staged.commit.names.push((user, name));
-                self.staged.senders.push((gateway, set.conn));
+                self.staged.senders.push((gateway, set.conn, String::new()));
             }
             Kind::Typing(typing) => {
                 let Some(user) = self.conns.get(&(gateway, typing.conn)) else {
@@ -889,16 +891,20 @@ impl Room {
         for (user, id) in &staged.client_ids {
             self.dedup.remove(user, id);
         }
-        for (gateway, conn) in staged.senders {
-            self.unavailable(gateway, conn);
+        for (gateway, conn, id) in staged.senders {
+            self.unavailable(gateway, conn, &id);
         }
         self.staged.outputs =
             staged.outputs.into_iter().filter(|o| !matches!(o, Output::Event(_))).collect();
     }
 
-    fn unavailable(&mut self, gateway: GatewayId, conn: ConnId) {
-        let frame =
-            server::error(ErrorCode::Unavailable, "not stored: storage is unavailable, retry");
+    /// Refuses a write the store did not take; `id` is the chat's client id.
+    fn unavailable(&mut self, gateway: GatewayId, conn: ConnId, id: &str) {
+        let frame = server::error_for(
+            ErrorCode::Unavailable,
+            "not stored: storage is unavailable, retry",
+            id,
+        );
         self.direct(gateway, conn, vec![frame]);
     }
 

@@ -85,6 +85,17 @@ async fn jwt_tokens_are_verified_before_the_upgrade() {
     assert_eq!(handshake(&gw.http, &path("lobby", &none), "").await, 401, "alg none");
     assert_eq!(handshake(&gw.http, &path("lobby", "garbage"), "").await, 401);
 
+    // A plain GET (no upgrade) carrying a token answers what the handshake
+    // would refuse it with, so browser clients can learn why they failed;
+    // one that would pass, or carries no token, gets 426.
+    let plain = |path: String| async move {
+        http(&gw.http, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")).await.0
+    };
+    assert_eq!(plain(path("lobby", &expired)).await, 401, "plain GET, expired");
+    assert_eq!(plain(path("other", &token)).await, 403, "plain GET, room not allowed");
+    assert_eq!(plain(path("lobby", &token)).await, 426, "plain GET, good token");
+    assert_eq!(plain("/rooms/lobby/ws".into()).await, 426, "plain GET, no token");
+
     // Origins: listed ones pass, others are refused (hijacking protection).
     let origin = |o: &str| format!("Origin: {o}\r\n");
     assert_eq!(

@@ -35,6 +35,17 @@ async fn invalid_frames_get_error_frames_and_the_connection_stays_open() {
         client.send_text(&frame).await;
         assert_eq!(client.error_code().await, code, "for {}", &frame[..frame.len().min(60)]);
     }
+    // A refused chat with a client id names it in the error.
+    client.send_json(json!({"type": "chat", "text": "x".repeat(4097), "id": "long-1"})).await;
+    let refused = client.until(|f| matches!(f, ServerFrame::Error { .. })).await;
+    assert!(
+        matches!(&refused, ServerFrame::Error { code, id: Some(id), .. } if code == "too_large" && id == "long-1"),
+        "{refused:?}"
+    );
+    // `ping` is answered with `pong` (liveness for clients that cannot see
+    // WebSocket pings) and stores nothing.
+    client.send_json(json!({"type": "ping"})).await;
+    assert_eq!(client.until(|f| matches!(f, ServerFrame::Pong)).await, ServerFrame::Pong);
     client.send_binary(vec![1, 2, 3]).await;
     assert_eq!(client.error_code().await, "invalid_message", "binary frame");
     still_works(&mut client).await;
@@ -66,14 +77,18 @@ async fn floods_are_rate_limited_then_closed_with_1008() {
     // A burst past the limit: the excess is refused, the connection survives.
     let mut client = gw.join("flood", "fay").await;
     for i in 0..50 {
-        client.chat(&format!("burst {i}"), "").await;
+        client.chat(&format!("burst {i}"), &format!("b{i}")).await;
     }
     let mut chats = 0;
     let mut limited = 0;
     while chats + limited < 50 {
         match client.frame().await {
             ServerFrame::Chat { .. } => chats += 1,
-            ServerFrame::Error { code, .. } if code == "rate_limited" => limited += 1,
+            ServerFrame::Error { code, id, .. } if code == "rate_limited" => {
+                // The refusal names the message it refused.
+                assert!(id.is_some_and(|id| id.starts_with('b')), "rate_limited without id");
+                limited += 1;
+            }
             _ => {}
         }
     }
