@@ -26,6 +26,13 @@ use crate::{socket, subprotocol};
 /// Initial read buffer per socket.
 const READ_BUFFER_BYTES: usize = 512;
 const DEMO_PAGE: &str = include_str!("assets/demo.html");
+const DEMO_SCRIPT: &str = include_str!("assets/demo.js");
+/// The browser client library, served for the demo page and for apps that
+/// want it without a build step.
+const CLIENT_LIBRARY: &str = include_str!("../../clients/js/rooms-client.js");
+/// The demo page runs only its own scripts; user text never becomes markup.
+const DEMO_CSP: &str = "default-src 'self'; style-src 'unsafe-inline'; script-src 'self'; \
+                        connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'";
 /// Longest wait for one roomhost call made on behalf of an HTTP request.
 const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -59,6 +66,17 @@ fn refuse(state: &HttpState, denied: Denied) -> Response<Body> {
     }
 }
 
+/// A static file of the demo.
+fn asset(content_type: &'static str, body: &'static str) -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header("content-security-policy", DEMO_CSP)
+        .header("x-content-type-options", "nosniff")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap_or_default()
+}
+
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -71,11 +89,11 @@ pub async fn handle(state: Arc<HttpState>, req: Request<Incoming>) -> Response<B
     let path = req.uri().path().to_owned();
     let upgrade = wants_websocket(req.headers());
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/") if !upgrade => Response::builder()
-            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-            .header("content-security-policy", "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self' ws: wss:")
-            .body(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())))
-            .unwrap_or_default(),
+        (&Method::GET, "/") if !upgrade => asset("text/html; charset=utf-8", DEMO_PAGE),
+        (&Method::GET, "/demo.js") => asset("text/javascript; charset=utf-8", DEMO_SCRIPT),
+        (&Method::GET, "/rooms-client.js") => {
+            asset("text/javascript; charset=utf-8", CLIENT_LIBRARY)
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => ready(&state).await,
         (&Method::GET, "/metrics") => Response::builder()

@@ -13,7 +13,13 @@ async fn routes_answer_as_documented() {
     let (status, body) = get(&gw.http, "/").await;
     assert_eq!(status, 200);
     assert!(body.contains("text/html") && body.contains("<title>rooms"));
-    assert!(!body.contains("innerHTML"), "the demo renders user text with textContent");
+    assert!(body.contains("script-src 'self'"), "the page runs only its own scripts");
+    for script in ["/demo.js", "/rooms-client.js"] {
+        let (status, body) = get(&gw.http, script).await;
+        assert_eq!(status, 200, "{script}");
+        assert!(body.contains("text/javascript"), "{script}");
+        assert!(!body.contains("innerHTML"), "{script} renders user text with textContent");
+    }
     assert_eq!(get(&gw.http, "/healthz").await.0, 200);
     assert_eq!(get(&gw.http, "/readyz").await.0, 200);
     let (status, body) = get(&gw.http, "/rooms/lobby/ws").await;
