@@ -323,7 +323,8 @@ export class RoomsClient {
     this._ws = null;
     this._disconnected();
     if (this.state === "closed") return;
-    if (code === 4003 && typeof this.options.token === "function") return this._retryNow();
+    // An expired token that can be renewed: the next attempt asks for a fresh one.
+    if (code === 4003 && typeof this.options.token === "function") return this._scheduleRetry();
     if (FINAL_CLOSE_CODES.has(code)) return this._finish(code, reason || (code === 4001 ? "kicked" : "token expired"));
     if (!opened) {
       // The handshake failed; browsers hide why. Ask again over plain HTTP:

@@ -53,10 +53,18 @@ function status(page, pattern) {
   return eventually(`status ${pattern}`, async () => pattern.test(await page.textContent("#status")), BROWSER_DEADLINE);
 }
 
-/** Types and sends a message, and waits for its delivery tick. */
-async function say(page, text) {
+/** Types and sends a message; unless `inFlight`, waits for its delivery tick. */
+async function say(page, text, { inFlight = false } = {}) {
   await page.fill("#text", text);
   await page.press("#text", "Enter");
+  if (!inFlight) await delivered(page, text);
+}
+
+/** Waits until the page shows its own `text` with a delivery tick. */
+function delivered(page, text) {
+  return eventually(`"${text}" delivered`, () =>
+    page.$$eval("#log li.delivered .text", (els, t) => els.some((e) => e.textContent === t), text),
+  BROWSER_DEADLINE);
 }
 
 /** The delivered messages a page shows, in order. */
@@ -87,6 +95,7 @@ describe("the demo page in Chromium", () => {
     await bob.type("#text", "Hey");
     await eventually("typing indicator", async () => /Bob is typing/.test(await ann.textContent("#typing")), BROWSER_DEADLINE);
     await bob.press("#text", "Enter");
+    await delivered(bob, "Hey");
     await say(ann, "How is the release going?");
     await say(bob, "Shipping today, tests are green");
     const expected = ["Hi Bob! <b>not bold</b>", "Hey", "How is the release going?", "Shipping today, tests are green"];
@@ -124,9 +133,10 @@ describe("the demo page in Chromium", () => {
     await showsExactly(ann, expected);
     const owner = await cluster.ownerOf(room);
     await cluster.roomhosts[owner].proc.kill("SIGKILL");
+    // Sent while the room has no owner: in flight until a new one takes it.
     for (let i = 5; i < 10; i++) {
-      await say(ann, `ann ${i}`);
-      await say(bob, `bob ${i}`);
+      await say(ann, `ann ${i}`, { inFlight: true });
+      await say(bob, `bob ${i}`, { inFlight: true });
     }
     // Each page's own messages keep their order; the room's total order is
     // whatever the new owner stored, and both pages show the same one.

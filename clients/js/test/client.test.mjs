@@ -111,6 +111,19 @@ describe("one cluster", () => {
     }
   });
 
+  test("the offline queue is bounded, and messages keeps the latest maxMessages", async () => {
+    const g = cluster.gateways[0];
+    // Not connected yet (connects on the next microtask): sends queue up.
+    const client = new RoomsClient({ url: g.url, room: "bounded", user: "bee", maxQueue: 3, maxMessages: 5 });
+    clients.push(client);
+    const queued = [client.send("q1"), client.send("q2"), client.send("q3")];
+    await assert.rejects(client.send("q4"), { code: "queue_full" });
+    assert.deepEqual((await Promise.all(queued)).map((m) => m.text), ["q1", "q2", "q3"]);
+    for (let i = 4; i <= 8; i++) await client.send(`q${i}`);
+    assert.deepEqual(texts(client), ["q4", "q5", "q6", "q7", "q8"]);
+    assert.equal(client.hasMore, true, "trimmed events can be paged back");
+  });
+
   test("loadMore pages back through history with before, until hasMore is false", async () => {
     const writer = await connect({ url: cluster.gateways[0].url, room: "paging", user: "w" });
     for (let i = 1; i <= 230; i++) await writer.send(`m${i}`);
@@ -224,12 +237,36 @@ describe("authentication", () => {
     });
     assert.equal(client.userId, "fn-1");
   });
+
+  test("an expired token (4003) ends a client with a fixed token, and is renewed by a token function", async () => {
+    const url = cluster.gateways[0].url;
+    // The gateway tolerates 30 s of clock skew on `exp`: this one lasts ~3 s.
+    const soon = () => Math.floor(Date.now() / 1000) - 27;
+    const fixed = await connect({ url, room: "vip", token: jwt({ sub: "fix", exp: soon() }) });
+    let asked = 0;
+    const renewing = await connect({
+      url,
+      room: "vip",
+      minRetryDelay: 100,
+      token: () => {
+        asked += 1;
+        // The first token expires in seconds, the next ones last.
+        return jwt({ sub: "ren", exp: asked === 1 ? soon() : soon() + 900 });
+      },
+    });
+    await until(fixed, "closed");
+    assert.equal(fixed.closeReason.code, 4003);
+    await eventually("a fresh token was asked for", () => asked >= 2);
+    await until(renewing, "connected");
+    assert.equal((await renewing.send("still here")).userId, "ren");
+  });
 });
 
 describe("faults", () => {
   let cluster;
   before(async () => {
-    cluster = await Cluster.start({ roomhosts: 2, gateways: 2 });
+    const unthrottled = ["--rate-limit=1000", "--rate-burst=1000"];
+    cluster = await Cluster.start({ roomhosts: 2, gateways: 2, gatewayArgs: unthrottled, roomhostArgs: ["--history-limit=150"] });
   });
   after(async () => {
     closeAll();
@@ -248,21 +285,45 @@ describe("faults", () => {
     ann.on("chat", (m) => live.push(m.text));
 
     let queued;
+    // More than one replay page (100) is missed.
+    const missed = Array.from({ length: 130 }, (_, i) => `missed ${i + 1}`);
     await cluster.restartGateway(0, async () => {
       await until(ann, "reconnecting");
       assert.ok(ann.nextRetryAt === null || ann.nextRetryAt > Date.now() - 1000);
       // While Ann is away: Bob talks, and Ann writes (queued).
-      for (let i = 1; i <= 5; i++) await bob.send(`missed ${i}`);
+      for (const text of missed) await bob.send(text);
       queued = ann.send("written offline");
     });
     assert.equal((await queued).text, "written offline");
     await until(ann, "connected");
     assert.ok(states.some((s) => s.state === "reconnecting" && s.nextRetryAt > 0), "a retry time was announced");
-    assert.deepEqual(live, ["missed 1", "missed 2", "missed 3", "missed 4", "missed 5", "written offline"]);
-    const expected = ["before", "missed 1", "missed 2", "missed 3", "missed 4", "missed 5", "written offline"];
+    assert.deepEqual(live, [...missed, "written offline"]);
+    const expected = ["before", ...missed, "written offline"];
     assert.deepEqual(texts(ann), expected);
     await eventually("bob sees the offline message once", () => texts(bob).length === expected.length);
     assert.deepEqual(texts(bob), expected);
+  });
+
+  test("a resume older than retention reports a gap and restarts from what is stored", async () => {
+    const g = cluster.gateways[0];
+    const writer = await connect({ url: g.url, room: "retention", user: "w" });
+    for (let i = 1; i <= 400; i++) await writer.send(`r${i}`);
+    const gaps = [];
+    const resets = [];
+    const late = new RoomsClient({ url: g.url, room: "retention", user: "late", since: 3, epoch: writer.epoch });
+    clients.push(late);
+    late.on("gap", (e) => gaps.push(e));
+    late.on("reset", (m) => resets.push(m.length));
+    await until(late, "connected");
+    assert.equal(gaps.length, 1, "the gap is reported once");
+    assert.equal(resets.length, 1);
+    const shown = texts(late);
+    assert.equal(shown.at(-1), "r400");
+    assert.ok(shown.length >= 150 && shown.length < 400, `the retained tail: ${shown.length}`);
+    const first = Number(shown[0].slice(1));
+    assert.deepEqual(shown, Array.from({ length: 401 - first }, (_, i) => `r${first + i}`), "contiguous");
+    assert.equal(late.seq, writer.seq);
+    assert.equal(late.hasMore, true);
   });
 
   test("a dead connection (no frames) is detected and replaced", async () => {

@@ -42,6 +42,15 @@ export function freePort() {
   });
 }
 
+// Children die with the test process, also when it is interrupted.
+const children = new Set();
+process.on("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.on(signal, () => process.exit(130));
+}
+
 /** A child process whose output lines are kept (and shown if a test fails). */
 export class Proc {
   constructor(name, command, args) {
@@ -53,8 +62,10 @@ export class Proc {
     });
     this.exited = new Promise((resolve) => this.child.on("exit", (code, signal) => resolve({ code, signal })));
     this.running = true;
+    children.add(this.child);
     this.exited.then(() => {
       this.running = false;
+      children.delete(this.child);
     });
     for (const stream of [this.child.stdout, this.child.stderr]) {
       let rest = "";
