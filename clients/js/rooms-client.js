@@ -53,6 +53,15 @@ function randomId() {
   return Math.random().toString(16).slice(2, 18).padEnd(16, "0");
 }
 
+/** `promise`, or a rejection after `ms`. */
+function withTimeout(promise, ms) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new RoomsError("timeout", `no answer in ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 /** `url` (http(s) or ws(s), with an optional path prefix) as ws(s) and http(s). */
 function baseUrls(url) {
   const base = String(url).replace(/\/+$/, "");
@@ -244,7 +253,7 @@ export class RoomsClient {
     let token = this.options.token;
     if (typeof token === "function") {
       try {
-        token = await token();
+        token = await withTimeout(Promise.resolve(token()), this.options.connectTimeout);
       } catch (e) {
         return this._scheduleRetry();
       }
@@ -285,7 +294,6 @@ export class RoomsClient {
     };
     this._lastFrameAt = Date.now();
     this._pingSent = false;
-    this._connectStarted = Date.now();
     clearInterval(this._liveTimer);
     this._liveTimer = setInterval(() => this._checkLiveness(), Math.min(1000, this.options.pingAfter / 2));
   }
@@ -305,12 +313,12 @@ export class RoomsClient {
   }
 
   _checkLiveness() {
-    const now = Date.now();
+    const idle = Date.now() - this._lastFrameAt;
     if (this._phase !== "live") {
-      if (now - this._connectStarted > this.options.connectTimeout) this._drop("no welcome in time");
+      // Handshake, or a replay that stopped arriving.
+      if (idle > this.options.connectTimeout) this._drop("no welcome in time");
       return;
     }
-    const idle = now - this._lastFrameAt;
     if (idle >= this.options.deadAfter) {
       this._drop("no frames; connection presumed dead");
     } else if (idle >= this.options.pingAfter && !this._pingSent) {
@@ -338,13 +346,17 @@ export class RoomsClient {
 
   async _probe(path) {
     if (!this._fetch) return null;
+    const abort = typeof AbortController === "function" ? new AbortController() : null;
+    const timer = setTimeout(() => abort?.abort(), this.options.connectTimeout);
     try {
       const headers = this._token ? { authorization: `Bearer ${this._token}` } : {};
-      const res = await this._fetch(this._urls.http + path, { headers });
-      const body = (await res.text()).trim();
+      const res = await this._fetch(this._urls.http + path, { headers, signal: abort?.signal });
+      const body = (await res.text()).trim().slice(0, 200);
       return { code: res.status, reason: body || res.statusText };
     } catch (e) {
-      return null;
+      return null; // unreachable, or not allowed to read the answer: retry
+    } finally {
+      clearTimeout(timer);
     }
   }
 

@@ -146,6 +146,7 @@ function join() {
     // An own message already shown as pending becomes delivered in place.
     $("log").querySelector(`li.pending[data-id="${CSS.escape(ev.id ?? "")}"]`)?.remove();
     append(item(ev));
+    $("older").hidden = !client.hasMore;
   });
   client.on("history", (older) => {
     const log = $("log");
