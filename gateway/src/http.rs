@@ -94,6 +94,11 @@ pub async fn handle(state: Arc<HttpState>, req: Request<Incoming>) -> Response<B
         (&Method::GET, "/rooms-client.js") => {
             asset("text/javascript; charset=utf-8", CLIENT_LIBRARY)
         }
+        // Browsers ask for it on every page: no icon, and no 404 in their console.
+        (&Method::GET, "/favicon.ico") => Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Body::default())
+            .unwrap_or_default(),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => ready(&state).await,
         (&Method::GET, "/metrics") => Response::builder()

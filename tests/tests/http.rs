@@ -20,6 +20,7 @@ async fn routes_answer_as_documented() {
         assert!(body.contains("text/javascript"), "{script}");
         assert!(!body.contains("innerHTML"), "{script} renders user text with textContent");
     }
+    assert_eq!(get(&gw.http, "/favicon.ico").await.0, 204, "no icon, and no 404 either");
     assert_eq!(get(&gw.http, "/healthz").await.0, 200);
     assert_eq!(get(&gw.http, "/readyz").await.0, 200);
     let (status, body) = get(&gw.http, "/rooms/lobby/ws").await;

@@ -69,10 +69,17 @@ function append(li) {
   if (atBottom) log.scrollTop = log.scrollHeight;
 }
 
+let gapSeen = false;
+
 function renderAll() {
   const log = $("log");
   const pending = [...log.querySelectorAll("li.pending")];
   log.replaceChildren(...client.messages.map(item), ...pending);
+  if (gapSeen) {
+    // Said after the list restarted from what the server still has.
+    note("Some messages from while you were away are no longer stored.");
+    gapSeen = false;
+  }
   log.scrollTop = log.scrollHeight;
   $("older").hidden = !client.hasMore;
 }
@@ -165,7 +172,9 @@ function join() {
     typing.delete(ev.userId);
     renderTyping();
   });
-  client.on("gap", () => note("Some messages from while you were away are no longer stored."));
+  client.on("gap", () => {
+    gapSeen = true;
+  });
   client.on("error", (e) => note(`${e.code}: ${e.message}`, "error"));
   renderState();
 }
