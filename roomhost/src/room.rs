@@ -147,9 +147,9 @@ enum Output {
 struct Staged {
     commit: Commit,
     outputs: Vec<Output>,
-    /// Connections whose events are staged, with the chat's client id (or
-    /// empty): told `unavailable` if the commit fails.
-    senders: Vec<(GatewayId, ConnId, String)>,
+    /// Connections whose events are staged, with the index of the chat's
+    /// client id in `client_ids`: told `unavailable` if the commit fails.
+    senders: Vec<(GatewayId, ConnId, Option<usize>)>,
     /// (user, client id) of staged chats: forgotten if the commit fails.
     client_ids: Vec<(String, String)>,
     replies: Vec<(oneshot::Sender<Result<u64, RoomError>>, u64)>,
@@ -545,18 +545,18 @@ impl Room {
                     return self.unavailable(gateway, chat.conn, &chat.id);
                 };
                 // The error for a failed commit names the client's id, if any.
-                let (id, refused_id) = if chat.id.is_empty() {
-                    (format!("{}-{seq}", self.epoch), String::new())
+                let (id, client_id) = if chat.id.is_empty() {
+                    (format!("{}-{seq}", self.epoch), None)
                 } else {
                     self.dedup.insert(user.clone(), chat.id.clone(), seq);
                     self.staged.client_ids.push((user.clone(), chat.id.clone()));
-                    (chat.id.clone(), chat.id)
+                    (chat.id, Some(self.staged.client_ids.len() - 1))
                 };
                 let time = server::timestamp(SystemTime::now());
                 let frame =
                     server::chat(seq, &id, &user, self.display_name(&user), &chat.text, &time);
                 self.stage(Event { seq, frame });
-                self.staged.senders.push((gateway, chat.conn, refused_id));
+                self.staged.senders.push((gateway, chat.conn, client_id));
                 let span = (!chat.traceparent.is_empty()).then(|| {
                     let span = tracing::info_span!("room.chat", room.id = %self.id, seq);
                     rooms_telemetry::propagation::set_parent(&span, &chat.traceparent);
@@ -584,7 +584,7 @@ impl Room {
                 let time = server::timestamp(SystemTime::now());
                 self.stage(Event { seq, frame: server::name(seq, &user, &name, &time) });
                 self.staged.commit.names.push((user, name));
-                self.staged.senders.push((gateway, set.conn, String::new()));
+                self.staged.senders.push((gateway, set.conn, None));
             }
             Kind::Typing(typing) => {
                 let Some(user) = self.conns.get(&(gateway, typing.conn)) else {
@@ -891,8 +891,9 @@ impl Room {
         for (user, id) in &staged.client_ids {
             self.dedup.remove(user, id);
         }
-        for (gateway, conn, id) in staged.senders {
-            self.unavailable(gateway, conn, &id);
+        for (gateway, conn, client_id) in staged.senders {
+            let id = client_id.and_then(|i| staged.client_ids.get(i)).map_or("", |(_, id)| id);
+            self.unavailable(gateway, conn, id);
         }
         self.staged.outputs =
             staged.outputs.into_iter().filter(|o| !matches!(o, Output::Event(_))).collect();

@@ -22,6 +22,8 @@ pub struct Outcome {
     pub sent: Vec<String>,
     /// `error` frames received (code).
     pub errors: Vec<String>,
+    /// The ids (= texts) the `error` frames named: which sends were refused.
+    pub refused: Vec<String>,
     /// Set if the server closed the connection (code).
     pub closed: Option<Option<u16>>,
     /// Presence events received before the load was stopped.
@@ -87,7 +89,10 @@ async fn drive(
                 Some(Received::Frame(ServerFrame::Chat { seq, text, .. })) => {
                     outcome.chats.push((Instant::now(), seq.unwrap_or(0), text));
                 }
-                Some(Received::Frame(ServerFrame::Error { code, .. })) => outcome.errors.push(code),
+                Some(Received::Frame(ServerFrame::Error { code, id, .. })) => {
+                    outcome.errors.push(code);
+                    outcome.refused.extend(id);
+                }
                 // While draining, the others closing is no news.
                 Some(Received::Frame(frame @ (ServerFrame::Join { .. } | ServerFrame::Leave { .. })))
                     if draining_until.is_none() =>
@@ -149,18 +154,28 @@ pub fn verify(outcomes: &[Outcome], all_sent_arrive: bool) -> Verified {
     }
     // Every message a sender got no error for arrived (at everyone, as checked
     // by contiguity over the common range).
+    // Every refusal names the message it refused, so the check is per message.
     let delivered: std::collections::HashSet<&String> = events.values().collect();
     let mut unacknowledged = 0;
     for outcome in outcomes {
-        let missing = outcome.sent.iter().filter(|t| !delivered.contains(t)).count();
-        let unexplained = missing.saturating_sub(outcome.errors.len());
-        assert!(
-            !all_sent_arrive || unexplained == 0,
-            "{}: {missing} sent messages never arrived but only {} were refused",
-            outcome.user,
-            outcome.errors.len()
+        assert_eq!(
+            outcome.refused.len(),
+            outcome.errors.len(),
+            "{}: an error did not name the refused message",
+            outcome.user
         );
-        unacknowledged += unexplained;
+        let refused: std::collections::HashSet<&String> = outcome.refused.iter().collect();
+        let unexplained: Vec<&String> = outcome
+            .sent
+            .iter()
+            .filter(|t| !delivered.contains(t) && !refused.contains(t))
+            .collect();
+        assert!(
+            !all_sent_arrive || unexplained.is_empty(),
+            "{}: sent, never arrived and never refused: {unexplained:?}",
+            outcome.user,
+        );
+        unacknowledged += unexplained.len();
     }
     Verified { events, refused, unacknowledged }
 }
