@@ -59,6 +59,10 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
 /// A refused handshake, with a short reason in the body.
 fn refuse(state: &HttpState, denied: Denied) -> Response<Body> {
     state.env.metrics.connections_refused.inc();
+    denial(denied)
+}
+
+fn denial(denied: Denied) -> Response<Body> {
     match denied {
         Denied::Unauthorized(reason) => text(StatusCode::UNAUTHORIZED, reason),
         Denied::Forbidden(reason) => text(StatusCode::FORBIDDEN, reason),
@@ -174,7 +178,8 @@ fn not_upgraded(
             .check_origin(req.headers())
             .and_then(|()| state.access.identify(room, Some(&token), None));
         if let Err(denied) = checked {
-            return refuse(state, denied);
+            // Not counted as a refused connection: nothing tried to connect.
+            return denial(denied);
         }
     }
     text(
