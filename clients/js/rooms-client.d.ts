@@ -56,6 +56,8 @@ export type RoomEvent = ChatEvent | NameEvent | SystemEvent;
 export interface StateChange {
   state: ConnectionState;
   nextRetryAt: number | null;
+  /** While reconnecting: why the last connection ended, e.g. "closed (1012): gateway restarting; reconnect". */
+  reason?: string;
   closeReason: CloseReason | null;
 }
 
@@ -140,6 +142,8 @@ export class RoomsClient {
   readonly room: string;
   readonly state: ConnectionState;
   readonly nextRetryAt: number | null;
+  /** Why the client is reconnecting. */
+  readonly retryReason: string | undefined;
   readonly closeReason: CloseReason | null;
   readonly userId: string | null;
   readonly epoch: string | null;

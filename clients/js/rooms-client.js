@@ -53,6 +53,15 @@ function randomId() {
   return Math.random().toString(16).slice(2, 18).padEnd(16, "0");
 }
 
+/** Closes a socket we are done with; its events are no longer listened to. */
+function closeQuietly(ws) {
+  try {
+    ws.close(1000);
+  } catch (e) {
+    // already closing or closed
+  }
+}
+
 /** `promise`, or a rejection after `ms`. */
 function withTimeout(promise, ms) {
   let timer;
@@ -103,6 +112,8 @@ export class RoomsClient {
     this.state = "connecting";
     /** While `reconnecting`: when the next attempt starts (ms since epoch), else null. */
     this.nextRetryAt = null;
+    /** While `reconnecting`: why the last connection ended. */
+    this.retryReason = undefined;
     /** Once `closed`: `{ code, reason }` (code: a close code, an HTTP status, or 1000 for close()). */
     this.closeReason = null;
     /** This connection's user id, from `welcome`. */
@@ -255,7 +266,7 @@ export class RoomsClient {
       try {
         token = await withTimeout(Promise.resolve(token()), this.options.connectTimeout);
       } catch (e) {
-        return this._scheduleRetry();
+        return this._scheduleRetry(`no token: ${e.message ?? e}`);
       }
       if (this.state === "closed") return;
     }
@@ -274,7 +285,7 @@ export class RoomsClient {
       // subprotocol, and the server selects the second.
       ws = token ? new this._WebSocket(this._urls.ws + path, [token, "rooms"]) : new this._WebSocket(this._urls.ws + path);
     } catch (e) {
-      return this._scheduleRetry();
+      return this._scheduleRetry(`cannot connect: ${e.message ?? e}`);
     }
     this._ws = ws;
     let opened = false;
@@ -303,13 +314,9 @@ export class RoomsClient {
     const ws = this._ws;
     if (!ws) return;
     this._ws = null;
-    try {
-      ws.close(1000, reason.slice(0, 100));
-    } catch (e) {
-      // already closing
-    }
+    closeQuietly(ws);
     this._disconnected();
-    this._scheduleRetry();
+    this._scheduleRetry(reason);
   }
 
   _checkLiveness() {
@@ -332,7 +339,7 @@ export class RoomsClient {
     this._disconnected();
     if (this.state === "closed") return;
     // An expired token that can be renewed: the next attempt asks for a fresh one.
-    if (code === 4003 && typeof this.options.token === "function") return this._scheduleRetry();
+    if (code === 4003 && typeof this.options.token === "function") return this._scheduleRetry("token expired; renewing");
     if (FINAL_CLOSE_CODES.has(code)) return this._finish(code, reason || (code === 4001 ? "kicked" : "token expired"));
     if (!opened) {
       // The handshake failed; browsers hide why. Ask again over plain HTTP:
@@ -340,8 +347,9 @@ export class RoomsClient {
       const status = await this._probe(path);
       if (this.state === "closed") return;
       if (status && FINAL_STATUSES.has(status.code)) return this._finish(status.code, status.reason);
+      return this._scheduleRetry(status ? `handshake refused (${status.code}): ${status.reason}` : "gateway unreachable");
     }
-    this._scheduleRetry();
+    this._scheduleRetry(reason ? `closed (${code}): ${reason}` : `closed (${code})`);
   }
 
   async _probe(path) {
@@ -369,8 +377,10 @@ export class RoomsClient {
     this._settleHistory(new RoomsError("not_connected", "disconnected"));
   }
 
-  _scheduleRetry() {
+  /** Waits (backoff with jitter), then connects again; `reason` says why, in the `state` event. */
+  _scheduleRetry(reason) {
     if (this.state === "closed" || this._retryTimer) return;
+    this.retryReason = reason;
     this._attempt += 1;
     const { minRetryDelay, maxRetryDelay } = this.options;
     const ceiling = Math.min(maxRetryDelay, minRetryDelay * 2 ** Math.min(this._attempt - 1, 30));
@@ -391,15 +401,8 @@ export class RoomsClient {
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
     this.nextRetryAt = null;
-    const ws = this._ws;
+    if (this._ws) closeQuietly(this._ws);
     this._ws = null;
-    if (ws) {
-      try {
-        ws.close(1000);
-      } catch (e) {
-        // already closing
-      }
-    }
     this._disconnected();
     globalThis.removeEventListener?.("online", this._onOnline);
     this.closeReason = { code, reason };
@@ -415,7 +418,8 @@ export class RoomsClient {
   _setState(state, force = false) {
     if (this.state === state && !force) return;
     this.state = state;
-    this._emit("state", { state, nextRetryAt: this.nextRetryAt, closeReason: this.closeReason });
+    const reason = state === "reconnecting" ? this.retryReason : undefined;
+    this._emit("state", { state, nextRetryAt: this.nextRetryAt, reason, closeReason: this.closeReason });
   }
 
   _live() {

@@ -297,6 +297,7 @@ describe("faults", () => {
     assert.equal((await queued).text, "written offline");
     await until(ann, "connected");
     assert.ok(states.some((s) => s.state === "reconnecting" && s.nextRetryAt > 0), "a retry time was announced");
+    assert.match(states.find((s) => s.state === "reconnecting").reason, /closed \(1012\)/, "and why");
     assert.deepEqual(live, [...missed, "written offline"]);
     const expected = ["before", ...missed, "written offline"];
     assert.deepEqual(texts(ann), expected);

@@ -108,6 +108,7 @@ function renderState() {
   const enabled = state === "connected" || state === "reconnecting";
   $("text").disabled = !enabled && state !== "connecting";
   $("go").disabled = $("text").disabled;
+  s.title = "";
   if (state === "connected") {
     s.textContent = `connected to ${client.room}`;
     s.className = "live";
@@ -120,6 +121,7 @@ function renderState() {
       s.textContent = left > 0 ? `reconnecting in ${left}s` : "reconnecting…";
     };
     s.className = "warn";
+    s.title = client.retryReason ?? "";
     tick();
     if (nextRetryAt) countdown = setInterval(tick, 250);
   } else {
