@@ -44,6 +44,8 @@ pub struct HttpState {
     pub access: Arc<Access>,
     pub connections: Arc<Semaphore>,
     pub next_conn: AtomicU64,
+    /// The embedded roomhost's metrics (zero-setup mode), served with ours.
+    pub embedded_metrics: Option<Arc<roomhost::metrics::Metrics>>,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -107,7 +109,10 @@ pub async fn handle(state: Arc<HttpState>, req: Request<Incoming>) -> Response<B
         (&Method::GET, "/readyz") => ready(&state).await,
         (&Method::GET, "/metrics") => Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(state.env.metrics.render())))
+            .body(Full::new(Bytes::from(rooms_telemetry::prometheus::concat(
+                std::iter::once(state.env.metrics.render())
+                    .chain(state.embedded_metrics.iter().map(|m| m.render())),
+            ))))
             .unwrap_or_default(),
         (&Method::GET, "/" | "/ws") => websocket(state, req, None),
         (&Method::GET, p) if p.starts_with("/rooms/") => {

@@ -74,6 +74,8 @@ pub struct Listeners {
 struct Embedded {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Its metrics, served on the gateway's `/metrics`.
+    metrics: Arc<roomhost::metrics::Metrics>,
 }
 
 async fn start_embedded() -> Result<(MembershipWatch, Embedded), GatewayError> {
@@ -83,6 +85,8 @@ async fn start_embedded() -> Result<(MembershipWatch, Embedded), GatewayError> {
     let store =
         roomhost::store::Store::Memory(roomhost::store::MemoryStore::new(config.history_limit));
     let (stop, mut stopped) = watch::channel(false);
+    let metrics = Arc::new(roomhost::metrics::Metrics::new());
+    let roomhost_metrics = Arc::clone(&metrics);
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -91,6 +95,7 @@ async fn start_embedded() -> Result<(MembershipWatch, Embedded), GatewayError> {
             roomhost::Listeners { grpc: listener, http: None },
             config,
             store,
+            roomhost_metrics,
             shutdown,
         )
         .await
@@ -99,7 +104,7 @@ async fn start_embedded() -> Result<(MembershipWatch, Embedded), GatewayError> {
         }
     });
     tracing::warn!(roomhost.addr = %address, "no --roomhosts: running an embedded roomhost with an in-memory store (development only)");
-    Ok((MembershipWatch::fixed(vec![address]), Embedded { stop, task }))
+    Ok((MembershipWatch::fixed(vec![address]), Embedded { stop, task, metrics }))
 }
 
 /// Serves clients and the Admin API until `shutdown` resolves; then stops
@@ -137,6 +142,7 @@ pub async fn run(
         access: Arc::clone(&config.access),
         connections: Arc::clone(&connections),
         next_conn: AtomicU64::new(1),
+        embedded_metrics: embedded.as_ref().map(|e| Arc::clone(&e.metrics)),
     });
 
     if config.access.origins.allows_any() {

@@ -77,10 +77,14 @@ pub struct Listeners {
 
 /// Serves rooms until `shutdown` resolves, then flushes every room and
 /// closes the gateways' streams (bounded by the shutdown grace).
+///
+/// `metrics` are served on the HTTP listener if there is one; an embedding
+/// process (the gateway's zero-setup roomhost) may serve them itself.
 pub async fn run(
     listeners: Listeners,
     config: Config,
     store: Store,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RoomhostError> {
     let Listeners { grpc: listener, http } = listeners;
@@ -100,7 +104,6 @@ pub async fn run(
         None => None,
     };
     let ring = membership.as_ref().map(MembershipWatch::subscribe);
-    let metrics = Arc::new(Metrics::new());
     let registry =
         Registry::new(store, settings, config.max_rooms, ring.clone(), Arc::clone(&metrics));
     let (stop_http, http_stopped) = watch::channel(false);

@@ -21,7 +21,8 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding {metrics_listen}"))?,
         ),
     };
-    let result = roomhost::run(listeners, config, store, shutdown_signal()).await;
+    let metrics = std::sync::Arc::new(roomhost::metrics::Metrics::new());
+    let result = roomhost::run(listeners, config, store, metrics, shutdown_signal()).await;
     telemetry.shutdown().await;
     Ok(result?)
 }

@@ -28,6 +28,17 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
+/// Several rendered pages as one: each ends with `# EOF`, which may only
+/// end the whole exposition.
+pub fn concat(pages: impl IntoIterator<Item = String>) -> String {
+    let mut out = String::new();
+    for page in pages {
+        out.push_str(page.strip_suffix("# EOF\n").unwrap_or(&page));
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
 /// Declares a struct of metrics, each a public field, registered under a
 /// name prefix; `new()` builds and registers them, `render()` exposes them.
 ///

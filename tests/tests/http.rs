@@ -52,9 +52,14 @@ async fn routes_answer_as_documented() {
         "rooms_gateway_connections_open 1",
         "rooms_gateway_frames_in_total 1",
         "rooms_gateway_frames_out_total",
+        // The embedded roomhost's own series are served with the gateway's.
+        "rooms_roomhost_rooms_active 1",
+        "rooms_roomhost_events_persisted_total 1",
     ] {
         assert!(body.contains(series), "missing {series} in\n{body}");
     }
+    assert_eq!(body.matches("# EOF").count(), 1, "one exposition, ended once");
+    assert!(body.trim_end().ends_with("# EOF"));
 
     // Without ?user= a random anonymous id is given.
     let (_anon, hello, _) = Client::join(&gw.ws_url("lobby", "")).await;
