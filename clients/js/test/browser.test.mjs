@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
 
+import { RoomsClient } from "../rooms-client.js";
 import { Cluster, eventually } from "./cluster.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
@@ -30,7 +31,8 @@ before(async () => {
       "--disable-component-update", "--disable-sync",
     ],
   });
-  cluster = await Cluster.start({ roomhosts: 2, gateways: 2 });
+  // Unthrottled: one test writes a long history quickly.
+  cluster = await Cluster.start({ roomhosts: 2, gateways: 2, gatewayArgs: ["--rate-limit=1000", "--rate-burst=1000"] });
 });
 
 after(async () => {
@@ -151,6 +153,25 @@ describe("the demo page in Chromium", () => {
     assert.deepEqual(seqs, seqs.slice().sort((x, y) => x - y), "in seq order");
     await ann.context().close();
     await bob.context().close();
+  });
+
+  test("history pages back with the Load older button", async () => {
+    const room = "demo-paging";
+    const writer = new RoomsClient({ url: cluster.gateways[1].url, room, user: "wes" });
+    try {
+      for (let i = 1; i <= 150; i++) await writer.send(`line ${i}`);
+    } finally {
+      writer.close();
+    }
+    const page = await open(cluster.gateways[0], room, "pam", "Pam");
+    const all = Array.from({ length: 150 }, (_, i) => `line ${i + 1}`);
+    await showsExactly(page, all.slice(50));
+    assert.equal(await page.isVisible("#older"), true, "older messages are offered");
+    await page.click("#older");
+    await eventually("the older page", async () => (await shown(page)).length === 150, BROWSER_DEADLINE);
+    assert.deepEqual(await shown(page), all);
+    await eventually("nothing older left", async () => !(await page.isVisible("#older")), BROWSER_DEADLINE);
+    await page.context().close();
   });
 
   test("one page's gateway restarts: it shows reconnecting, then exactly what it missed", async () => {
