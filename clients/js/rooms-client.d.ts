@@ -99,6 +99,10 @@ export interface RoomsClientOptions {
   maxMessages?: number;
   /** Retries of a send refused as `unavailable` (5). */
   unavailableRetries?: number;
+  /** A send with neither its echo nor an error after echoTimeout (5000) is sent again (same id),
+   * at most maxResends (5) times, then rejects with `timeout`. */
+  echoTimeout?: number;
+  maxResends?: number;
   /** Minimum time between typing signals (2000). */
   typingInterval?: number;
   /** Default loadMore page (100, the server's maximum). */

@@ -13,6 +13,8 @@ const MAX_NAME_CHARS = 64;
 const FINAL_CLOSE_CODES = new Set([4001, 4003]);
 // Handshake statuses after which retrying cannot help: unauthorized, forbidden.
 const FINAL_STATUSES = new Set([401, 403]);
+// Unanswered sends re-sent per liveness check (about once a second).
+const RESENDS_PER_TICK = 5;
 
 const DEFAULTS = {
   minRetryDelay: 500, // first reconnect waits 250–500 ms (equal jitter)
@@ -24,6 +26,8 @@ const DEFAULTS = {
   maxQueue: 100, // sends not yet echoed; past it `send` rejects with `queue_full`
   maxMessages: 1000, // live events kept in `messages`; the oldest go first
   unavailableRetries: 5, // an `unavailable` send is retried this often
+  echoTimeout: 5_000, // a send without its echo (nor an error) this long is sent again
+  maxResends: 5, // ... this often; then it rejects with `timeout`
   typingInterval: 2_000, // `typing()` sends at most once per interval
   pageSize: 100, // default `loadMore` page (the server's maximum)
 };
@@ -191,7 +195,7 @@ export class RoomsClient {
       promise = Promise.reject(refusal);
     } else {
       promise = new Promise((resolve, reject) => {
-        this._pending.set(msgId, { text, resolve, reject, sent: false, retries: 0 });
+        this._pending.set(msgId, { text, resolve, reject, sent: false, sentAt: 0, retries: 0, resends: 0 });
       });
       if (this._live()) this._transmit(msgId);
       // Typing after a send is news again.
@@ -328,10 +332,13 @@ export class RoomsClient {
     }
     if (idle >= this.options.deadAfter) {
       this._drop("no frames; connection presumed dead");
-    } else if (idle >= this.options.pingAfter && !this._pingSent) {
+      return;
+    }
+    if (idle >= this.options.pingAfter && !this._pingSent) {
       this._pingSent = true;
       this._raw({ type: "ping" });
     }
+    this._resendUnanswered(Date.now());
   }
 
   async _onClose(code, reason, opened, path) {
@@ -438,7 +445,29 @@ export class RoomsClient {
     const p = this._pending.get(id);
     if (!p || p.sent) return;
     p.sent = true;
+    p.sentAt = Date.now();
     this._raw({ type: "chat", text: p.text, id });
+  }
+
+  /** Sends again what got neither its echo nor an error in time: a message
+   * in flight to a roomhost that crashed is answered by nobody, while the
+   * connection itself stays up. Safe: the server keeps an id once. */
+  _resendUnanswered(now) {
+    // A few per tick, oldest first: resends count against the rate limit.
+    let budget = RESENDS_PER_TICK;
+    for (const [id, p] of this._pending) {
+      if (budget === 0) return;
+      if (!p.sent || now - p.sentAt < this.options.echoTimeout) continue;
+      budget -= 1;
+      if (p.resends >= this.options.maxResends) {
+        this._pending.delete(id);
+        p.reject(new RoomsError("timeout", "no answer from the room"));
+        continue;
+      }
+      p.resends += 1;
+      p.sent = false;
+      this._transmit(id);
+    }
   }
 
   // --- frames -------------------------------------------------------------

@@ -86,7 +86,14 @@ async function showsExactly(page, expected) {
 describe("the demo page in Chromium", () => {
   test("two pages on different gateways chat and see each other's presence", async () => {
     const ann = await open(cluster.gateways[0], "demo", "ann", "Ann");
-    const bob = await open(cluster.gateways[1], "demo", "bob", "Bob");
+    // Bob uses the room and name picker.
+    const bob = await (await browser.newContext({ viewport: { width: 960, height: 560 } })).newPage();
+    await bob.goto(`${cluster.gateways[1].url}/?user=bob`);
+    await status(bob, /^connected to lobby/);
+    await bob.fill("#room", "demo");
+    await bob.fill("#name", "Bob");
+    await bob.click("#join");
+    await status(bob, /^connected to demo/);
     await eventually("presence on both pages", async () => {
       const a = await ann.$$eval("#users li", (els) => els.map((e) => e.textContent));
       const b = await bob.$$eval("#users li", (els) => els.map((e) => e.textContent));

@@ -2,11 +2,12 @@
 // what an application sees through RoomsClient.
 
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 
 import { RoomsClient, RoomsError } from "../rooms-client.js";
-import { Cluster, eventually, httpGet } from "./cluster.mjs";
+import { binary, Cluster, eventually, freePort, httpGet } from "./cluster.mjs";
 
 const SECRET = "a-test-secret-of-32-bytes-length";
 const clients = [];
@@ -38,6 +39,18 @@ function jwt(claims) {
   return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
 }
 
+/** A counter's value in a Prometheus page. */
+function metric({ body }, name) {
+  const line = body.split("\n").find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(" ")[1]) : 0;
+}
+
+/** Runs `roomctl` against gateway `g`'s Admin API. */
+function roomctl(g, args) {
+  const admin = g.proc.lines.find((l) => l.includes("gateway serving")).match(/admin=(\S+)/)[1];
+  execFileSync(binary("roomctl"), ["--admin", `http://${admin}`, ...args]);
+}
+
 /** A raw WebSocket that collects frames, for what RoomsClient hides. */
 async function rawSocket(url) {
   const ws = new WebSocket(url);
@@ -49,6 +62,26 @@ async function rawSocket(url) {
   });
   return { ws, frames };
 }
+
+test("reconnect delays grow exponentially with jitter while nothing answers", async () => {
+  const port = await freePort(); // nothing listens there
+  const client = new RoomsClient({ url: `http://127.0.0.1:${port}`, room: "void", user: "v", minRetryDelay: 100, maxRetryDelay: 800 });
+  clients.push(client);
+  const delays = [];
+  client.on("state", ({ state, nextRetryAt }) => {
+    if (state === "reconnecting" && nextRetryAt) delays.push(nextRetryAt - Date.now());
+  });
+  await eventually("six retries", () => delays.length >= 6);
+  client.close();
+  assert.equal(client.state, "closed");
+  delays.slice(0, 6).forEach((delay, i) => {
+    const ceiling = Math.min(800, 100 * 2 ** i);
+    // Equal jitter: between half the ceiling and the ceiling (a few ms of slack for the clock).
+    assert.ok(delay >= ceiling / 2 - 5 && delay <= ceiling + 5, `retry ${i + 1}: ${delay} ms, ceiling ${ceiling}`);
+  });
+  const ceilings = delays.slice(0, 6).map((_, i) => Math.min(800, 100 * 2 ** i));
+  assert.ok(delays.slice(0, 6).some((d, i) => ceilings[i] - d > 5), "jittered, not the bare ceiling");
+});
 
 describe("one cluster", () => {
   let cluster;
@@ -178,18 +211,25 @@ describe("one cluster", () => {
     assert.equal(stale.seq, writer.seq);
   });
 
+  test("operator messages arrive as system events, in seq order with the rest", async () => {
+    const g = cluster.gateways[0];
+    const client = await connect({ url: g.url, room: "announce", user: "ola" });
+    const system = new Promise((resolve) => client.on("system", resolve));
+    await client.send("before the announcement");
+    roomctl(g, ["publish", "announce", "--data", '{"text":"maintenance at noon"}']);
+    const event = await system;
+    assert.deepEqual(event.data, { text: "maintenance at noon" });
+    assert.equal(event.seq, 2);
+    assert.deepEqual(client.messages.map((m) => m.type), ["chat", "system"]);
+  });
+
   test("gives up on 4001 (kicked), with the reason", async () => {
     const g = cluster.gateways[0];
     const kicked = await connect({ url: g.url, room: "kicks", user: "kim" });
     const closed = new Promise((resolve) => kicked.on("closed", resolve));
     const pending = kicked.send("about to go");
     await pending;
-    const admin = g.proc.lines.find((l) => l.includes("gateway serving")).match(/admin=(\S+)/)[1];
-    const { execFileSync } = await import("node:child_process");
-    const roomctl = new URL("../../../target/debug/roomctl", import.meta.url).pathname;
-    execFileSync(process.env.ROOMS_BIN_DIR ? `${process.env.ROOMS_BIN_DIR}/roomctl` : roomctl, [
-      "--admin", `http://${admin}`, "kick", "kicks", "kim", "--reason", "spamming",
-    ]);
+    roomctl(g, ["kick", "kicks", "kim", "--reason", "spamming"]);
     const reason = await closed;
     assert.equal(reason.code, 4001);
     assert.match(reason.reason, /spamming/);
@@ -360,5 +400,41 @@ describe("faults", () => {
     assert.deepEqual(ann.messages.map((m) => m.seq), seqs);
     assert.deepEqual(bob.messages.map((m) => m.seq), seqs);
     assert.deepEqual(texts(ann), texts(bob));
+  });
+});
+
+describe("a crash that takes a message along", () => {
+  // Its own cluster: the roomhost it kills stays in the member list.
+  let lost;
+  before(async () => {
+    lost = await Cluster.start({ roomhosts: 2, gateways: 2 });
+  });
+  after(async () => {
+    closeAll();
+    await lost?.stop();
+  });
+
+  test("a message lost with a crashed roomhost is sent again, and stored once", async () => {
+    const room = "lost-in-flight";
+    const g = lost.gateways[0];
+    const lou = await connect({ url: g.url, room, user: "lou", echoTimeout: 500 });
+    await lou.send("first");
+    const owner = lost.roomhosts[await lost.ownerOf(room)];
+    // Frozen, the owner takes the message into its socket buffer and never
+    // reads it; killed, it takes it along. The connection to the gateway stays.
+    owner.proc.child.kill("SIGSTOP");
+    const framesIn = async () => metric(await httpGet(g.http, "/metrics"), "rooms_gateway_frames_in_total");
+    const before = await framesIn();
+    const sending = lou.send("in flight");
+    await eventually("the gateway read it", async () => (await framesIn()) > before);
+    await owner.proc.kill("SIGKILL");
+    const stored = await sending;
+    assert.equal(stored.text, "in flight");
+    assert.deepEqual(texts(lou), ["first", "in flight"]);
+    assert.equal(stored.seq, 2);
+    // What the room stored, as a newcomer sees it: each message once.
+    const newcomer = await connect({ url: lost.gateways[1].url, room, user: "new" });
+    assert.deepEqual(texts(newcomer), ["first", "in flight"]);
+    assert.equal(newcomer.seq, 2, "stored once");
   });
 });

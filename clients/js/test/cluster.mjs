@@ -94,7 +94,7 @@ export class Proc {
   }
 }
 
-function binary(name) {
+export function binary(name) {
   const file = path.join(BIN_DIR, name);
   if (!existsSync(file)) throw new Error(`${file} is missing: run cargo build --workspace --bins first`);
   return file;
@@ -185,10 +185,18 @@ export class Cluster {
     return this.gateways[i];
   }
 
+  /** `GET /rooms/{room}` on the first gateway, retried while the room's
+   * owner is unreachable (a killed roomhost is still a member). */
+  async roomInfo(room) {
+    return eventually(`info of ${room}`, async () => {
+      const { status, body } = await httpGet(this.gateways[0].http, `/rooms/${room}`);
+      return status === 200 && JSON.parse(body);
+    });
+  }
+
   /** The index of the roomhost that owns `room` now. */
   async ownerOf(room) {
-    const { body } = await httpGet(this.gateways[0].http, `/rooms/${room}`);
-    const owner = JSON.parse(body).owner;
+    const { owner } = await this.roomInfo(room);
     const i = this.roomhosts.findIndex((r) => r.addr === owner);
     if (i < 0) throw new Error(`owner ${owner} unknown`);
     return i;
