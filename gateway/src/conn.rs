@@ -75,6 +75,9 @@ pub struct Outbox {
 struct OutboxState {
     queue: VecDeque<Outgoing>,
     closed: bool,
+    /// Items ever queued: tells a closing session whether answers are
+    /// still arriving.
+    pushed: u64,
 }
 
 impl OutboxState {
@@ -92,7 +95,7 @@ impl OutboxState {
 
 impl Outbox {
     pub fn new(capacity: usize) -> Arc<Self> {
-        let state = OutboxState { queue: VecDeque::new(), closed: false };
+        let state = OutboxState { queue: VecDeque::new(), closed: false, pushed: 0 };
         Arc::new(Self { state: Mutex::new(state), ready: Notify::new(), capacity: capacity.max(1) })
     }
 
@@ -110,6 +113,7 @@ impl Outbox {
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(item);
+        state.pushed += 1;
         drop(state);
         if was_empty {
             // A permit is kept if the writer is not waiting yet.
@@ -148,6 +152,19 @@ impl Outbox {
         state.queue = VecDeque::new();
         drop(state);
         self.ready.notify_one();
+    }
+
+    /// Refuses everything from now on; what is queued is still handed to
+    /// the writer, which then sees the end.
+    pub fn finish(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Whether nothing is queued, and how many items were ever queued.
+    pub fn activity(&self) -> (bool, u64) {
+        let state = self.lock();
+        (state.queue.is_empty(), state.pushed)
     }
 }
 
@@ -320,5 +337,19 @@ mod tests {
         }
         assert_eq!(writer.await.unwrap(), 500);
         assert!(outbox.lock().queue.capacity() <= KEPT_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn a_finished_outbox_hands_over_what_was_queued_then_ends() {
+        let outbox = Outbox::new(8);
+        let handle = ConnHandle::new(Arc::clone(&outbox), Arc::new(CloseSignal::default()));
+        handle.deliver(Arc::new(["a".into()]));
+        handle.deliver(Arc::new(["b".into()]));
+        outbox.finish();
+        assert_eq!(handle.deliver(Arc::new(["late".into()])), Delivery::Closed);
+        let mut got = Vec::new();
+        assert_eq!(outbox.recv_many(&mut got, 8).await, 2);
+        assert_eq!(outbox.recv_many(&mut got, 8).await, 0);
+        assert_eq!(outbox.activity(), (true, 2));
     }
 }

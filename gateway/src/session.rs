@@ -10,7 +10,7 @@ use rooms_proto::client::{self, ClientFrame, ErrorCode};
 use rooms_proto::host::{Chat, HistoryRequest, SetName, Typing, gateway_frame};
 use rooms_proto::server;
 use rooms_proto::{RoomId, UserId};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::conn::{
@@ -27,8 +27,14 @@ const WRITE_BATCH: usize = 64;
 /// After sending a close frame, how long the client gets to read it and
 /// answer before the socket is dropped (its frames meanwhile are discarded).
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
-/// Longest wait for a close frame to be written.
+/// Longest wait for a close frame to be written, after what was queued
+/// before it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client closed for what it sent (flood, oversized frame) first gets the
+/// answers to what was accepted before: the session waits until its queue
+/// has been quiet for [`SETTLE_QUIET`], at most this long.
+const SETTLE_MAX: Duration = Duration::from_secs(1);
+const SETTLE_QUIET: Duration = Duration::from_millis(100);
 
 /// Who is connecting where, established before the upgrade.
 pub struct Session {
@@ -68,10 +74,9 @@ pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: Sess
     // the connection, take no room in the session's state while it is idle.
     let link = Box::pin(env.links.dispatch(&room, join)).await;
     // The writer is its own task, woken only by frames to write: a delivery
-    // never polls the reader, the timers or the close signal.
-    let (stop_writer, stopped_writer) = oneshot::channel();
-    let mut writer =
-        tokio::spawn(write_frames(writer, Arc::clone(&outbox), env.ping_interval, stopped_writer));
+    // never polls the reader, the timers or the close signal. It ends when
+    // the outbox does, after writing what was queued.
+    let mut writer = tokio::spawn(write_frames(writer, Arc::clone(&outbox), env.ping_interval));
     // Set when the writer ended first (write error or closed queue).
     let mut written = None;
     // The client's close frame, if it closed first: answered with its code.
@@ -91,21 +96,38 @@ pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: Sess
                 signal.trigger(close_code::TOKEN_EXPIRED, "token expired; reconnect with a fresh one");
             }
         }
+        if signal
+            .get()
+            .is_some_and(|(code, _)| code == close_code::POLICY || code == close_code::TOO_BIG)
+        {
+            // The close comes after the answers (echoes, refusals) to what
+            // was accepted before it.
+            Box::pin(settle(&outbox)).await;
+        }
         Box::pin(link.send(LinkCmd::Leave { conn })).await;
     } else {
         signal.trigger(close_code::TRY_AGAIN_LATER, "room unavailable");
     }
 
     // Nothing more is queued for this socket (the link may still deliver
-    // until it processes the Leave).
-    outbox.close();
-    // The socket's write half comes back unless the writer ended on an error.
+    // until it processes the Leave). What is queued is written before the
+    // close frame, unless the client was too slow to take it.
+    if signal.get().is_some_and(|(code, _)| code == close_code::TRY_AGAIN_LATER) {
+        outbox.close();
+    } else {
+        outbox.finish();
+    }
+    // The socket's write half comes back unless the writer ended on an error
+    // or could not write what was queued in time.
     let writer = match written {
         Some(writer) => writer,
-        None => {
-            let _ = stop_writer.send(());
-            writer.await.ok().flatten()
-        }
+        None => match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await {
+            Ok(ended) => ended.ok().flatten(),
+            Err(_) => {
+                writer.abort();
+                None
+            }
+        },
     };
     if let Some(writer) = writer {
         Box::pin(close(writer, &mut reader, signal.get(), client_closed)).await;
@@ -136,15 +158,29 @@ async fn close(
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.shutdown()).await;
 }
 
-/// Writes queued frames, many per syscall, until `stop` (then hands the
-/// writer back) or a write fails (None). A socket that wrote nothing for a
-/// whole ping interval gets a ping, so proxies keep idle connections open;
+/// Waits until nothing is queued for the socket and nothing new arrived for
+/// [`SETTLE_QUIET`], at most [`SETTLE_MAX`].
+async fn settle(outbox: &Outbox) {
+    let deadline = tokio::time::Instant::now() + SETTLE_MAX;
+    let mut before = outbox.activity().1;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(SETTLE_QUIET).await;
+        let (empty, pushed) = outbox.activity();
+        if empty && pushed == before {
+            return;
+        }
+        before = pushed;
+    }
+}
+
+/// Writes queued frames, many per syscall, until the outbox ends (then hands
+/// the writer back) or a write fails (None). A socket that wrote nothing for
+/// a whole ping interval gets a ping, so proxies keep idle connections open;
 /// the timer is reset once per interval, not per frame.
 async fn write_frames(
     mut writer: Writer,
     outbox: Arc<Outbox>,
     ping_interval: Duration,
-    mut stop: oneshot::Receiver<()>,
 ) -> Option<Writer> {
     let ping = tokio::time::sleep(ping_interval);
     tokio::pin!(ping);
@@ -154,7 +190,6 @@ async fn write_frames(
     loop {
         tokio::select! {
             biased;
-            _ = &mut stop => return Some(writer),
             _ = outbox.recv_many(&mut batch, WRITE_BATCH) => {
                 if batch.is_empty() {
                     return Some(writer);

@@ -212,8 +212,14 @@ impl Cluster {
     }
 
     pub async fn spawn_roomhost(&self) -> Roomhost {
+        self.spawn_roomhost_at("127.0.0.1:0").await
+    }
+
+    /// A roomhost listening on `listen` (e.g. the address of one that died,
+    /// as a restarted pod keeps its name).
+    pub async fn spawn_roomhost_at(&self, listen: &str) -> Roomhost {
         let mut cmd = Command::new(binary("roomhost"));
-        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+        cmd.args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"]);
         if let Some(url) = self.redis_url() {
             cmd.args(["--redis", &url]);
         }

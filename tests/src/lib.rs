@@ -8,7 +8,9 @@
 //! * [`cluster`]: [`TestCluster`]: Redis + roomhosts + gateways.
 //! * [`client`]: a WebSocket client speaking the client protocol.
 //! * [`load`]: steady chat load for fault tests, and its verification.
+//! * [`checker`]: the history checker: safety and liveness of a recorded run.
 
+pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod load;

@@ -18,16 +18,19 @@ pub struct Outcome {
     pub user: String,
     /// (arrival, seq, text) of every chat, in arrival order.
     pub chats: Vec<(Instant, u64, String)>,
-    /// Texts of the chats it sent.
-    pub sent: Vec<String>,
+    /// (when, text) of the chats it sent; the text is also the client id.
+    pub sent: Vec<(Instant, String)>,
     /// `error` frames received (code).
     pub errors: Vec<String>,
-    /// The ids (= texts) the `error` frames named: which sends were refused.
-    pub refused: Vec<String>,
+    /// (arrival, id) of the ids the `error` frames named: which sends were
+    /// refused, and when.
+    pub refused: Vec<(Instant, String)>,
     /// Set if the server closed the connection (code).
     pub closed: Option<Option<u16>>,
     /// Presence events received before the load was stopped.
     pub joins_and_leaves: Vec<ServerFrame>,
+    /// When the load was told to stop (sending ended there).
+    pub stopped: Option<Instant>,
 }
 
 pub struct Load {
@@ -38,10 +41,16 @@ pub struct Load {
 impl Load {
     /// Starts `clients` (already joined), each sending every `every`.
     pub fn start(clients: Vec<(String, Client)>, every: Duration) -> Self {
+        Self::start_mixed(clients.into_iter().map(|(u, c)| (u, c, Some(every))).collect())
+    }
+
+    /// Starts `clients` (already joined): those with an interval send at
+    /// it, the others only receive.
+    pub fn start_mixed(clients: Vec<(String, Client, Option<Duration>)>) -> Self {
         let (stop, stopped) = watch::channel(false);
         let tasks = clients
             .into_iter()
-            .map(|(user, client)| tokio::spawn(drive(user, client, every, stopped.clone())))
+            .map(|(user, client, every)| tokio::spawn(drive(user, client, every, stopped.clone())))
             .collect();
         Self { stop, tasks }
     }
@@ -61,11 +70,12 @@ impl Load {
 async fn drive(
     user: String,
     mut client: Client,
-    every: Duration,
+    every: Option<Duration>,
     mut stop: watch::Receiver<bool>,
 ) -> Outcome {
     let mut outcome = Outcome { user: user.clone(), ..Outcome::default() };
-    let mut ticker = tokio::time::interval(every);
+    let sends = every.is_some();
+    let mut ticker = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
     let mut n = 0usize;
     let mut draining_until: Option<Instant> = None;
     loop {
@@ -73,16 +83,17 @@ async fn drive(
             break;
         }
         tokio::select! {
-            _ = ticker.tick(), if draining_until.is_none() => {
+            _ = ticker.tick(), if sends && draining_until.is_none() => {
                 let text = format!("{user}-{n}");
                 n += 1;
                 if !client.try_send_text(&serde_json::json!({"type": "chat", "text": text, "id": text}).to_string()).await {
                     outcome.closed.get_or_insert(None);
                     break;
                 }
-                outcome.sent.push(text);
+                outcome.sent.push((Instant::now(), text));
             }
             _ = stop.changed(), if draining_until.is_none() => {
+                outcome.stopped = Some(Instant::now());
                 draining_until = Some(Instant::now() + Duration::from_secs(3));
             }
             event = client.next_within(Duration::from_millis(200)) => match event {
@@ -91,7 +102,7 @@ async fn drive(
                 }
                 Some(Received::Frame(ServerFrame::Error { code, id, .. })) => {
                     outcome.errors.push(code);
-                    outcome.refused.extend(id);
+                    outcome.refused.extend(id.map(|id| (Instant::now(), id)));
                 }
                 // While draining, the others closing is no news.
                 Some(Received::Frame(frame @ (ServerFrame::Join { .. } | ServerFrame::Leave { .. })))
@@ -150,11 +161,25 @@ pub fn verify(outcomes: &[Outcome], all_sent_arrive: bool) -> Verified {
                 assert_eq!(&previous, text, "seq {seq} was given to two different events");
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        for (_, seq, text) in &outcome.chats {
+            assert!(
+                seen.insert(text),
+                "{}: `{text}` delivered twice (again as seq {seq})",
+                outcome.user
+            );
+        }
         refused += outcome.errors.len();
     }
     // Every message a sender got no error for arrived (at everyone, as checked
     // by contiguity over the common range).
     // Every refusal names the message it refused, so the check is per message.
+    let mut stored_as: std::collections::HashMap<&String, u64> = Default::default();
+    for (seq, text) in &events {
+        if let Some(first) = stored_as.insert(text, *seq) {
+            panic!("`{text}` stored twice: seq {first} and {seq}");
+        }
+    }
     let delivered: std::collections::HashSet<&String> = events.values().collect();
     let mut unacknowledged = 0;
     for outcome in outcomes {
@@ -164,10 +189,12 @@ pub fn verify(outcomes: &[Outcome], all_sent_arrive: bool) -> Verified {
             "{}: an error did not name the refused message",
             outcome.user
         );
-        let refused: std::collections::HashSet<&String> = outcome.refused.iter().collect();
+        let refused: std::collections::HashSet<&String> =
+            outcome.refused.iter().map(|(_, id)| id).collect();
         let unexplained: Vec<&String> = outcome
             .sent
             .iter()
+            .map(|(_, t)| t)
             .filter(|t| !delivered.contains(t) && !refused.contains(t))
             .collect();
         assert!(

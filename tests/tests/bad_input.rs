@@ -97,17 +97,40 @@ async fn floods_are_rate_limited_then_closed_with_1008() {
     assert!((40..=43).contains(&chats), "{chats} went through");
     assert_eq!(limited, 50 - chats, "the rest were refused with rate_limited");
 
-    // Sustained flooding: closed with 1008.
+    // Sustained flooding: closed with 1008 — after the answers to what came
+    // before the close: an echo for each accepted message, a refusal for
+    // each refused one, none missing.
     let mut flooder = gw.join("flood", "fred").await;
+    let mut sent = 0;
     for i in 0..200 {
-        if !flooder
-            .try_send_text(&json!({"type": "chat", "text": format!("flood {i}")}).to_string())
-            .await
-        {
+        let chat = json!({"type": "chat", "text": format!("flood {i}"), "id": format!("f{i}")});
+        if !flooder.try_send_text(&chat.to_string()).await {
             break; // already closed
         }
+        sent += 1;
     }
-    assert_eq!(flooder.closed().await, Some(1008));
+    let mut echoes = std::collections::BTreeSet::new();
+    let mut refused = std::collections::BTreeSet::new();
+    let code = loop {
+        match flooder.next_within(std::time::Duration::from_secs(15)).await {
+            Some(Received::Frame(ServerFrame::Chat { id: Some(id), .. })) => {
+                echoes.insert(id);
+            }
+            Some(Received::Frame(ServerFrame::Error { code, id: Some(id), .. })) => {
+                assert_eq!(code, "rate_limited");
+                refused.insert(id);
+            }
+            Some(Received::Frame(_)) => {}
+            Some(Received::Closed(code, _)) => break code,
+            None => panic!("no close"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    assert!(echoes.len() >= 40, "the burst's echoes came before the close: {}", echoes.len());
+    // Every refusal up to the one that tripped the flood limit (a burst's
+    // worth within a second) was answered too.
+    assert!(echoes.is_disjoint(&refused));
+    assert_eq!(refused.len(), 40, "refusals before the close (of {sent} sent)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
