@@ -41,8 +41,11 @@ pub const LINK_QUEUE: usize = 1024;
 pub const UPSTREAM_QUEUE: usize = 4096;
 /// A link without connections closes its stream after this long.
 pub const LINGER: Duration = Duration::from_secs(5);
-/// Longest wait for a roomhost to accept a room stream.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a roomhost to accept a room stream; past it the next
+/// ring member is asked.
+pub const OPEN_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a new link keeps trying to open its first stream.
+pub const FIRST_ATTACH_DEADLINE: Duration = Duration::from_secs(5);
 /// Client frames held per room while it moves; past it they are refused
 /// with `unavailable`.
 pub const HOLD_LIMIT: usize = 1024;
@@ -211,6 +214,8 @@ struct Link {
     pending: HashMap<u64, Instant>,
     /// Since when the room's frames have been held for a move.
     moving_since: Option<Instant>,
+    /// The roomhost of the current stream.
+    address: Option<String>,
 }
 
 fn frame(kind: gateway_frame::Kind) -> GatewayFrame {
@@ -226,8 +231,16 @@ fn text(bytes: Bytes) -> Option<Utf8Bytes> {
 /// What a frame from the roomhost asks the link to do next.
 enum Next {
     Continue,
-    /// Re-attach; to this address if not empty.
-    Reattach(String),
+    Reattach(Target),
+}
+
+/// Where to re-attach.
+enum Target {
+    /// Where a roomhost sent the room.
+    Redirect(String),
+    /// The ring's choice, skipping this roomhost first: it broke the stream
+    /// or said it cannot serve the room (its lease ran out).
+    Ring { avoid: Option<String> },
 }
 
 impl Link {
@@ -252,8 +265,10 @@ impl Link {
             bounces: 0,
             pending: HashMap::new(),
             moving_since: None,
+            address: None,
         };
-        if let Some(inbound) = link.reattach(&mut rx, String::new(), OPEN_TIMEOUT).await {
+        let first = Target::Ring { avoid: None };
+        if let Some(inbound) = link.reattach(&mut rx, first, FIRST_ATTACH_DEADLINE).await {
             link.serve(&mut rx, inbound).await;
         }
         link.links.metrics.room_links.dec();
@@ -274,9 +289,15 @@ impl Link {
                 },
                 message = inbound.message() => match message {
                     Ok(Some(message)) => self.deliver(message),
-                    Ok(None) | Err(_) => {
-                        tracing::warn!(room.id = %self.room, "room stream broke; re-attaching");
-                        Next::Reattach(String::new())
+                    Ok(None) => {
+                        tracing::warn!(room.id = %self.room, roomhost.addr = ?self.address, "room stream ended; re-attaching");
+                        Next::Reattach(Target::Ring { avoid: None })
+                    }
+                    Err(status) => {
+                        // A dead connection (crash, partition: found by the
+                        // HTTP/2 pings): that roomhost is skipped this time.
+                        tracing::warn!(room.id = %self.room, roomhost.addr = ?self.address, error = %status.message(), "room stream broke; re-attaching elsewhere");
+                        Next::Reattach(Target::Ring { avoid: self.address.clone() })
                     }
                 },
                 () = tokio::time::sleep(LINGER), if self.conns.is_empty() && self.held.is_none() => {
@@ -290,7 +311,7 @@ impl Link {
                 }
             };
             if let Next::Reattach(target) = next {
-                if !target.is_empty() {
+                if matches!(target, Target::Redirect(_)) {
                     self.links.metrics.redirects.inc();
                 }
                 self.moving_since.get_or_insert_with(Instant::now);
@@ -310,11 +331,14 @@ impl Link {
     async fn reattach(
         &mut self,
         rx: &mut mpsc::Receiver<LinkCmd>,
-        mut target: String,
+        target: Target,
         deadline: Duration,
     ) -> Option<Streaming<HostFrame>> {
         let started = tokio::time::Instant::now();
-        let mut unreachable: Vec<String> = Vec::new();
+        let (mut target, mut unreachable) = match target {
+            Target::Redirect(address) => (Some(address), Vec::new()),
+            Target::Ring { avoid } => (None, avoid.into_iter().collect()),
+        };
         let mut attempt: u32 = 0;
         self.bounces += 1;
         if self.bounces > 3 {
@@ -332,9 +356,9 @@ impl Link {
             // or the ring's first choice is unreachable: the roomhost asked
             // may serve the room even if its own ring says otherwise, once it
             // holds the lease (waiting out an unreachable owner's lease).
-            let redirected = !target.is_empty();
-            let address = if redirected {
-                Some(std::mem::take(&mut target))
+            let redirected = target.is_some();
+            let address = if let Some(address) = target.take() {
+                Some(address)
             } else {
                 let members = ring.members().iter().filter(|m| !unreachable.contains(m)).cloned();
                 Ring::new(members, 0).owner(&self.room).map(str::to_owned)
@@ -416,6 +440,7 @@ impl Link {
         self.upstream = upstream;
         self.attached = true;
         self.streaming = true;
+        self.address = Some(address.to_owned());
         Ok(response.into_inner())
     }
 
@@ -581,7 +606,14 @@ impl Link {
             }
             Some(host_frame::Kind::Moved(moved)) => {
                 tracing::debug!(room.id = %self.room, target = %moved.address, "room moved");
-                return Next::Reattach(moved.address);
+                // No address: that roomhost cannot serve the room (it lost
+                // its lease, or its store is unreachable): ask the ring
+                // without it.
+                return Next::Reattach(if moved.address.is_empty() {
+                    Target::Ring { avoid: self.address.clone() }
+                } else {
+                    Target::Redirect(moved.address)
+                });
             }
             None => {}
         }

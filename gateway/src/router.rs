@@ -14,7 +14,9 @@ use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A roomhost that does not accept a connection within this is skipped
+/// (the next ring member serves its rooms once their leases allow).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Flow-control windows sized for thousands of room streams on one connection.
 pub const STREAM_WINDOW: u32 = 1 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
@@ -74,8 +76,8 @@ impl Router {
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(roomhost::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(roomhost::KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
         let client =
             RoomHostClient::with_interceptor(endpoint.connect_lazy(), propagate as Propagate)

@@ -41,6 +41,14 @@ use store::{MemoryStore, Owner, RedisStore, Store, StoreError};
 pub const MAX_CONCURRENT_STREAMS: u32 = 100_000;
 pub const STREAM_WINDOW: u32 = 1 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// HTTP/2 pings between gateways and roomhosts, both ways: a peer that
+/// does not answer one within [`KEEPALIVE_TIMEOUT`] (crashed, frozen, or
+/// behind a network partition that drops packets silently) has its
+/// connection closed, which ends every room stream on it at once, instead
+/// of waiting minutes for TCP to give up. One ping per connection, not per
+/// room, so it costs nothing per room.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoomhostError {
@@ -133,8 +141,8 @@ pub async fn run(
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(RoomHostServer::new(service).max_decoding_message_size(1 << 20))
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;

@@ -158,8 +158,8 @@ impl Registry {
         _done: mpsc::Sender<()>,
         fallback: bool,
     ) {
-        let lease = match self.take_lease(&room, fallback).await {
-            Ok(lease) => lease,
+        let (lease, lease_until) = match self.take_lease(&room, fallback).await {
+            Ok(taken) => taken,
             Err(holder) => {
                 // Someone else serves the room: send everyone there.
                 self.remove_if(&room, generation);
@@ -194,21 +194,29 @@ impl Registry {
         self.metrics.rooms_loaded.inc();
         let settings = Arc::clone(&self.settings);
         let store = self.store.clone();
-        Room::new(room, generation, loaded, store, settings, self, lease).run(rx).await;
+        Room::new(room, generation, loaded, store, settings, self, (lease, lease_until))
+            .run(rx)
+            .await;
     }
 
-    /// Takes the room's lease. If another roomhost holds it: with `fallback`
-    /// (that holder looked dead to a gateway) wait for it to expire, for at
-    /// most a lease TTL and a second; else, or then, answer the holder's
-    /// address.
-    async fn take_lease(&self, room: &RoomId, fallback: bool) -> Result<Lease, String> {
+    /// Takes the room's lease, with the moment until which it surely holds.
+    /// If another roomhost holds it: with `fallback` (a gateway could not
+    /// reach that holder) claim it — a live holder hands the room over at
+    /// its next renewal, a dead one's lease expires — and wait, for at most
+    /// a lease TTL and a second; else, or then, answer the holder's address.
+    async fn take_lease(
+        &self,
+        room: &RoomId,
+        fallback: bool,
+    ) -> Result<(Lease, tokio::time::Instant), String> {
         let me = &self.settings.owner;
         let ttl = self.settings.lease_ttl;
         let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(1);
         let mut failures = 0;
         loop {
-            match self.store.acquire(room, me, ttl).await {
-                Ok(Acquired::Ours(lease)) => return Ok(lease),
+            let started = tokio::time::Instant::now();
+            match self.store.acquire(room, me, ttl, fallback).await {
+                Ok(Acquired::Ours(lease)) => return Ok((lease, started + ttl)),
                 Ok(Acquired::HeldBy(holder)) => {
                     if !fallback || tokio::time::Instant::now() > deadline {
                         return Err(holder.address().to_owned());

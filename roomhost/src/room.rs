@@ -32,7 +32,7 @@ use crate::dedup::Dedup;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{
-    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Store, StoreError,
+    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, Store, StoreError,
 };
 
 /// Most commands handled in one turn (one group commit).
@@ -189,6 +189,10 @@ pub(crate) struct Room {
     /// the next write so seqs continue from what the store really holds.
     stale: bool,
     lease: Lease,
+    /// Until when the lease surely holds by this process's clock: the start
+    /// of the last call that took or renewed it, plus the TTL. Past it the
+    /// room may already be served elsewhere, so this actor stops serving.
+    lease_until: Instant,
     /// A commit found the lease gone: re-check it before anything else.
     lease_suspect: bool,
     moving: Option<MoveState>,
@@ -196,6 +200,18 @@ pub(crate) struct Room {
     reported: (i64, i64),
     /// The last commit was large: the next turn lingers for more.
     busy: bool,
+}
+
+/// What renewing the lease found.
+enum LeaseCheck {
+    Held,
+    /// The store says the lease is not ours: re-check before the next write.
+    Suspect,
+    /// Still ours, but gateways that could not reach us went to this
+    /// roomhost: hand the room over to it.
+    Claimed(String),
+    /// The store could not confirm the lease before it ran out.
+    Lapsed,
 }
 
 /// A handoff in progress.
@@ -217,7 +233,7 @@ impl Room {
         store: Store,
         settings: Arc<RoomSettings>,
         registry: Arc<Registry>,
-        lease: Lease,
+        (lease, lease_until): (Lease, Instant),
     ) -> Self {
         let mut room = Self {
             id,
@@ -237,6 +253,7 @@ impl Room {
             staged: Staged::default(),
             stale: false,
             lease,
+            lease_until,
             lease_suspect: false,
             moving: None,
             reported: (0, 0),
@@ -272,7 +289,20 @@ impl Room {
                     None => break,
                 },
                 _ = renew.tick() => {
-                    self.lease_suspect |= !self.renew_lease().await;
+                    match self.renew_lease().await {
+                        LeaseCheck::Held => {}
+                        LeaseCheck::Suspect => self.lease_suspect = true,
+                        LeaseCheck::Claimed(by) => self.begin_move(by, true),
+                        LeaseCheck::Lapsed => {
+                            // Nothing can be stored without the lease, and
+                            // another roomhost may take the room now: stop
+                            // serving, and send the gateways elsewhere.
+                            tracing::warn!(room.id = %self.id, "lease could not be renewed in time; giving the room up");
+                            self.lease_suspect = true;
+                            self.begin_move(String::new(), false);
+                            return self.finish_move(rx).await;
+                        }
+                    }
                     None
                 }
                 () = sleep_until(idle_at), if idle_at.is_some() && self.moving.is_none() => {
@@ -327,16 +357,30 @@ impl Room {
         tracing::debug!(room.id = %self.id, "room stopped");
     }
 
-    /// Extends the lease; false if it is no longer ours. A store error keeps
-    /// it (commits are fenced anyway) and is retried at the next tick.
-    async fn renew_lease(&mut self) -> bool {
+    /// Extends the lease, waiting for the store at most as long as the lease
+    /// surely holds. A store error is retried at the next tick while the
+    /// lease still holds (commits are fenced anyway).
+    async fn renew_lease(&mut self) -> LeaseCheck {
         let (me, ttl) = (&self.settings.owner, self.settings.lease_ttl);
-        match self.store.renew(&self.id, me, self.lease, ttl).await {
-            Ok(ours) => ours,
-            Err(error) => {
-                tracing::warn!(room.id = %self.id, %error, "lease renewal failed; retrying");
-                true
+        let started = Instant::now();
+        let left = self.lease_until.saturating_duration_since(started);
+        let renewal = tokio::time::timeout(left, self.store.renew(&self.id, me, self.lease, ttl));
+        match renewal.await {
+            Ok(Ok(Renewal::Ours)) => {
+                self.lease_until = started + ttl;
+                LeaseCheck::Held
             }
+            Ok(Ok(Renewal::Claimed(by))) => {
+                self.lease_until = started + ttl;
+                tracing::info!(room.id = %self.id, claimant = %by.0, "a gateway could not reach this roomhost; handing the room to the roomhost it reached");
+                LeaseCheck::Claimed(by.address().to_owned())
+            }
+            Ok(Ok(Renewal::Lost)) => LeaseCheck::Suspect,
+            Ok(Err(error)) if Instant::now() < self.lease_until => {
+                tracing::warn!(room.id = %self.id, %error, "lease renewal failed; retrying");
+                LeaseCheck::Held
+            }
+            Ok(Err(_)) | Err(_) => LeaseCheck::Lapsed,
         }
     }
 
@@ -344,8 +388,10 @@ impl Room {
     /// is then reloaded), else hand the room to its holder. False: moving.
     async fn recheck_lease(&mut self) -> bool {
         let (me, ttl) = (&self.settings.owner, self.settings.lease_ttl);
-        match self.store.acquire(&self.id, me, ttl).await {
+        let started = Instant::now();
+        match self.store.acquire(&self.id, me, ttl, false).await {
             Ok(Acquired::Ours(lease)) => {
+                self.lease_until = started + ttl;
                 if lease != self.lease {
                     tracing::warn!(room.id = %self.id, fence = lease.fence, "lease had expired; took it again");
                     self.lease = lease;

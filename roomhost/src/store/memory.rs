@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use rooms_proto::RoomId;
 
 use super::{
-    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, StoreError, new_epoch,
+    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, StoreError,
+    new_epoch,
 };
 
 #[derive(Clone)]
@@ -25,6 +26,8 @@ struct MemRoom {
     events: VecDeque<Event>,
     fence: u64,
     lease: Option<(String, u64, Instant)>,
+    /// Who claimed the lease, until when.
+    claim: Option<(String, Instant)>,
 }
 
 impl MemRoom {
@@ -51,6 +54,7 @@ impl MemoryStore {
             events: VecDeque::new(),
             fence: 0,
             lease: None,
+            claim: None,
         });
         f(entry)
     }
@@ -68,10 +72,13 @@ impl MemoryStore {
         })
     }
 
-    pub fn acquire(&self, room: &RoomId, me: &Owner, ttl: Duration) -> Acquired {
+    pub fn acquire(&self, room: &RoomId, me: &Owner, ttl: Duration, claim: bool) -> Acquired {
         self.with_room(room, |r| {
             if let Some((owner, fence, _)) = r.holder().cloned() {
                 if owner != me.0 {
+                    if claim {
+                        r.claim = Some((me.0.clone(), Instant::now() + ttl));
+                    }
                     return Acquired::HeldBy(Owner(owner));
                 }
                 r.lease = Some((owner, fence, Instant::now() + ttl));
@@ -79,17 +86,23 @@ impl MemoryStore {
             }
             r.fence += 1;
             r.lease = Some((me.0.clone(), r.fence, Instant::now() + ttl));
+            r.claim = None;
             Acquired::Ours(Lease { fence: r.fence })
         })
     }
 
-    pub fn renew(&self, room: &RoomId, me: &Owner, lease: Lease, ttl: Duration) -> bool {
+    pub fn renew(&self, room: &RoomId, me: &Owner, lease: Lease, ttl: Duration) -> Renewal {
         self.with_room(room, |r| {
-            let ours = r.holds(me, lease);
-            if ours {
-                r.lease = Some((me.0.clone(), lease.fence, Instant::now() + ttl));
+            if !r.holds(me, lease) {
+                return Renewal::Lost;
             }
-            ours
+            r.lease = Some((me.0.clone(), lease.fence, Instant::now() + ttl));
+            match &r.claim {
+                Some((by, until)) if *until > Instant::now() && *by != me.0 => {
+                    Renewal::Claimed(Owner(by.clone()))
+                }
+                _ => Renewal::Ours,
+            }
         })
     }
 

@@ -97,6 +97,18 @@ pub enum Acquired {
     HeldBy(Owner),
 }
 
+/// What renewing a lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours, for another TTL.
+    Ours,
+    /// Still ours, but another roomhost claimed the room: gateways that
+    /// cannot reach us were sent there, so the room should move to it.
+    Claimed(Owner),
+    /// No longer ours.
+    Lost,
+}
+
 /// The storage backend of a roomhost.
 #[derive(Clone)]
 pub enum Store {
@@ -129,26 +141,29 @@ impl Store {
     }
 
     /// Takes the room's lease for `ttl` if it is free (or already ours).
+    /// With `claim`, a lease held by another roomhost is claimed for `ttl`:
+    /// its holder learns it at its next renewal and hands the room over.
     pub async fn acquire(
         &self,
         room: &RoomId,
         me: &Owner,
         ttl: Duration,
+        claim: bool,
     ) -> Result<Acquired, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.acquire(room, me, ttl)),
-            Self::Redis(s) => s.acquire(room, me, ttl).await,
+            Self::Memory(s) => Ok(s.acquire(room, me, ttl, claim)),
+            Self::Redis(s) => s.acquire(room, me, ttl, claim).await,
         }
     }
 
-    /// Extends our lease; false if it is no longer ours.
+    /// Extends our lease, and tells whether another roomhost claimed it.
     pub async fn renew(
         &self,
         room: &RoomId,
         me: &Owner,
         lease: Lease,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Renewal, StoreError> {
         match self {
             Self::Memory(s) => Ok(s.renew(room, me, lease, ttl)),
             Self::Redis(s) => s.renew(room, me, lease, ttl).await,

@@ -8,6 +8,9 @@
 //! * `rooms:{R}:meta`: a hash with `epoch`, `seq` (latest persisted) and
 //!   `fence` (the fencing counter, +1 on every change of owner).
 //! * `rooms:{R}:lease`: a hash `owner`, `fence` that expires unless renewed.
+//! * `rooms:{R}:claim`: the roomhost that wants the room because gateways
+//!   could not reach its owner (expires after a lease TTL); the owner sees
+//!   it when renewing and hands the room over.
 //!
 //! Keys are built only from validated [`RoomId`]s; user input is only ever a
 //! command argument, never part of a command.
@@ -30,7 +33,8 @@ use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Script, Value, cmd, 
 use rooms_proto::RoomId;
 
 use super::{
-    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, StoreError, new_epoch,
+    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, StoreError,
+    new_epoch,
 };
 
 /// A Redis call that takes longer fails, so a stuck Redis turns into
@@ -60,7 +64,8 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            // KEYS: lease, meta. ARGV: me, ttl_ms. -> {1, fence} | {0, holder}
+            // KEYS: lease, meta, claim. ARGV: me, ttl_ms, claim (0|1).
+            // -> {1, fence} | {0, holder}
             acquire: Script::new(
                 r"
                 local owner = redis.call('HGET', KEYS[1], 'owner')
@@ -68,22 +73,31 @@ impl Scripts {
                   redis.call('PEXPIRE', KEYS[1], ARGV[2])
                   return {1, redis.call('HGET', KEYS[1], 'fence')}
                 end
-                if owner then return {0, owner} end
+                if owner then
+                  if ARGV[3] == '1' then
+                    redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+                  end
+                  return {0, owner}
+                end
                 local fence = redis.call('HINCRBY', KEYS[2], 'fence', 1)
                 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence)
                 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+                redis.call('DEL', KEYS[3])
                 return {1, tostring(fence)}
                 ",
             ),
-            // KEYS: lease. ARGV: me, fence, ttl_ms. -> 1 | 0
+            // KEYS: lease, claim. ARGV: me, fence, ttl_ms.
+            // -> {1, claimant or ''} | {0, ''}
             renew: Script::new(
                 r"
                 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
                    and redis.call('HGET', KEYS[1], 'fence') == ARGV[2] then
                   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-                  return 1
+                  local claim = redis.call('GET', KEYS[2])
+                  if claim and claim ~= ARGV[1] then return {1, claim} end
+                  return {1, ''}
                 end
-                return 0
+                return {0, ''}
                 ",
             ),
             // KEYS: lease. ARGV: me, fence. -> 1 | 0
@@ -126,6 +140,7 @@ struct Keys {
     names: String,
     meta: String,
     lease: String,
+    claim: String,
 }
 
 impl Keys {
@@ -135,6 +150,7 @@ impl Keys {
             names: format!("rooms:{{{room}}}:names"),
             meta: format!("rooms:{{{room}}}:meta"),
             lease: format!("rooms:{{{room}}}:lease"),
+            claim: format!("rooms:{{{room}}}:claim"),
         }
     }
 }
@@ -147,14 +163,56 @@ fn stream_id(seq: u64) -> String {
 /// each node of a Redis Cluster (commands routed by their keys' slot).
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
+    Single(Arc<Single>),
     Cluster(ClusterConnection),
+}
+
+/// The connection to one server. The connection manager reconnects when the
+/// connection drops, but not when a call times out: a connection whose
+/// packets vanish (a network partition) would stay stuck in TCP's
+/// retransmission backoff long after the network healed. So a timed-out
+/// call replaces the connection; the next call opens a fresh one.
+struct Single {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// (generation, connection): a timeout replaces only the connection it
+    /// happened on, so a burst of timeouts reconnects once.
+    current: std::sync::Mutex<(u64, ConnectionManager)>,
+}
+
+impl Single {
+    fn current(&self) -> (u64, ConnectionManager) {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces connection `generation` after `result` timed out on it.
+    fn check<T>(&self, generation: u64, result: &redis::RedisResult<T>) {
+        if !result.as_ref().is_err_and(redis::RedisError::is_timeout) {
+            return;
+        }
+        let fresh =
+            match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            {
+                Ok(fresh) => fresh,
+                Err(error) => return tracing::warn!(%error, "cannot replace the Redis connection"),
+            };
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 == generation {
+            tracing::warn!("a Redis call timed out; reconnecting");
+            *current = (generation + 1, fresh);
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Single(single) => Box::pin(async move {
+                let (generation, mut conn) = single.current();
+                let result = conn.req_packed_command(cmd).await;
+                single.check(generation, &result);
+                result
+            }),
             Conn::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -166,14 +224,19 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Single(single) => Box::pin(async move {
+                let (generation, mut conn) = single.current();
+                let result = conn.req_packed_commands(pipeline, offset, count).await;
+                single.check(generation, &result);
+                result
+            }),
             Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(conn) => conn.get_db(),
+            Conn::Single(single) => single.current().1.get_db(),
             Conn::Cluster(conn) => conn.get_db(),
         }
     }
@@ -220,7 +283,10 @@ impl RedisStore {
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_number_of_retries(2);
-                Conn::Single(ConnectionManager::new_with_config(client, config).await?)
+                let conn =
+                    ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+                let current = std::sync::Mutex::new((0, conn));
+                Conn::Single(Arc::new(Single { client, config, current }))
             }
         };
         Ok(Self { conn, history_limit: history_limit.max(1), scripts: Arc::new(Scripts::new()) })
@@ -305,6 +371,7 @@ impl RedisStore {
         room: &RoomId,
         me: &Owner,
         ttl: Duration,
+        claim: bool,
     ) -> Result<Acquired, StoreError> {
         let keys = Keys::of(room);
         let mut conn = self.conn.clone();
@@ -313,8 +380,10 @@ impl RedisStore {
             .acquire
             .key(&keys.lease)
             .key(&keys.meta)
+            .key(&keys.claim)
             .arg(&me.0)
             .arg(ttl.as_millis() as u64)
+            .arg(if claim { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         if ours == 1 {
@@ -331,19 +400,24 @@ impl RedisStore {
         me: &Owner,
         lease: Lease,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Renewal, StoreError> {
         let keys = Keys::of(room);
         let mut conn = self.conn.clone();
-        let renewed: i64 = self
+        let (renewed, claimant): (i64, String) = self
             .scripts
             .renew
             .key(&keys.lease)
+            .key(&keys.claim)
             .arg(&me.0)
             .arg(lease.fence)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok(renewed == 1)
+        Ok(match (renewed, claimant.is_empty()) {
+            (1, true) => Renewal::Ours,
+            (1, false) => Renewal::Claimed(Owner(claimant)),
+            _ => Renewal::Lost,
+        })
     }
 
     pub async fn release(&self, room: &RoomId, me: &Owner, lease: Lease) -> Result<(), StoreError> {
