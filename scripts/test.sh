@@ -17,6 +17,8 @@ apt_install() {  # packages
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+# Network-fault tests build namespaces, veth pairs and tc filters.
+command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || apt_install iproute2
 command -v node >/dev/null 2>&1 || apt_install nodejs npm
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || apt_install chromium
 

@@ -188,6 +188,8 @@ pub(crate) struct Room {
     /// The last commit failed and may or may not have landed: reload before
     /// the next write so seqs continue from what the store really holds.
     stale: bool,
+    /// Reloading failed in this turn (its other writes are refused at once).
+    reload_failed: bool,
     lease: Lease,
     /// Until when the lease surely holds by this process's clock: the start
     /// of the last call that took or renewed it, plus the TTL. Past it the
@@ -252,6 +254,7 @@ impl Room {
             presence: HashMap::new(),
             staged: Staged::default(),
             stale: false,
+            reload_failed: false,
             lease,
             lease_until,
             lease_suspect: false,
@@ -284,10 +287,8 @@ impl Room {
             let idle_at = empty_since.map(|since| since + self.settings.idle_timeout);
             let move_at = self.moving.as_ref().map(|m| m.deadline);
             let first = tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => Some(cmd),
-                    None => break,
-                },
+                // Renewals first: a busy room must not outlive its lease.
+                biased;
                 _ = renew.tick() => {
                     match self.renew_lease().await {
                         LeaseCheck::Held => {}
@@ -305,6 +306,10 @@ impl Room {
                     }
                     None
                 }
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => Some(cmd),
+                    None => break,
+                },
                 () = sleep_until(idle_at), if idle_at.is_some() && self.moving.is_none() => {
                     return self.hibernate(rx).await;
                 }
@@ -315,6 +320,7 @@ impl Room {
             };
             if let Some(first) = first {
                 let turn = Instant::now();
+                self.reload_failed = false;
                 self.handle(first).await;
                 let mut taken = 1;
                 while taken < MAX_BATCH {
@@ -830,6 +836,11 @@ impl Room {
     /// The seq the next staged event gets, reloading first if the last commit
     /// failed. None when the store cannot be reached.
     async fn next_seq(&mut self) -> Option<u64> {
+        if self.stale && self.reload_failed {
+            // The store did not answer this turn: refuse the rest at once
+            // rather than waiting for it once per message.
+            return None;
+        }
         if self.stale {
             match self.store.load(&self.id).await {
                 Ok(loaded) => {
@@ -852,6 +863,7 @@ impl Room {
                 }
                 Err(error) => {
                     tracing::warn!(room.id = %self.id, %error, "reload after a failed write failed");
+                    self.reload_failed = true;
                     return None;
                 }
             }

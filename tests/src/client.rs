@@ -32,6 +32,25 @@ impl Client {
         Ok(Self { ws })
     }
 
+    /// Connects over an already open TCP connection (e.g. one made inside a
+    /// network namespace).
+    pub async fn connect_over(url: &str, stream: TcpStream) -> Result<Self, tungstenite::Error> {
+        let handshake = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream));
+        let (ws, _) = tokio::time::timeout(DEADLINE, handshake)
+            .await
+            .map_err(|_| tungstenite::Error::ConnectionClosed)??;
+        Ok(Self { ws })
+    }
+
+    /// Reads `welcome` and `history` after connecting.
+    pub async fn welcomed(mut self) -> (Self, ServerFrame, ServerFrame) {
+        let welcome = self.frame().await;
+        assert!(matches!(welcome, ServerFrame::Welcome { .. }), "first frame: {welcome:?}");
+        let history = self.frame().await;
+        assert!(matches!(history, ServerFrame::History { .. }), "second frame: {history:?}");
+        (self, welcome, history)
+    }
+
     /// Connects and reads `welcome` and `history`, returning them.
     pub async fn join(url: &str) -> (Self, ServerFrame, ServerFrame) {
         let mut client = Self::connect(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));

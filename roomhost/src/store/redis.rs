@@ -185,6 +185,25 @@ impl Single {
         self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Runs a call on the current connection, bounded by [`RESPONSE_TIMEOUT`]
+    /// whatever it waits for (a reply, or a connection being made).
+    async fn call<T, F>(&self, call: impl FnOnce(ConnectionManager) -> F) -> redis::RedisResult<T>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let (generation, conn) = self.current();
+        let result = match tokio::time::timeout(RESPONSE_TIMEOUT, call(conn)).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "Redis did not answer in time",
+            )
+            .into()),
+        };
+        self.check(generation, &result);
+        result
+    }
+
     /// Replaces connection `generation` after `result` timed out on it.
     fn check<T>(&self, generation: u64, result: &redis::RedisResult<T>) {
         if !result.as_ref().is_err_and(redis::RedisError::is_timeout) {
@@ -207,12 +226,9 @@ impl Single {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(single) => Box::pin(async move {
-                let (generation, mut conn) = single.current();
-                let result = conn.req_packed_command(cmd).await;
-                single.check(generation, &result);
-                result
-            }),
+            Conn::Single(single) => Box::pin(
+                single.call(move |mut conn| async move { conn.req_packed_command(cmd).await }),
+            ),
             Conn::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -224,12 +240,9 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(single) => Box::pin(async move {
-                let (generation, mut conn) = single.current();
-                let result = conn.req_packed_commands(pipeline, offset, count).await;
-                single.check(generation, &result);
-                result
-            }),
+            Conn::Single(single) => Box::pin(single.call(move |mut conn| async move {
+                conn.req_packed_commands(pipeline, offset, count).await
+            })),
             Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
