@@ -97,8 +97,12 @@ export interface RoomsClientOptions {
   maxQueue?: number;
   /** Live events kept in `messages` (1000); the oldest are dropped first. */
   maxMessages?: number;
-  /** Retries of a send refused as `unavailable` (5). */
+  /** Retries of a send refused as `unavailable` or `rate_limited` (5). */
   unavailableRetries?: number;
+  /** Chats sent per second at most (10), after a burst of sendBurst (20): a queue sent after a
+   * reconnect stays within the gateway's rate limit. */
+  sendRate?: number;
+  sendBurst?: number;
   /** A send with neither its echo nor an error after echoTimeout (5000) is sent again (same id),
    * at most maxResends (5) times, then rejects with `timeout`. */
   echoTimeout?: number;

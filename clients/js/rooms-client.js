@@ -25,7 +25,9 @@ const DEFAULTS = {
   requestTimeout: 15_000, // a `loadMore` without an answer rejects with `timeout`
   maxQueue: 100, // sends not yet echoed; past it `send` rejects with `queue_full`
   maxMessages: 1000, // live events kept in `messages`; the oldest go first
-  unavailableRetries: 5, // an `unavailable` send is retried this often
+  unavailableRetries: 5, // an `unavailable` or `rate_limited` send is retried this often
+  sendRate: 10, // chats sent per second at most (the gateway allows 20, burst 40) ...
+  sendBurst: 20, // ... after a burst of this many: a queue sent after a reconnect is paced
   echoTimeout: 5_000, // a send without its echo (nor an error) this long is sent again
   maxResends: 5, // ... this often; then it rejects with `timeout`
   typingInterval: 2_000, // `typing()` sends at most once per interval
@@ -145,6 +147,12 @@ export class RoomsClient {
     this._lastTyping = 0;
     this._onOnline = () => this._retryNow();
     globalThis.addEventListener?.("online", this._onOnline);
+    // The browser knows the network is gone: do not sit on a stalled socket.
+    this._onOffline = () => this._ws && this._drop("browser offline");
+    globalThis.addEventListener?.("offline", this._onOffline);
+    this._tokens = this.options.sendBurst;
+    this._tokensAt = Date.now();
+    this._paceTimer = null;
     // Connect once the caller has attached its listeners.
     queueMicrotask(() => this._connect());
   }
@@ -412,6 +420,8 @@ export class RoomsClient {
     this._ws = null;
     this._disconnected();
     globalThis.removeEventListener?.("online", this._onOnline);
+    globalThis.removeEventListener?.("offline", this._onOffline);
+    clearTimeout(this._paceTimer);
     this.closeReason = { code, reason };
     const error = new RoomsError("closed", reason);
     error.closeCode = code;
@@ -444,9 +454,34 @@ export class RoomsClient {
   _transmit(id) {
     const p = this._pending.get(id);
     if (!p || p.sent) return;
-    p.sent = true;
-    p.sentAt = Date.now();
-    this._raw({ type: "chat", text: p.text, id });
+    p.due = true;
+    this._pump();
+  }
+
+  /** Sends due chats in order, within `sendRate`/`sendBurst`, so that a
+   * queue sent at once after a reconnect is not refused `rate_limited`;
+   * what does not fit waits for the next token. */
+  _pump() {
+    clearTimeout(this._paceTimer);
+    this._paceTimer = null;
+    if (!this._live()) return;
+    const { sendRate, sendBurst } = this.options;
+    const now = Date.now();
+    this._tokens = Math.min(sendBurst, this._tokens + ((now - this._tokensAt) * sendRate) / 1000);
+    this._tokensAt = now;
+    for (const [id, p] of this._pending) {
+      if (p.sent || !p.due) continue;
+      if (this._tokens < 1) {
+        const wait = Math.ceil(((1 - this._tokens) * 1000) / sendRate);
+        this._paceTimer = setTimeout(() => this._pump(), wait);
+        return;
+      }
+      this._tokens -= 1;
+      p.sent = true;
+      p.due = false;
+      p.sentAt = now;
+      this._raw({ type: "chat", text: p.text, id });
+    }
   }
 
   /** Sends again what got neither its echo nor an error in time: a message
@@ -637,8 +672,11 @@ export class RoomsClient {
   _onError(frame) {
     const p = frame.id ? this._pending.get(frame.id) : undefined;
     if (p) {
-      if (frame.code === "unavailable" && p.retries < this.options.unavailableRetries) {
-        // The room is moving or its store hiccuped: the server asks for a retry.
+      const temporary = frame.code === "unavailable" || frame.code === "rate_limited";
+      if (temporary && p.retries < this.options.unavailableRetries) {
+        // The room is moving, its store hiccuped, or we sent too fast: the
+        // server asks for a retry.
+        if (frame.code === "rate_limited") this._tokens = 0;
         p.retries += 1;
         p.sent = false;
         const delay = 200 * 2 ** p.retries;

@@ -345,6 +345,21 @@ describe("faults", () => {
     assert.deepEqual(texts(bob), expected);
   });
 
+  test("sixty messages written offline all go out after the reconnect, paced under the rate limit", async () => {
+    const fast = { minRetryDelay: 100, maxRetryDelay: 400 };
+    const cy = await connect({ url: cluster.gateways[0].url, room: "paced", user: "cy", ...fast });
+    const refused = [];
+    cy.on("error", (e) => refused.push(e.code));
+    let sends;
+    await cluster.restartGateway(0, async () => {
+      await until(cy, "reconnecting");
+      sends = Array.from({ length: 60 }, (_, i) => cy.send(`offline ${i}`));
+    });
+    const stored = await Promise.all(sends);
+    assert.deepEqual(stored.map((m) => m.text), Array.from({ length: 60 }, (_, i) => `offline ${i}`));
+    assert.deepEqual(refused, [], "nothing was refused");
+  });
+
   test("a resume older than retention reports a gap and restarts from what is stored", async () => {
     const g = cluster.gateways[0];
     const writer = await connect({ url: g.url, room: "retention", user: "w" });
