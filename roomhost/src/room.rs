@@ -462,13 +462,28 @@ impl Room {
         }
         self.registry.remove_if(&self.id, self.generation);
         rx.close();
+        // Writes still queued were never processed (a move without drain:
+        // the lease ran out): refuse them, before the stream says where the
+        // room went, so no sender waits for an answer that never comes.
+        let mut rest = Vec::new();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Frame { gateway, frame: gateway_frame::Kind::Chat(chat) } => {
+                    self.unavailable(gateway, chat.conn, &chat.id);
+                }
+                Command::Frame { gateway, frame: gateway_frame::Kind::SetName(set) } => {
+                    self.unavailable(gateway, set.conn, "");
+                }
+                other => rest.push(other),
+            }
+        }
         let mut txs: Vec<GatewayTx> = self.gateways.drain().map(|(_, tx)| tx).collect();
         txs.extend(state.map(|m| m.deferred).unwrap_or_default());
         let moved = self.frame_of(host_frame::Kind::Moved(Moved { address: target.clone() }));
         for tx in &txs {
             let _ = tx.try_send(moved.clone());
         }
-        while let Ok(cmd) = rx.try_recv() {
+        for cmd in rest {
             redirect(cmd, &target, self.seq);
         }
         tracing::info!(room.id = %self.id, target = %target, seq = self.seq, "room moved");
