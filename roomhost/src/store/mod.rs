@@ -10,6 +10,7 @@
 
 mod memory;
 mod redis;
+mod redis_conn;
 
 use std::time::Duration;
 
