@@ -143,11 +143,16 @@ impl RoomHost for RoomHostService {
                 registry.metrics().frames_in.inc();
                 let cmd = Command::Frame { gateway, frame };
                 if let Err(mpsc::error::SendError(cmd)) = handle.tx.send(cmd).await {
-                    // The actor hibernated and handed our Attach to its successor.
-                    match registry.dispatch(&room, cmd, false).await {
-                        Ok(next) => handle = next,
-                        Err(_) => break,
+                    // The actor stopped. If it hibernated, it handed our
+                    // Attach to its successor: follow it. Never start an
+                    // actor for a stream's frame: one started by a stale
+                    // stream (the room moved away) would take the lease the
+                    // room's new owner is waiting for, and serve nobody.
+                    let Some(next) = registry.get(&room) else { break };
+                    if next.tx.send(cmd).await.is_err() {
+                        break;
                     }
+                    handle = next;
                 }
             }
             if let Some(handle) = registry.get(&room) {

@@ -405,3 +405,76 @@ async fn redis_restart_refuses_events_then_service_resumes_losing_nothing() {
     let restarted = Instant::now();
     recovers_after_outage(&cluster, load, restarted, "redis restart").await;
 }
+
+/// A gateway that never answers `Moving` (stuck, or gone without a trace)
+/// and later sends a frame on its old stream: the old owner must not start
+/// the room again for it — it would take the lease the new owner is waiting
+/// for, and the room would serve nobody until that lease ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_on_a_stale_stream_does_not_bring_the_room_back() {
+    use rooms_proto::host::room_host_client::RoomHostClient;
+    use rooms_proto::host::{Chat, GatewayFrame, Join, Open, gateway_frame, host_frame};
+
+    let mut cluster = cluster(1).await;
+    let newcomer = cluster.spawn_roomhost().await;
+    let members = vec![cluster.roomhosts[0].addr.clone(), newcomer.addr.clone()];
+    let ring = rooms_cluster::Ring::new(members.clone(), 1);
+    let room = (0..200)
+        .map(|i| format!("stale-{i}"))
+        .find(|r| {
+            ring.owner(&rooms_proto::RoomId::parse(r).unwrap()) == Some(newcomer.addr.as_str())
+        })
+        .expect("a room the newcomer gets");
+    let mut ann = cluster.gateways[0].join(&room, "ann").await;
+
+    // A silent gateway of our own on the room's current owner.
+    let mut client = RoomHostClient::connect(format!("http://{}", cluster.roomhosts[0].addr))
+        .await
+        .expect("grpc");
+    let (up, up_rx) = tokio::sync::mpsc::channel::<GatewayFrame>(16);
+    let frame = |kind| GatewayFrame { kind: Some(kind) };
+    let open = Open { room: room.clone(), gateway_id: "silent".into(), ..Open::default() };
+    up.send(frame(gateway_frame::Kind::Open(open))).await.unwrap();
+    let join = Join { conn: 1, user_id: "sil".into(), ..Join::default() };
+    up.send(frame(gateway_frame::Kind::Join(join))).await.unwrap();
+    let mut down = client
+        .attach(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+        .await
+        .expect("attach")
+        .into_inner();
+
+    cluster.roomhosts.push(newcomer);
+    cluster.set_members(&members).await;
+    // The real gateway is slow to follow the room (frozen); ours never
+    // answers Moving, so the owner moves after its drain wait.
+    let gateway = cluster.gateways[0].process.pid().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill").args([sig, &gateway]).status();
+        assert!(status.expect("kill").success());
+    };
+    signal("-STOP");
+    loop {
+        let message = down.message().await.expect("stream").expect("open");
+        if matches!(message.kind, Some(host_frame::Kind::Moved(_))) {
+            break;
+        }
+    }
+    let chat = Chat { conn: 1, text: "late".into(), ..Chat::default() };
+    up.send(frame(gateway_frame::Kind::Chat(chat))).await.unwrap();
+    // Give the stale frame its chance to restart the room at the old owner
+    // before the real gateway follows the room.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal("-CONT");
+
+    // The room serves from its new owner as after any planned move.
+    let sent = Instant::now();
+    ann.chat("after the move", "a1").await;
+    let echo = ann.until(|f| matches!(f, ServerFrame::Chat { .. })).await;
+    let waited = sent.elapsed();
+    assert!(matches!(&echo, ServerFrame::Chat { text, .. } if text == "after the move"));
+    assert!(
+        waited < rooms_tests::checker::PLANNED_BOUND,
+        "the room stalled {waited:?} after the move"
+    );
+    assert_eq!(cluster.owner_of(&room).await, 1, "served by the newcomer");
+}
