@@ -323,6 +323,7 @@ where
                 // Set by the link.
                 tag: 0,
                 traceparent: chat_traceparent(conn),
+                resent: false,
             }),
             Ok(ClientFrame::Name { name }) => gateway_frame::Kind::SetName(SetName { conn, name }),
             Ok(ClientFrame::Typing) => gateway_frame::Kind::Typing(Typing { conn }),

@@ -149,7 +149,7 @@ struct Staged {
     outputs: Vec<Output>,
     /// Connections whose events are staged, with the index of the chat's
     /// client id in `client_ids`: told `unavailable` if the commit fails.
-    senders: Vec<(GatewayId, ConnId, Option<usize>)>,
+    senders: Vec<(GatewayId, ConnId, Option<usize>, u64)>,
     /// (user, client id) of staged chats: forgotten if the commit fails.
     client_ids: Vec<(String, String)>,
     replies: Vec<(oneshot::Sender<Result<u64, RoomError>>, u64)>,
@@ -469,10 +469,10 @@ impl Room {
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
                 Command::Frame { gateway, frame: gateway_frame::Kind::Chat(chat) } => {
-                    self.unavailable(gateway, chat.conn, &chat.id);
+                    self.unavailable(gateway, chat.conn, &chat.id, chat.tag);
                 }
                 Command::Frame { gateway, frame: gateway_frame::Kind::SetName(set) } => {
-                    self.unavailable(gateway, set.conn, "");
+                    self.unavailable(gateway, set.conn, "", 0);
                 }
                 other => rest.push(other),
             }
@@ -587,29 +587,31 @@ impl Room {
                     return;
                 };
                 if let Err(e) = validate_text(&chat.text) {
-                    return self.direct(
-                        gateway,
-                        chat.conn,
-                        vec![server::error_for(e.code, &e.message, &chat.id)],
-                    );
+                    let refusal = server::error_for(e.code, &e.message, &chat.id);
+                    return self.answer(gateway, chat.conn, chat.tag, vec![refusal]);
                 }
                 if !chat.id.is_empty() && self.dedup.get(&user, &chat.id).is_some() {
                     // A resend. Once the original is stored, the sender gets
                     // it again and nobody else sees it twice (if its commit
-                    // failed instead, this one is stored normally).
+                    // failed instead, this one is stored normally). A
+                    // gateway's own resend after a broken stream is answered
+                    // with its tag alone: its resume replays the event.
                     self.flush().await;
                     if let Some(stored) = self.dedup.get(&user, &chat.id) {
-                        let original: Vec<Bytes> = self
-                            .recent
-                            .iter()
-                            .filter(|e| e.seq == stored)
-                            .map(|e| e.frame.clone())
-                            .collect();
-                        return self.direct(gateway, chat.conn, original);
+                        let original: Vec<Bytes> = if chat.resent {
+                            Vec::new()
+                        } else {
+                            self.recent
+                                .iter()
+                                .filter(|e| e.seq == stored)
+                                .map(|e| e.frame.clone())
+                                .collect()
+                        };
+                        return self.answer(gateway, chat.conn, chat.tag, original);
                     }
                 }
                 let Some(seq) = self.next_seq().await else {
-                    return self.unavailable(gateway, chat.conn, &chat.id);
+                    return self.unavailable(gateway, chat.conn, &chat.id, chat.tag);
                 };
                 // The error for a failed commit names the client's id, if any.
                 let (id, client_id) = if chat.id.is_empty() {
@@ -623,7 +625,7 @@ impl Room {
                 let frame =
                     server::chat(seq, &id, &user, self.display_name(&user), &chat.text, &time);
                 self.stage(Event { seq, frame });
-                self.staged.senders.push((gateway, chat.conn, client_id));
+                self.staged.senders.push((gateway, chat.conn, client_id, chat.tag));
                 let span = (!chat.traceparent.is_empty()).then(|| {
                     let span = tracing::info_span!("room.chat", room.id = %self.id, seq);
                     rooms_telemetry::propagation::set_parent(&span, &chat.traceparent);
@@ -646,12 +648,12 @@ impl Room {
                     }
                 };
                 let Some(seq) = self.next_seq().await else {
-                    return self.unavailable(gateway, set.conn, "");
+                    return self.unavailable(gateway, set.conn, "", 0);
                 };
                 let time = server::timestamp(SystemTime::now());
                 self.stage(Event { seq, frame: server::name(seq, &user, &name, &time) });
                 self.staged.commit.names.push((user, name));
-                self.staged.senders.push((gateway, set.conn, None));
+                self.staged.senders.push((gateway, set.conn, None, 0));
             }
             Kind::Typing(typing) => {
                 let Some(user) = self.conns.get(&(gateway, typing.conn)) else {
@@ -964,22 +966,23 @@ impl Room {
         for (user, id) in &staged.client_ids {
             self.dedup.remove(user, id);
         }
-        for (gateway, conn, client_id) in staged.senders {
+        for (gateway, conn, client_id, tag) in staged.senders {
             let id = client_id.and_then(|i| staged.client_ids.get(i)).map_or("", |(_, id)| id);
-            self.unavailable(gateway, conn, id);
+            self.unavailable(gateway, conn, id, tag);
         }
         self.staged.outputs =
             staged.outputs.into_iter().filter(|o| !matches!(o, Output::Event(_))).collect();
     }
 
-    /// Refuses a write the store did not take; `id` is the chat's client id.
-    fn unavailable(&mut self, gateway: GatewayId, conn: ConnId, id: &str) {
+    /// Refuses a write the store did not take; `id` and `tag` are the
+    /// chat's client id and gateway tag (empty and 0 for other writes).
+    fn unavailable(&mut self, gateway: GatewayId, conn: ConnId, id: &str, tag: u64) {
         let frame = server::error_for(
             ErrorCode::Unavailable,
             "not stored: storage is unavailable, retry",
             id,
         );
-        self.direct(gateway, conn, vec![frame]);
+        self.answer(gateway, conn, tag, vec![frame]);
     }
 
     /// Sends staged outputs to every gateway, consecutive frames for everyone
@@ -1035,7 +1038,13 @@ impl Room {
     }
 
     fn direct(&mut self, gateway: GatewayId, conn: ConnId, frames: Vec<Bytes>) {
-        self.send(gateway, host_frame::Kind::Direct(Direct { conn, frames }));
+        self.answer(gateway, conn, 0, frames);
+    }
+
+    /// Frames for one connection that answer its chat tagged `tag` (0: none).
+    fn answer(&mut self, gateway: GatewayId, conn: ConnId, tag: u64, frames: Vec<Bytes>) {
+        let tags = if tag == 0 { Vec::new() } else { vec![tag] };
+        self.send(gateway, host_frame::Kind::Direct(Direct { conn, frames, tags }));
     }
 
     fn metrics(&self) -> &Metrics {

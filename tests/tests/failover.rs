@@ -478,3 +478,36 @@ async fn a_frame_on_a_stale_stream_does_not_bring_the_room_back() {
     );
     assert_eq!(cluster.owner_of(&room).await, 1, "served by the newcomer");
 }
+
+/// A message the gateway sent to an owner that then crashed is answered by
+/// nobody there: the gateway sends it again to the next owner (same id, so
+/// it is stored once), and its sender sees it stored without resending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_flight_to_a_crashed_owner_is_stored_once_all_the_same() {
+    let mut cluster = cluster(2).await;
+    let mut ann = cluster.gateways[0].join(ROOM, "ann").await;
+    let mut bob = cluster.gateways[1].join(ROOM, "bob").await;
+    ann.chat("before", "m0").await;
+    ann.chats(1).await;
+    bob.chats(1).await;
+    let owner = cluster.owner_of(ROOM).await;
+    let pid = cluster.roomhosts[owner].process.pid().to_string();
+    // Frozen: the gateway forwards the message, nobody processes it.
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    ann.chat("in flight", "m1").await;
+    bob.chat("also in flight", "b1").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.roomhosts[owner].process.kill();
+    for client in [&mut ann, &mut bob] {
+        let mut texts = Vec::new();
+        for chat in client.chats(2).await {
+            if let ServerFrame::Chat { text, seq, .. } = chat {
+                texts.push((seq, text));
+            }
+        }
+        texts.sort();
+        let only: Vec<&str> = texts.iter().map(|(_, t)| t.as_str()).collect();
+        assert!(only.contains(&"in flight") && only.contains(&"also in flight"), "{texts:?}");
+        assert_eq!(texts[0].0.map(|s| s + 1), texts[1].0, "stored once each, in a row");
+    }
+}

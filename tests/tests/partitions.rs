@@ -135,7 +135,7 @@ impl NetCluster {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let outcomes = load.stop().await;
         let faults = [Fault::crash(kind, start, LEASE_TTL).until(healed)];
-        let report = check(&outcomes, &faults, false);
+        let report = check(&outcomes, &faults, true);
         eprintln!("{kind}:\n{}", report.table());
         report.assert_live();
     }

@@ -88,7 +88,7 @@ async fn crash_then_scale_out_then_rolling_stop() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let outcomes = load.stop().await;
-    let report = check(&outcomes, &faults, false);
+    let report = check(&outcomes, &faults, true);
     eprintln!("{}", report.table());
     report.assert_live();
 }

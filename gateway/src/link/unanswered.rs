@@ -1,0 +1,117 @@
+//! Chats a link sent upstream and has no answer for yet, by tag: when each
+//! was read off its socket (the end-to-end latency, measured when its stored
+//! event comes back), and — for chats with a client id — the frame itself,
+//! sent again if the stream it went on breaks before an answer (a crashed or
+//! partitioned roomhost answers nobody). The roomhost stores a client id
+//! once, so a resend never doubles a message.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rooms_proto::host::{GatewayFrame, gateway_frame};
+use tokio::time::Instant;
+
+/// Chats tracked per link; past it (after forgetting those older than
+/// [`FORGET_AFTER`]) new chats go untracked: untimed, and not sent again if
+/// their stream breaks.
+pub(super) const MAX_UNANSWERED: usize = 4096;
+/// A chat unanswered this long is forgotten: too old to send again (the
+/// roomhost remembers only a room's last 256 client ids).
+pub(super) const FORGET_AFTER: Duration = Duration::from_secs(10);
+
+struct Entry {
+    received: Instant,
+    /// The chat, if it has a client id (safe to send again).
+    resend: Option<GatewayFrame>,
+}
+
+#[derive(Default)]
+pub(super) struct Unanswered {
+    /// Tags grow, so this is also the order the chats were sent in.
+    by_tag: BTreeMap<u64, Entry>,
+}
+
+impl Unanswered {
+    /// Tracks a chat with `tag`, read at `received`; false if full.
+    pub(super) fn track(&mut self, tag: u64, received: Instant, chat: &GatewayFrame) -> bool {
+        if self.by_tag.len() >= MAX_UNANSWERED {
+            self.by_tag.retain(|_, e| e.received.elapsed() < FORGET_AFTER);
+            if self.by_tag.len() >= MAX_UNANSWERED {
+                return false;
+            }
+        }
+        let resend = match &chat.kind {
+            Some(gateway_frame::Kind::Chat(c)) if !c.id.is_empty() => Some(chat.clone()),
+            _ => None,
+        };
+        self.by_tag.insert(tag, Entry { received, resend });
+        true
+    }
+
+    /// The chat tagged `tag` was answered; when it was read, if tracked.
+    pub(super) fn answered(&mut self, tag: u64) -> Option<Instant> {
+        self.by_tag.remove(&tag).map(|e| e.received)
+    }
+
+    /// The chats to send again after their stream broke, oldest first,
+    /// marked as resent; those too old to send again are forgotten.
+    pub(super) fn resendable(&mut self) -> Vec<GatewayFrame> {
+        self.by_tag.retain(|_, e| e.received.elapsed() < FORGET_AFTER);
+        self.by_tag
+            .values()
+            .filter_map(|e| e.resend.clone())
+            .map(|mut frame| {
+                if let Some(gateway_frame::Kind::Chat(chat)) = &mut frame.kind {
+                    chat.resent = true;
+                }
+                frame
+            })
+            .collect()
+    }
+}
+
+/// The tag of a chat frame (0 for anything else).
+pub(super) fn tag_of(frame: &GatewayFrame) -> u64 {
+    match &frame.kind {
+        Some(gateway_frame::Kind::Chat(chat)) => chat.tag,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rooms_proto::host::Chat;
+
+    fn chat(tag: u64, id: &str) -> GatewayFrame {
+        let chat = Chat { tag, id: id.into(), ..Chat::default() };
+        GatewayFrame { kind: Some(gateway_frame::Kind::Chat(chat)) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_chats_with_ids_are_resent_in_order_until_answered_or_too_old() {
+        let mut unanswered = Unanswered::default();
+        let now = Instant::now();
+        assert!(unanswered.track(7, now, &chat(7, "b")));
+        assert!(unanswered.track(5, now, &chat(5, "a")));
+        assert!(unanswered.track(9, now, &chat(9, "")), "tracked for timing only");
+        assert_eq!(unanswered.answered(5), Some(now));
+        assert_eq!(unanswered.answered(5), None);
+        let resend = unanswered.resendable();
+        assert_eq!(resend.iter().map(tag_of).collect::<Vec<_>>(), [7]);
+        assert!(matches!(&resend[0].kind, Some(gateway_frame::Kind::Chat(c)) if c.resent));
+        tokio::time::advance(FORGET_AFTER).await;
+        assert!(unanswered.resendable().is_empty(), "too old to send again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_tracker_forgets_the_old_then_refuses() {
+        let mut unanswered = Unanswered::default();
+        for tag in 1..=MAX_UNANSWERED as u64 {
+            assert!(unanswered.track(tag, Instant::now(), &chat(tag, "x")));
+        }
+        assert!(!unanswered.track(0, Instant::now(), &chat(0, "x")));
+        tokio::time::advance(FORGET_AFTER).await;
+        assert!(unanswered.track(1, Instant::now(), &chat(1, "x")));
+    }
+}
