@@ -8,13 +8,15 @@
 //! * [`cluster`]: [`TestCluster`]: Redis + roomhosts + gateways.
 //! * [`client`]: a WebSocket client speaking the client protocol.
 //! * [`load`]: steady chat load for fault tests, and its verification.
-//! * [`netns`]: network namespaces and silent partitions between them.
+//! * [`netns`]: network namespaces and silent partitions between them;
+//!   [`netcluster`]: a whole cluster in them, and the faults a nemesis injects.
 //! * [`checker`]: the history checker: safety and liveness of a recorded run.
 
 pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod load;
+pub mod netcluster;
 pub mod netns;
 pub mod process;
 pub mod redis;

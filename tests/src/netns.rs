@@ -147,20 +147,38 @@ impl Drop for Net {
     }
 }
 
-/// A TCP connection made from inside namespace `ns` (a thread enters it to
-/// create the socket, which stays there), for the test's own clients.
-pub fn connect_in(ns: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+/// Runs `make` on a thread that entered namespace `ns`: sockets it creates
+/// belong to that namespace for good.
+fn inside<T: Send>(
+    ns: &str,
+    make: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
     let path = format!("/var/run/netns/{ns}");
-    let stream = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         scope
-            .spawn(|| -> std::io::Result<std::net::TcpStream> {
+            .spawn(|| {
                 let file = File::open(&path)?;
                 nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(std::io::Error::from)?;
-                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+                make()
             })
             .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("connect thread panicked")))
+            .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+    })
+}
+
+/// A listener inside namespace `ns` (for the test's own proxies).
+pub fn listen_in(ns: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = inside(ns, || std::net::TcpListener::bind(addr))?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
+/// A TCP connection made from inside namespace `ns` (a thread enters it to
+/// create the socket, which stays there), for the test's own clients.
+pub fn connect_in(ns: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = inside(ns, || {
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
     })?;
     stream.set_nonblocking(true)?;
     stream.set_nodelay(true)?;
