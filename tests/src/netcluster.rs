@@ -328,7 +328,7 @@ async fn pipe(
             };
             chunks += 1;
             let Impairment { delay, hold_one_in } = *impairment.lock().unwrap();
-            let held = hold_one_in != 0 && chunks % u64::from(hold_one_in) == 0;
+            let held = hold_one_in != 0 && chunks.is_multiple_of(u64::from(hold_one_in));
             let due = tokio::time::Instant::now() + if held { delay * 2 } else { delay };
             if tx.send((due, buf[..n].to_vec())).await.is_err() {
                 return;
