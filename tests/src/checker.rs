@@ -88,6 +88,8 @@ pub struct Report {
     pub verified: Verified,
     /// Per fault kind: how many, and the longest silence any client saw.
     pub worst: BTreeMap<String, (usize, Duration)>,
+    /// Per fault, in the order given: the longest silence any client saw.
+    pub pauses: Vec<Duration>,
     /// The longest wait for an answer to a send.
     pub slowest_answer: Duration,
     pub stalls: Vec<Stall>,
@@ -147,6 +149,7 @@ pub fn check(outcomes: &[Outcome], faults: &[Fault], all_answered: bool) -> Repo
     for fault in faults {
         worst.entry(fault.kind.clone()).or_default().0 += 1;
     }
+    let mut pauses = vec![Duration::ZERO; faults.len()];
     let mut stalls = Vec::new();
     let mut slowest_answer = Duration::ZERO;
     for outcome in outcomes {
@@ -157,8 +160,9 @@ pub fn check(outcomes: &[Outcome], faults: &[Fault], all_answered: bool) -> Repo
         for pair in times.windows(2) {
             let (from, to) = (pair[0], pair[1]);
             let waited = to.duration_since(from);
-            for fault in faults.iter().filter(|f| f.covers(from, to)) {
+            for (i, fault) in faults.iter().enumerate().filter(|(_, f)| f.covers(from, to)) {
                 let silence = to.saturating_duration_since(from.max(fault.start));
+                pauses[i] = pauses[i].max(silence);
                 let entry = worst.entry(fault.kind.clone()).or_default();
                 entry.1 = entry.1.max(silence);
             }
@@ -197,5 +201,5 @@ pub fn check(outcomes: &[Outcome], faults: &[Fault], all_answered: bool) -> Repo
             }
         }
     }
-    Report { verified, worst, slowest_answer, stalls }
+    Report { verified, worst, pauses, slowest_answer, stalls }
 }

@@ -10,6 +10,7 @@
 //! * [`load`]: steady chat load for fault tests, and its verification.
 //! * [`netns`]: network namespaces and silent partitions between them;
 //!   [`netcluster`]: a whole cluster in them, and the faults a nemesis injects.
+//! * [`seed`]: seeded randomness for fault schedules.
 //! * [`checker`]: the history checker: safety and liveness of a recorded run.
 
 pub mod checker;
@@ -20,6 +21,7 @@ pub mod netcluster;
 pub mod netns;
 pub mod process;
 pub mod redis;
+pub mod seed;
 
 pub use client::Client;
 pub use cluster::{Cluster, TestCluster};

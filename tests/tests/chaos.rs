@@ -10,33 +10,12 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use rooms_tests::TestCluster;
 use rooms_tests::load::{Load, verify};
-
-fn seconds() -> u64 {
-    std::env::var("ROOMS_CHAOS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10)
-}
-
-/// A small deterministic generator, seeded from the clock and printed, so a
-/// failing run can be replayed with `ROOMS_CHAOS_SEED`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
+use rooms_tests::seed::{Rng, chaos_duration};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos() {
-    let seed =
-        std::env::var("ROOMS_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-                as u64
-                | 1
-        });
-    let mut rng = Rng(seed);
+    let (mut rng, seed) = Rng::from_env();
+    let seconds = chaos_duration(Duration::from_secs(10)).as_secs();
     let mut cluster = TestCluster::new(3, 2)
         .file_membership()
         .roomhost_arg("--lease-ttl=2s")
@@ -55,11 +34,11 @@ async fn chaos() {
         loads.push(Load::start(clients, Duration::from_millis(40)));
     }
 
-    let until = tokio::time::Instant::now() + Duration::from_secs(seconds());
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
     let mut actions = Vec::new();
     while tokio::time::Instant::now() < until {
-        let victim = rng.next(cluster.roomhosts.len() as u64) as usize;
-        let action = match rng.next(4) {
+        let victim = rng.below(cluster.roomhosts.len() as u64) as usize;
+        let action = match rng.below(4) {
             0 => {
                 cluster.roomhosts[victim].process.kill();
                 "kill"
@@ -88,7 +67,7 @@ async fn chaos() {
         cluster.set_members(&members).await;
         actions.push(action);
         // Let rooms settle after a crash: a lease takes up to its TTL to free.
-        tokio::time::sleep(Duration::from_millis(500 + rng.next(2500))).await;
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(2500))).await;
     }
 
     let mut events = 0;
@@ -103,6 +82,6 @@ async fn chaos() {
     eprintln!(
         "chaos: seed {seed}, {}s, actions {actions:?}: {events} events, 0 disconnected, 0 gaps, \
          0 duplicates, {refused} refused, {unacknowledged} in flight at a crash",
-        seconds()
+        seconds
     );
 }
