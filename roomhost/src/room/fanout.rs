@@ -1,0 +1,117 @@
+//! Fan-out to gateways: staged outputs grouped into broadcasts sent once
+//! per gateway stream, frames for one connection, and gateways dropped when
+//! their queue is full.
+
+use super::*;
+
+impl Room {
+    /// Sends staged outputs to every gateway, consecutive frames for everyone
+    /// grouped into one `Broadcast`.
+    pub(super) fn emit(&mut self) {
+        let outputs = std::mem::take(&mut self.staged.outputs);
+        let origins = std::mem::take(&mut self.staged.origins);
+        let mut run: Vec<Bytes> = Vec::new();
+        for output in outputs {
+            match output {
+                Output::Event(frame) | Output::All(frame) => run.push(frame),
+                Output::Except { gateway, conn, frame } => {
+                    self.broadcast(std::mem::take(&mut run), None, &[]);
+                    self.broadcast(vec![frame], Some((gateway, conn)), &[]);
+                }
+            }
+        }
+        self.broadcast(run, None, &origins);
+        let metrics = self.metrics();
+        for origin in &origins {
+            metrics.event_seconds.observe(origin.received.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Sends `frames` to every gateway; each also gets the tags of the chats
+    /// it sent among them.
+    pub(super) fn broadcast(
+        &mut self,
+        frames: Vec<Bytes>,
+        except: Option<(GatewayId, ConnId)>,
+        origins: &[Origin],
+    ) {
+        if frames.is_empty() {
+            return;
+        }
+        self.metrics().broadcasts.inc();
+        let mut dead = Vec::new();
+        for (id, tx) in &self.gateways {
+            let except_conn = match except {
+                Some((gateway, conn)) if gateway == *id => conn,
+                _ => 0,
+            };
+            let tags =
+                origins.iter().filter(|o| o.gateway == *id && o.tag != 0).map(|o| o.tag).collect();
+            let frame = Broadcast { frames: frames.clone(), except_conn, tags };
+            let msg =
+                HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)), room_seq: self.seq };
+            if tx.try_send(msg).is_err() {
+                dead.push(*id);
+            }
+        }
+        self.drop_gateways(dead);
+    }
+
+    pub(super) fn direct(&mut self, gateway: GatewayId, conn: ConnId, frames: Vec<Bytes>) {
+        self.answer(gateway, conn, 0, frames);
+    }
+
+    /// Frames for one connection that answer its chat tagged `tag` (0: none).
+    pub(super) fn answer(
+        &mut self,
+        gateway: GatewayId,
+        conn: ConnId,
+        tag: u64,
+        frames: Vec<Bytes>,
+    ) {
+        let tags = if tag == 0 { Vec::new() } else { vec![tag] };
+        self.send(gateway, host_frame::Kind::Direct(Direct { conn, frames, tags }));
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        self.registry.metrics()
+    }
+
+    /// Brings the process gauges up to date with this room's connections
+    /// and gateway streams.
+    pub(super) fn report_gauges(&mut self) {
+        let now = (self.conns.len() as i64, self.gateways.len() as i64);
+        let metrics = self.registry.metrics();
+        metrics.connections.inc_by(now.0 - self.reported.0);
+        metrics.gateway_streams.inc_by(now.1 - self.reported.1);
+        self.reported = now;
+    }
+
+    pub(super) fn frame_of(&self, kind: host_frame::Kind) -> HostFrame {
+        HostFrame { kind: Some(kind), room_seq: self.seq }
+    }
+
+    pub(super) fn send(&mut self, gateway: GatewayId, kind: host_frame::Kind) {
+        let frame = self.frame_of(kind);
+        let Some(tx) = self.gateways.get(&gateway) else {
+            return;
+        };
+        if tx.try_send(frame).is_err() {
+            self.drop_gateways(vec![gateway]);
+        }
+    }
+
+    /// Gateways whose queue is full or closed lose their place in the room;
+    /// their stream ends, and they re-attach and resume by seq.
+    pub(super) fn drop_gateways(&mut self, dead: Vec<GatewayId>) {
+        if dead.is_empty() {
+            return;
+        }
+        for gateway in dead {
+            tracing::warn!(room.id = %self.id, gateway, "gateway too slow or gone; detaching it");
+            self.metrics().gateways_dropped.inc();
+            self.detach(gateway);
+        }
+        self.emit();
+    }
+}

@@ -1,0 +1,259 @@
+//! A room actor's life: its turn loop, the lease it runs under (renewed
+//! first, bounded by its own clock, claimed by a roomhost gateways could
+//! reach), handoffs to another owner, and hibernation.
+
+use super::*;
+
+/// What renewing the lease found.
+pub(super) enum LeaseCheck {
+    Held,
+    /// The store says the lease is not ours: re-check before the next write.
+    Suspect,
+    /// Still ours, but gateways that could not reach us went to this
+    /// roomhost: hand the room over to it.
+    Claimed(String),
+    /// The store could not confirm the lease before it ran out.
+    Lapsed,
+}
+
+/// A handoff in progress.
+pub(super) struct MoveState {
+    pub(super) target: String,
+    /// Gateways that have not answered `Moving` yet.
+    pub(super) waiting: Vec<GatewayId>,
+    pub(super) deadline: Instant,
+    pub(super) started: Instant,
+    /// Attaches that arrived meanwhile: sent to the new owner at the end.
+    pub(super) deferred: Vec<GatewayTx>,
+}
+
+impl Room {
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        tracing::debug!(room.id = %self.id, seq = self.seq, fence = self.lease.fence, "room loaded");
+        // When the last gateway left; the room hibernates `idle_timeout` later
+        // whatever else (queries, publishes) happens meanwhile.
+        let mut empty_since = Some(Instant::now());
+        let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
+        loop {
+            let idle_at = empty_since.map(|since| since + self.settings.idle_timeout);
+            let move_at = self.moving.as_ref().map(|m| m.deadline);
+            let first = tokio::select! {
+                // Renewals first: a busy room must not outlive its lease.
+                biased;
+                _ = renew.tick() => {
+                    match self.renew_lease().await {
+                        LeaseCheck::Held => {}
+                        LeaseCheck::Suspect => self.lease_suspect = true,
+                        LeaseCheck::Claimed(by) => self.begin_move(by, true),
+                        LeaseCheck::Lapsed => {
+                            // Nothing can be stored without the lease, and
+                            // another roomhost may take the room now: stop
+                            // serving, and send the gateways elsewhere.
+                            tracing::warn!(room.id = %self.id, "lease could not be renewed in time; giving the room up");
+                            self.lease_suspect = true;
+                            self.begin_move(String::new(), false);
+                            return self.finish_move(rx).await;
+                        }
+                    }
+                    None
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => Some(cmd),
+                    None => break,
+                },
+                () = sleep_until(idle_at), if idle_at.is_some() && self.moving.is_none() => {
+                    return self.hibernate(rx).await;
+                }
+                () = sleep_until(move_at), if move_at.is_some() => {
+                    tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
+                    return self.finish_move(rx).await;
+                }
+            };
+            if let Some(first) = first {
+                let turn = Instant::now();
+                self.reload_failed = false;
+                self.handle(first).await;
+                let mut taken = 1;
+                while taken < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(cmd) => self.handle(cmd).await,
+                        Err(_) => break,
+                    }
+                    taken += 1;
+                }
+                if self.busy {
+                    let until = turn + BUSY_LINGER;
+                    while taken < MAX_BATCH {
+                        match tokio::time::timeout_at(until, rx.recv()).await {
+                            Ok(Some(cmd)) => self.handle(cmd).await,
+                            _ => break,
+                        }
+                        taken += 1;
+                    }
+                }
+                let events = self.staged.commit.events.len();
+                self.flush().await;
+                self.busy = events >= BUSY_EVENTS;
+                self.report_gauges();
+            }
+            if self.lease_suspect && !self.recheck_lease().await {
+                return self.finish_move(rx).await;
+            }
+            if self.moving.as_ref().is_some_and(|m| m.waiting.is_empty()) {
+                return self.finish_move(rx).await;
+            }
+            empty_since = match (self.gateways.is_empty(), empty_since) {
+                (false, _) => None,
+                (true, Some(since)) => Some(since),
+                (true, None) => Some(Instant::now()),
+            };
+        }
+        self.flush().await;
+        self.release_lease().await;
+        self.registry.remove_if(&self.id, self.generation);
+        tracing::debug!(room.id = %self.id, "room stopped");
+    }
+
+    /// Extends the lease, waiting for the store at most as long as the lease
+    /// surely holds. A store error is retried at the next tick while the
+    /// lease still holds (commits are fenced anyway).
+    pub(super) async fn renew_lease(&mut self) -> LeaseCheck {
+        let (me, ttl) = (&self.settings.owner, self.settings.lease_ttl);
+        let started = Instant::now();
+        let left = self.lease_until.saturating_duration_since(started);
+        let renewal = tokio::time::timeout(left, self.store.renew(&self.id, me, self.lease, ttl));
+        match renewal.await {
+            Ok(Ok(Renewal::Ours)) => {
+                self.lease_until = started + ttl;
+                LeaseCheck::Held
+            }
+            Ok(Ok(Renewal::Claimed(by))) => {
+                self.lease_until = started + ttl;
+                tracing::info!(room.id = %self.id, claimant = %by.0, "a gateway could not reach this roomhost; handing the room to the roomhost it reached");
+                LeaseCheck::Claimed(by.address().to_owned())
+            }
+            Ok(Ok(Renewal::Lost)) => LeaseCheck::Suspect,
+            Ok(Err(error)) if Instant::now() < self.lease_until => {
+                tracing::warn!(room.id = %self.id, %error, "lease renewal failed; retrying");
+                LeaseCheck::Held
+            }
+            Ok(Err(_)) | Err(_) => LeaseCheck::Lapsed,
+        }
+    }
+
+    /// The lease looked lost: take it again if nobody else did (our state
+    /// is then reloaded), else hand the room to its holder. False: moving.
+    pub(super) async fn recheck_lease(&mut self) -> bool {
+        let (me, ttl) = (&self.settings.owner, self.settings.lease_ttl);
+        let started = Instant::now();
+        match self.store.acquire(&self.id, me, ttl, false).await {
+            Ok(Acquired::Ours(lease)) => {
+                self.lease_until = started + ttl;
+                if lease != self.lease {
+                    tracing::warn!(room.id = %self.id, fence = lease.fence, "lease had expired; took it again");
+                    self.lease = lease;
+                    self.stale = true;
+                }
+                self.lease_suspect = false;
+                true
+            }
+            Ok(Acquired::HeldBy(holder)) => {
+                tracing::warn!(room.id = %self.id, holder = %holder.0, "lease lost; room moves to its holder");
+                self.begin_move(holder.address().to_owned(), false);
+                false
+            }
+            Err(error) => {
+                tracing::warn!(room.id = %self.id, %error, "cannot check the lease; retrying");
+                true
+            }
+        }
+    }
+
+    pub(super) async fn release_lease(&self) {
+        if let Err(error) = self.store.release(&self.id, &self.settings.owner, self.lease).await {
+            tracing::warn!(room.id = %self.id, %error, "releasing the lease failed; it will expire");
+        }
+    }
+
+    /// Starts a handoff to `target`. With `drain`, gateways are asked to stop
+    /// sending first; without (lease lost), the room stops right away.
+    pub(super) fn begin_move(&mut self, target: String, drain: bool) {
+        if self.moving.is_some() {
+            return;
+        }
+        let waiting: Vec<GatewayId> =
+            if drain { self.gateways.keys().copied().collect() } else { Vec::new() };
+        for gateway in &waiting {
+            self.send(*gateway, host_frame::Kind::Moving(Moving {}));
+        }
+        tracing::info!(room.id = %self.id, target = %target, "room moving");
+        self.moving = Some(MoveState {
+            target,
+            waiting,
+            deadline: Instant::now() + MOVE_DRAIN,
+            started: Instant::now(),
+            deferred: Vec::new(),
+        });
+    }
+
+    /// Ends a handoff: everything is stored, the lease released, and every
+    /// gateway told where the room went. Commands still queued are answered
+    /// with the new address.
+    pub(super) async fn finish_move(mut self, mut rx: mpsc::Receiver<Command>) {
+        self.flush().await;
+        let state = self.moving.take();
+        if let Some(state) = &state {
+            let metrics = self.metrics();
+            metrics.room_moves.inc();
+            metrics.room_move_seconds.observe(state.started.elapsed().as_secs_f64());
+        }
+        let target = state.as_ref().map(|m| m.target.clone()).unwrap_or_default();
+        if !self.lease_suspect {
+            self.release_lease().await;
+        }
+        self.registry.remove_if(&self.id, self.generation);
+        rx.close();
+        // Writes still queued were never processed (a move without drain:
+        // the lease ran out): refuse them, before the stream says where the
+        // room went, so no sender waits for an answer that never comes.
+        let mut rest = Vec::new();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Frame { gateway, frame: gateway_frame::Kind::Chat(chat) } => {
+                    self.unavailable(gateway, chat.conn, &chat.id, chat.tag);
+                }
+                Command::Frame { gateway, frame: gateway_frame::Kind::SetName(set) } => {
+                    self.unavailable(gateway, set.conn, "", 0);
+                }
+                other => rest.push(other),
+            }
+        }
+        let mut txs: Vec<GatewayTx> = self.gateways.drain().map(|(_, tx)| tx).collect();
+        txs.extend(state.map(|m| m.deferred).unwrap_or_default());
+        let moved = self.frame_of(host_frame::Kind::Moved(Moved { address: target.clone() }));
+        for tx in &txs {
+            let _ = tx.try_send(moved.clone());
+        }
+        for cmd in rest {
+            redirect(cmd, &target, self.seq);
+        }
+        tracing::info!(room.id = %self.id, target = %target, seq = self.seq, "room moved");
+    }
+
+    /// Idle: leave memory and give up the lease. Commands that raced with
+    /// the decision are handed to a fresh actor, in order.
+    pub(super) async fn hibernate(self, mut rx: mpsc::Receiver<Command>) {
+        self.release_lease().await;
+        self.registry.remove_if(&self.id, self.generation);
+        self.metrics().rooms_evicted.inc();
+        rx.close();
+        tracing::debug!(room.id = %self.id, "room idle, evicted");
+        while let Ok(cmd) = rx.try_recv() {
+            if let Err(error) = self.registry.dispatch(&self.id, cmd, false).await {
+                tracing::warn!(room.id = %self.id, %error, "could not hand a command to the reloaded room");
+            }
+        }
+    }
+}
