@@ -15,4 +15,4 @@ cargo build --workspace --bins --locked
 export ROOMS_CHAOS_SECONDS="$seconds"
 [ -n "${2:-}" ] && export ROOMS_CHAOS_SEED="$2"
 cargo test -p rooms-tests --locked --test nemesis -- --nocapture 2>&1 \
-  | grep -vE '^\s*(Compiling|Finished|Running)'
+  | grep --line-buffered -vE '^\s*(Compiling|Finished|Running)'
