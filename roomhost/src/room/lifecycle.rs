@@ -1,20 +1,8 @@
-//! A room actor's life: its turn loop, the lease it runs under (renewed
-//! first, bounded by its own clock, claimed by a roomhost gateways could
-//! reach), handoffs to another owner, and hibernation.
+//! A room actor's life: its turn loop, what it does about its lease (see
+//! [`super::renewer`]), handoffs to another owner, and hibernation.
 
+use super::renewer::LeaseCheck;
 use super::*;
-
-/// What renewing the lease found.
-pub(super) enum LeaseCheck {
-    Held,
-    /// The store says the lease is not ours: re-check before the next write.
-    Suspect,
-    /// Still ours, but gateways that could not reach us went to this
-    /// roomhost: hand the room over to it.
-    Claimed(String),
-    /// The store could not confirm the lease before it ran out.
-    Lapsed,
-}
 
 /// A handoff in progress.
 pub(super) struct MoveState {
@@ -33,18 +21,14 @@ impl Room {
         // When the last gateway left; the room hibernates `idle_timeout` later
         // whatever else (queries, publishes) happens meanwhile.
         let mut empty_since = Some(Instant::now());
-        let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        renew.tick().await;
         loop {
             let idle_at = empty_since.map(|since| since + self.settings.idle_timeout);
             let move_at = self.moving.as_ref().map(|m| m.deadline);
             let first = tokio::select! {
-                // Renewals first: a busy room must not outlive its lease.
+                // The lease first: a busy room must not outlive it.
                 biased;
-                _ = renew.tick() => {
-                    match self.renew_lease().await {
-                        LeaseCheck::Held => {}
+                check = self.renewer.next() => {
+                    match check {
                         LeaseCheck::Suspect => self.lease_suspect = true,
                         LeaseCheck::Claimed(by) => self.begin_move(by, true),
                         LeaseCheck::Lapsed => {
@@ -116,33 +100,6 @@ impl Room {
         tracing::debug!(room.id = %self.id, "room stopped");
     }
 
-    /// Extends the lease, waiting for the store at most as long as the lease
-    /// surely holds. A store error is retried at the next tick while the
-    /// lease still holds (commits are fenced anyway).
-    pub(super) async fn renew_lease(&mut self) -> LeaseCheck {
-        let (me, ttl) = (&self.settings.owner, self.settings.lease_ttl);
-        let started = Instant::now();
-        let left = self.lease_until.saturating_duration_since(started);
-        let renewal = tokio::time::timeout(left, self.store.renew(&self.id, me, self.lease, ttl));
-        match renewal.await {
-            Ok(Ok(Renewal::Ours)) => {
-                self.lease_until = started + ttl;
-                LeaseCheck::Held
-            }
-            Ok(Ok(Renewal::Claimed(by))) => {
-                self.lease_until = started + ttl;
-                tracing::info!(room.id = %self.id, claimant = %by.0, "a gateway could not reach this roomhost; handing the room to the roomhost it reached");
-                LeaseCheck::Claimed(by.address().to_owned())
-            }
-            Ok(Ok(Renewal::Lost)) => LeaseCheck::Suspect,
-            Ok(Err(error)) if Instant::now() < self.lease_until => {
-                tracing::warn!(room.id = %self.id, %error, "lease renewal failed; retrying");
-                LeaseCheck::Held
-            }
-            Ok(Err(_)) | Err(_) => LeaseCheck::Lapsed,
-        }
-    }
-
     /// The lease looked lost: take it again if nobody else did (our state
     /// is then reloaded), else hand the room to its holder. False: moving.
     pub(super) async fn recheck_lease(&mut self) -> bool {
@@ -150,7 +107,7 @@ impl Room {
         let started = Instant::now();
         match self.store.acquire(&self.id, me, ttl, false).await {
             Ok(Acquired::Ours(lease)) => {
-                self.lease_until = started + ttl;
+                self.renewer.retaken(lease, started + ttl);
                 if lease != self.lease {
                     tracing::warn!(room.id = %self.id, fence = lease.fence, "lease had expired; took it again");
                     self.lease = lease;

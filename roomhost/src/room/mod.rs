@@ -24,9 +24,11 @@ mod commit;
 mod fanout;
 mod lifecycle;
 mod log;
+mod renewer;
 
 use commit::{Origin, Output, Staged};
 use lifecycle::MoveState;
+use renewer::Renewer;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -47,7 +49,7 @@ use crate::dedup::Dedup;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{
-    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, Store, StoreError,
+    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Store, StoreError,
 };
 
 /// Most commands handled in one turn (one group commit).
@@ -172,10 +174,9 @@ pub(crate) struct Room {
     /// Reloading failed in this turn (its other writes are refused at once).
     reload_failed: bool,
     lease: Lease,
-    /// Until when the lease surely holds by this process's clock: the start
-    /// of the last call that took or renewed it, plus the TTL. Past it the
-    /// room may already be served elsewhere, so this actor stops serving.
-    lease_until: Instant,
+    /// Renews the lease on its own task; tells the actor when the lease
+    /// looks lost, was claimed, or could not be confirmed in time.
+    renewer: Renewer,
     /// A commit found the lease gone: re-check it before anything else.
     lease_suspect: bool,
     moving: Option<MoveState>,
@@ -195,6 +196,13 @@ impl Room {
         registry: Arc<Registry>,
         (lease, lease_until): (Lease, Instant),
     ) -> Self {
+        let renewer = Renewer::start(
+            id.clone(),
+            store.clone(),
+            settings.owner.clone(),
+            settings.lease_ttl,
+            (lease, lease_until),
+        );
         let mut room = Self {
             id,
             generation,
@@ -214,7 +222,7 @@ impl Room {
             stale: false,
             reload_failed: false,
             lease,
-            lease_until,
+            renewer,
             lease_suspect: false,
             moving: None,
             reported: (0, 0),
