@@ -187,9 +187,9 @@ impl Link {
                 }
                 let message = frame(kind);
                 let tag = tag_of(&message);
-                // Past the tracker's bound a chat goes untracked: untimed,
-                // and not sent again if its stream breaks.
-                let _tracked = tag != 0 && self.unanswered.track(tag, received, &message);
+                if tag != 0 {
+                    self.unanswered.track(tag, received, &message);
+                }
                 self.forward(conn, message);
             }
         }

@@ -32,12 +32,13 @@ pub(super) struct Unanswered {
 }
 
 impl Unanswered {
-    /// Tracks a chat with `tag`, read at `received`; false if full.
-    pub(super) fn track(&mut self, tag: u64, received: Instant, chat: &GatewayFrame) -> bool {
+    /// Tracks a chat with `tag`, read at `received`; when full, it goes
+    /// untracked (untimed, and not sent again if its stream breaks).
+    pub(super) fn track(&mut self, tag: u64, received: Instant, chat: &GatewayFrame) {
         if self.by_tag.len() >= MAX_UNANSWERED {
             self.by_tag.retain(|_, e| e.received.elapsed() < FORGET_AFTER);
             if self.by_tag.len() >= MAX_UNANSWERED {
-                return false;
+                return;
             }
         }
         let resend = match &chat.kind {
@@ -45,7 +46,6 @@ impl Unanswered {
             _ => None,
         };
         self.by_tag.insert(tag, Entry { received, resend });
-        true
     }
 
     /// The chat tagged `tag` was answered; when it was read, if tracked.
@@ -92,9 +92,11 @@ mod tests {
     async fn unanswered_chats_with_ids_are_resent_in_order_until_answered_or_too_old() {
         let mut unanswered = Unanswered::default();
         let now = Instant::now();
-        assert!(unanswered.track(7, now, &chat(7, "b")));
-        assert!(unanswered.track(5, now, &chat(5, "a")));
-        assert!(unanswered.track(9, now, &chat(9, "")), "tracked for timing only");
+        unanswered.track(7, now, &chat(7, "b"));
+        unanswered.track(5, now, &chat(5, "a"));
+        unanswered.track(9, now, &chat(9, "")); // timed only: no id
+        assert_eq!(unanswered.answered(9), Some(now));
+        unanswered.track(9, now, &chat(9, ""));
         assert_eq!(unanswered.answered(5), Some(now));
         assert_eq!(unanswered.answered(5), None);
         let resend = unanswered.resendable();
@@ -108,10 +110,13 @@ mod tests {
     async fn a_full_tracker_forgets_the_old_then_refuses() {
         let mut unanswered = Unanswered::default();
         for tag in 1..=MAX_UNANSWERED as u64 {
-            assert!(unanswered.track(tag, Instant::now(), &chat(tag, "x")));
+            unanswered.track(tag, Instant::now(), &chat(tag, "x"));
         }
-        assert!(!unanswered.track(0, Instant::now(), &chat(0, "x")));
+        let past = MAX_UNANSWERED as u64 + 1;
+        unanswered.track(past, Instant::now(), &chat(past, "x"));
+        assert_eq!(unanswered.answered(past), None, "full: untracked");
         tokio::time::advance(FORGET_AFTER).await;
-        assert!(unanswered.track(1, Instant::now(), &chat(1, "x")));
+        unanswered.track(past, Instant::now(), &chat(past, "x"));
+        assert!(unanswered.answered(past).is_some(), "the old ones were forgotten");
     }
 }

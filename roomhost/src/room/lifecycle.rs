@@ -4,6 +4,10 @@
 use super::renewer::LeaseCheck;
 use super::*;
 
+/// When a renewal could not be confirmed in time, how long the room waits
+/// for the store to say whether it may keep the lease.
+const LAPSE_RECHECK: Duration = Duration::from_millis(500);
+
 /// A handoff in progress.
 pub(super) struct MoveState {
     pub(super) target: String,
@@ -33,12 +37,21 @@ impl Room {
                         LeaseCheck::Claimed(by) => self.begin_move(by, true),
                         LeaseCheck::Lapsed => {
                             // Nothing can be stored without the lease, and
-                            // another roomhost may take the room now: stop
-                            // serving, and send the gateways elsewhere.
-                            tracing::warn!(room.id = %self.id, "lease could not be renewed in time; giving the room up");
-                            self.lease_suspect = true;
-                            self.begin_move(String::new(), false);
-                            return self.finish_move(rx).await;
+                            // another roomhost may take the room now. If the
+                            // store answers again and nobody took it, take
+                            // it back; else stop serving and send the
+                            // gateways elsewhere.
+                            let back = tokio::time::timeout(LAPSE_RECHECK, self.recheck_lease());
+                            match back.await {
+                                Ok(Some(true)) => {}
+                                Ok(Some(false)) => return self.finish_move(rx).await,
+                                Ok(None) | Err(_) => {
+                                    tracing::warn!(room.id = %self.id, "lease could not be renewed in time; giving the room up");
+                                    self.lease_suspect = true;
+                                    self.begin_move(String::new(), false);
+                                    return self.finish_move(rx).await;
+                                }
+                            }
                         }
                     }
                     None
@@ -82,7 +95,7 @@ impl Room {
                 self.busy = events >= BUSY_EVENTS;
                 self.report_gauges();
             }
-            if self.lease_suspect && !self.recheck_lease().await {
+            if self.lease_suspect && self.recheck_lease().await == Some(false) {
                 return self.finish_move(rx).await;
             }
             if self.moving.as_ref().is_some_and(|m| m.waiting.is_empty()) {
@@ -101,8 +114,9 @@ impl Room {
     }
 
     /// The lease looked lost: take it again if nobody else did (our state
-    /// is then reloaded), else hand the room to its holder. False: moving.
-    pub(super) async fn recheck_lease(&mut self) -> bool {
+    /// is then reloaded), else hand the room to its holder. Some(true):
+    /// ours; Some(false): moving; None: the store did not answer.
+    pub(super) async fn recheck_lease(&mut self) -> Option<bool> {
         let (me, ttl) = (&self.settings.owner, self.settings.lease_ttl);
         let started = Instant::now();
         match self.store.acquire(&self.id, me, ttl, false).await {
@@ -114,16 +128,16 @@ impl Room {
                     self.stale = true;
                 }
                 self.lease_suspect = false;
-                true
+                Some(true)
             }
             Ok(Acquired::HeldBy(holder)) => {
                 tracing::warn!(room.id = %self.id, holder = %holder.0, "lease lost; room moves to its holder");
                 self.begin_move(holder.address().to_owned(), false);
-                false
+                Some(false)
             }
             Err(error) => {
                 tracing::warn!(room.id = %self.id, %error, "cannot check the lease; retrying");
-                true
+                None
             }
         }
     }

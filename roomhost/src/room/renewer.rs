@@ -12,6 +12,11 @@ use tokio::time::Instant;
 
 use crate::store::{Lease, Owner, Renewal, Store};
 
+/// After a renewal failed (Redis unreachable for a moment), the next try
+/// comes this soon rather than a third of a TTL later: a store that is back
+/// keeps the lease.
+const RETRY: Duration = Duration::from_millis(100);
+
 /// What a renewal found that the room must act on.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum LeaseCheck {
@@ -77,15 +82,14 @@ async fn renew(
     checks: mpsc::Sender<LeaseCheck>,
 ) {
     let (mut lease, mut until) = *retaken.borrow_and_update();
-    let mut ticks = tokio::time::interval(ttl / 3);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
+    let mut next = Instant::now() + ttl / 3;
     loop {
-        ticks.tick().await;
+        tokio::time::sleep_until(next).await;
         if retaken.has_changed().unwrap_or(false) {
             (lease, until) = *retaken.borrow_and_update();
         }
         let started = Instant::now();
+        next = started + ttl / 3;
         let left = until.saturating_duration_since(started);
         let check = match tokio::time::timeout(left, store.renew(&room, &owner, lease, ttl)).await {
             Ok(Ok(Renewal::Ours)) => {
@@ -100,6 +104,7 @@ async fn renew(
             Ok(Ok(Renewal::Lost)) => LeaseCheck::Suspect,
             Ok(Err(error)) if Instant::now() < until => {
                 tracing::warn!(room.id = %room, %error, "lease renewal failed; retrying");
+                next = Instant::now() + RETRY;
                 continue;
             }
             Ok(Err(_)) | Err(_) => LeaseCheck::Lapsed,
