@@ -41,6 +41,7 @@ impl Net {
     /// the namespaces only). None, with the reason printed, if this
     /// machine cannot make them (not root, no iproute2, no netns support).
     pub fn create(hosts: usize) -> Option<Self> {
+        remove_orphans();
         let tag = format!("{}-{}", std::process::id() % 100_000, crate::redis::free_port());
         let hub = format!("rh{tag}");
         let mut net = Self { hub: hub.clone(), hosts: Vec::new() };
@@ -144,6 +145,40 @@ impl Drop for Net {
             let _ = run(&["ip", "netns", "del", &host.ns]);
         }
         let _ = run(&["ip", "netns", "del", &self.hub]);
+    }
+}
+
+/// Deletes namespaces a killed test run left behind: ours are named after
+/// the test process (`rhPID-…`, `rN-PID-…`), so those of a process that is
+/// gone are orphans.
+fn remove_orphans() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let parts: Vec<&str> = name.split('-').collect();
+        let pid = match parts.as_slice() {
+            [hub, port] if hub.strip_prefix("rh").is_some_and(digits) && digits(port) => {
+                hub.strip_prefix("rh")
+            }
+            [host, pid, port]
+                if host.strip_prefix('r').is_some_and(digits) && digits(pid) && digits(port) =>
+            {
+                Some(*pid)
+            }
+            _ => None,
+        };
+        let Some(pid) = pid else { continue };
+        // The tag keeps the pid's last five digits: compare the same way.
+        let alive = std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.bytes().all(|b| b.is_ascii_digit())
+                && name.parse::<u64>().is_ok_and(|p| (p % 100_000).to_string() == pid)
+        });
+        if !alive {
+            let _ = run(&["ip", "netns", "del", name]);
+        }
     }
 }
 
