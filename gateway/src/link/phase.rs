@@ -165,10 +165,22 @@ impl Phase {
     }
 
     /// The stream ended, broke or was redirected: look for the room's owner,
-    /// keeping what is held.
+    /// keeping what is held. What an unconfirmed stream was sent is marked
+    /// as resent: its roomhost may have stored some of it just before the
+    /// stream broke, and then the sender must not get its echo twice (the
+    /// resume replays it; the roomhost answers a stored resend by tag alone).
     pub(super) fn broke(&mut self) {
         *self = match self.take() {
-            Self::Detached(mut held) | Self::Opened(_, mut held) | Self::Stopped(_, mut held) => {
+            Self::Opened(_, mut held) => {
+                for frame in &mut held.frames {
+                    if let Some(gateway_frame::Kind::Chat(chat)) = &mut frame.kind {
+                        chat.resent = true;
+                    }
+                }
+                held.since.get_or_insert_with(Instant::now);
+                Self::Detached(held)
+            }
+            Self::Detached(mut held) | Self::Stopped(_, mut held) => {
                 held.since.get_or_insert_with(Instant::now);
                 Self::Detached(held)
             }
@@ -219,14 +231,23 @@ mod tests {
         assert!(phase.confirmed().is_some(), "a move's pause is measured");
     }
 
+    fn resent(phase: &mut Phase) -> Vec<bool> {
+        let held = &phase.held().unwrap().frames;
+        held.iter()
+            .map(|f| matches!(&f.kind, Some(gateway_frame::Kind::Chat(c)) if c.resent))
+            .collect()
+    }
+
     #[tokio::test]
-    async fn a_redirect_before_confirmation_keeps_what_was_sent() {
+    async fn a_redirect_before_confirmation_keeps_what_was_sent_marked_as_resent() {
         let mut phase = Phase::new();
-        phase.opened(stream("a:1").0);
         phase.held().unwrap().frames.push_back(chat(3));
-        phase.broke();
+        phase.broke(); // the first stream never opened: nothing was sent
+        assert_eq!(resent(&mut phase), [false]);
+        phase.opened(stream("a:1").0);
+        phase.broke(); // sent on a stream that was never confirmed
         phase.opened(stream("b:1").0);
-        assert_eq!(phase.held().unwrap().frames.len(), 1);
+        assert_eq!(resent(&mut phase), [true]);
     }
 
     #[tokio::test]
