@@ -6,6 +6,7 @@
 //! * [`process`]: a child process with captured logs, killed on drop.
 //! * [`redis`]: a private `redis-server`.
 //! * [`cluster`]: [`TestCluster`]: Redis + roomhosts + gateways.
+//! * [`fake_gateway`]: one room stream of the gateway↔roomhost protocol, by hand.
 //! * [`client`]: a WebSocket client speaking the client protocol.
 //! * [`load`]: steady chat load for fault tests, and its verification.
 //! * [`netns`]: network namespaces and silent partitions between them;
@@ -16,6 +17,7 @@
 pub mod checker;
 pub mod client;
 pub mod cluster;
+pub mod fake_gateway;
 pub mod load;
 pub mod netcluster;
 pub mod netns;

@@ -222,63 +222,38 @@ async fn a_resent_message_id_is_stored_once_and_echoed_to_its_sender() {
 /// resend of a stored id gets the original event back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_chat_resent_by_a_gateway_is_acknowledged_without_its_echo() {
-    use rooms_proto::host::room_host_client::RoomHostClient;
-    use rooms_proto::host::{Chat, GatewayFrame, Join, Open, gateway_frame, host_frame};
+    use rooms_proto::host::{Chat, gateway_frame, host_frame};
+    use rooms_tests::fake_gateway::FakeGateway;
 
     let cluster = TestCluster::new(1, 0).start().await;
-    let mut client = RoomHostClient::connect(format!("http://{}", cluster.roomhosts[0].addr))
-        .await
-        .expect("grpc");
-    let (up, up_rx) = tokio::sync::mpsc::channel::<GatewayFrame>(16);
-    let frame = |kind| GatewayFrame { kind: Some(kind) };
-    let open = Open { room: "resent".into(), gateway_id: "test".into(), ..Open::default() };
-    up.send(frame(gateway_frame::Kind::Open(open))).await.unwrap();
-    let join = Join { conn: 1, user_id: "ann".into(), ..Join::default() };
-    up.send(frame(gateway_frame::Kind::Join(join))).await.unwrap();
-    let mut down = client
-        .attach(tokio_stream::wrappers::ReceiverStream::new(up_rx))
-        .await
-        .expect("attach")
-        .into_inner();
+    let mut ann = FakeGateway::attach(&cluster.roomhosts[0].addr, "resent", "ann").await;
     let chat = |tag, resent| {
-        frame(gateway_frame::Kind::Chat(Chat {
+        gateway_frame::Kind::Chat(Chat {
             conn: 1,
             text: "hello".into(),
             id: "m1".into(),
             tag,
             resent,
             ..Chat::default()
-        }))
+        })
     };
-    // Reads until a frame carrying `tag`.
-    async fn answer_to(
-        down: &mut tonic::Streaming<rooms_proto::host::HostFrame>,
-        tag: u64,
-    ) -> host_frame::Kind {
-        loop {
-            let message = down.message().await.expect("stream").expect("open");
-            match message.kind {
-                Some(host_frame::Kind::Broadcast(b)) if b.tags.contains(&tag) => {
-                    return host_frame::Kind::Broadcast(b);
-                }
-                Some(host_frame::Kind::Direct(d)) if d.tags.contains(&tag) => {
-                    return host_frame::Kind::Direct(d);
-                }
-                _ => continue,
-            }
+    let tagged = |tag: u64| {
+        move |kind: &host_frame::Kind| match kind {
+            host_frame::Kind::Broadcast(b) => b.tags.contains(&tag),
+            host_frame::Kind::Direct(d) => d.tags.contains(&tag),
+            _ => false,
         }
-    }
-    up.send(chat(1, false)).await.unwrap();
-    assert!(
-        matches!(answer_to(&mut down, 1).await, host_frame::Kind::Broadcast(b) if b.frames.len() == 1)
-    );
-    up.send(chat(2, true)).await.unwrap();
-    match answer_to(&mut down, 2).await {
+    };
+    ann.send(chat(1, false)).await;
+    let stored = ann.until(tagged(1)).await;
+    assert!(matches!(stored, host_frame::Kind::Broadcast(b) if b.frames.len() == 1));
+    ann.send(chat(2, true)).await;
+    match ann.until(tagged(2)).await {
         host_frame::Kind::Direct(d) => assert!(d.frames.is_empty(), "no second echo"),
         other => panic!("{other:?}"),
     }
-    up.send(chat(3, false)).await.unwrap();
-    match answer_to(&mut down, 3).await {
+    ann.send(chat(3, false)).await;
+    match ann.until(tagged(3)).await {
         host_frame::Kind::Direct(d) => assert_eq!(d.frames.len(), 1, "the original, to its sender"),
         other => panic!("{other:?}"),
     }

@@ -412,8 +412,8 @@ async fn redis_restart_refuses_events_then_service_resumes_losing_nothing() {
 /// for, and the room would serve nobody until that lease ran out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_on_a_stale_stream_does_not_bring_the_room_back() {
-    use rooms_proto::host::room_host_client::RoomHostClient;
-    use rooms_proto::host::{Chat, GatewayFrame, Join, Open, gateway_frame, host_frame};
+    use rooms_proto::host::{Chat, gateway_frame, host_frame};
+    use rooms_tests::fake_gateway::FakeGateway;
 
     let mut cluster = cluster(1).await;
     let newcomer = cluster.spawn_roomhost().await;
@@ -428,20 +428,7 @@ async fn a_frame_on_a_stale_stream_does_not_bring_the_room_back() {
     let mut ann = cluster.gateways[0].join(&room, "ann").await;
 
     // A silent gateway of our own on the room's current owner.
-    let mut client = RoomHostClient::connect(format!("http://{}", cluster.roomhosts[0].addr))
-        .await
-        .expect("grpc");
-    let (up, up_rx) = tokio::sync::mpsc::channel::<GatewayFrame>(16);
-    let frame = |kind| GatewayFrame { kind: Some(kind) };
-    let open = Open { room: room.clone(), gateway_id: "silent".into(), ..Open::default() };
-    up.send(frame(gateway_frame::Kind::Open(open))).await.unwrap();
-    let join = Join { conn: 1, user_id: "sil".into(), ..Join::default() };
-    up.send(frame(gateway_frame::Kind::Join(join))).await.unwrap();
-    let mut down = client
-        .attach(tokio_stream::wrappers::ReceiverStream::new(up_rx))
-        .await
-        .expect("attach")
-        .into_inner();
+    let mut silent = FakeGateway::attach(&cluster.roomhosts[0].addr, &room, "sil").await;
 
     cluster.roomhosts.push(newcomer);
     cluster.set_members(&members).await;
@@ -453,14 +440,9 @@ async fn a_frame_on_a_stale_stream_does_not_bring_the_room_back() {
         assert!(status.expect("kill").success());
     };
     signal("-STOP");
-    loop {
-        let message = down.message().await.expect("stream").expect("open");
-        if matches!(message.kind, Some(host_frame::Kind::Moved(_))) {
-            break;
-        }
-    }
+    silent.until(|kind| matches!(kind, host_frame::Kind::Moved(_))).await;
     let chat = Chat { conn: 1, text: "late".into(), ..Chat::default() };
-    up.send(frame(gateway_frame::Kind::Chat(chat))).await.unwrap();
+    silent.send(gateway_frame::Kind::Chat(chat)).await;
     // Give the stale frame its chance to restart the room at the old owner
     // before the real gateway follows the room.
     tokio::time::sleep(Duration::from_millis(300)).await;
