@@ -5,11 +5,9 @@
 //!   `dns:`), watched for changes.
 //! * [`ring`]: the consistent-hash ring over those members; gateways and
 //!   roomhosts derive the same ring from the same members.
-//! * [`process`]: how every server process stops (SIGTERM).
 #![forbid(unsafe_code)]
 
 pub mod membership;
-pub mod process;
 pub mod ring;
 
 pub use membership::{MembershipError, MembershipSource, MembershipWatch};

@@ -12,6 +12,7 @@ use rooms_proto::admin::{
 };
 use rooms_proto::host::StatusRequest;
 use subtle::ConstantTimeEq;
+use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -20,19 +21,22 @@ use crate::router::{HostClient, Router, call};
 /// Longest wait for a roomhost answering one Admin call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub struct AdminService {
-    router: Arc<Router>,
-    token: Option<String>,
+/// Admits an Admin call only with the configured token (none: every call).
+#[derive(Clone)]
+pub(crate) struct Authorize {
+    token: Option<Arc<str>>,
 }
 
-impl AdminService {
-    pub fn new(router: Arc<Router>, token: Option<String>) -> Self {
-        Self { router, token }
+impl Authorize {
+    pub(crate) fn new(token: Option<String>) -> Self {
+        Self { token: token.map(Arc::from) }
     }
+}
 
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+impl Interceptor for Authorize {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let Some(expected) = &self.token else {
-            return Ok(());
+            return Ok(request);
         };
         let presented = request
             .metadata()
@@ -41,12 +45,22 @@ impl AdminService {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-            Ok(())
+            Ok(request)
         } else {
             Err(Status::unauthenticated(
                 "a valid admin token is required (authorization: Bearer TOKEN)",
             ))
         }
+    }
+}
+
+pub(crate) struct AdminService {
+    router: Arc<Router>,
+}
+
+impl AdminService {
+    pub(crate) fn new(router: Arc<Router>) -> Self {
+        Self { router }
     }
 
     async fn on_owner<T, F, Fut>(&self, room: &str, call_with: F) -> Result<T, Status>
@@ -65,7 +79,6 @@ impl Admin for AdminService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
-        self.authorize(&request)?;
         let span = tracing::info_span!("admin.publish", room.id = %request.get_ref().room);
         rooms_telemetry::propagation::extract(request.metadata(), &span);
         let request = request.into_inner();
@@ -86,7 +99,6 @@ impl Admin for AdminService {
         &self,
         request: Request<GetRoomRequest>,
     ) -> Result<Response<GetRoomReply>, Status> {
-        self.authorize(&request)?;
         let request = request.into_inner();
         let room = request.room.clone();
         let reply = self
@@ -100,9 +112,8 @@ impl Admin for AdminService {
 
     async fn list_rooms(
         &self,
-        request: Request<ListRoomsRequest>,
+        _request: Request<ListRoomsRequest>,
     ) -> Result<Response<ListRoomsReply>, Status> {
-        self.authorize(&request)?;
         let ring = self.router.ring();
         let mut rooms = Vec::new();
         for member in ring.members() {
@@ -120,7 +131,6 @@ impl Admin for AdminService {
     }
 
     async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickReply>, Status> {
-        self.authorize(&request)?;
         let request = request.into_inner();
         if request.user_id.is_empty() {
             return Err(Status::invalid_argument("user_id is required"));
@@ -137,9 +147,8 @@ impl Admin for AdminService {
 
     async fn cluster_status(
         &self,
-        request: Request<ClusterStatusRequest>,
+        _request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusReply>, Status> {
-        self.authorize(&request)?;
         let ring = self.router.ring();
         let mut roomhosts = Vec::new();
         for member in ring.members() {

@@ -45,7 +45,7 @@ pub struct HttpState {
     pub connections: Arc<Semaphore>,
     pub next_conn: AtomicU64,
     /// The embedded roomhost's metrics (zero-setup mode), served with ours.
-    pub embedded_metrics: Option<Arc<roomhost::metrics::Metrics>>,
+    pub embedded_metrics: Option<Arc<roomhost::Metrics>>,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -91,7 +91,7 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
         .unwrap_or_default()
 }
 
-pub async fn handle(state: Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn respond(state: Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let upgrade = wants_websocket(req.headers());
     match (req.method(), path.as_str()) {

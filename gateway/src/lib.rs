@@ -15,33 +15,29 @@
 //! * [`metrics`]: Prometheus counters on `/metrics`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod auth;
+mod admin;
+mod auth;
 pub mod config;
-pub mod conn;
-pub mod http;
-pub mod link;
-pub mod metrics;
-pub mod router;
-pub mod session;
-pub mod socket;
-pub mod subprotocol;
-pub mod writer;
+mod conn;
+mod http;
+mod link;
+mod metrics;
+mod router;
+mod session;
+mod socket;
+mod subprotocol;
+mod writer;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rooms_cluster::{MembershipError, MembershipWatch};
 use rooms_proto::admin::admin_server::AdminServer;
+use rooms_server::Stop;
+use rooms_server::accept::{self, Http1};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
 use tonic::transport::server::TcpIncoming;
 
 pub use config::{Args, Config};
@@ -52,7 +48,7 @@ use router::Router;
 use session::SessionEnv;
 
 /// Largest request head the gateway reads.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -62,49 +58,14 @@ pub enum GatewayError {
     Io(#[from] std::io::Error),
     #[error("admin server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("embedded roomhost: {0}")]
+    Embedded(#[from] roomhost::RoomhostError),
 }
 
 /// The gateway's two listeners, bound by the caller (tests bind port 0).
 pub struct Listeners {
     pub http: TcpListener,
     pub admin: TcpListener,
-}
-
-/// An in-process roomhost with the in-memory store: the zero-setup default.
-struct Embedded {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    /// Its metrics, served on the gateway's `/metrics`.
-    metrics: Arc<roomhost::metrics::Metrics>,
-}
-
-async fn start_embedded() -> Result<(MembershipWatch, Embedded), GatewayError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?.to_string();
-    let config = roomhost::Config::embedded();
-    let store =
-        roomhost::store::Store::Memory(roomhost::store::MemoryStore::new(config.history_limit));
-    let (stop, mut stopped) = watch::channel(false);
-    let metrics = Arc::new(roomhost::metrics::Metrics::new());
-    let roomhost_metrics = Arc::clone(&metrics);
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(error) = roomhost::run(
-            roomhost::Listeners { grpc: listener, http: None },
-            config,
-            store,
-            roomhost_metrics,
-            shutdown,
-        )
-        .await
-        {
-            tracing::error!(%error, "embedded roomhost failed");
-        }
-    });
-    tracing::warn!(roomhost.addr = %address, "no --roomhosts: running an embedded roomhost with an in-memory store (development only)");
-    Ok((MembershipWatch::fixed(vec![address]), Embedded { stop, task, metrics }))
 }
 
 /// Serves clients and the Admin API until `shutdown` resolves; then stops
@@ -118,16 +79,16 @@ pub async fn run(
     let (membership, embedded) = match config.roomhosts.clone() {
         Some(source) => (MembershipWatch::start(source).await?, None),
         None => {
-            let (membership, embedded) = start_embedded().await?;
-            (membership, Some(embedded))
+            let embedded = roomhost::Embedded::start().await?;
+            (MembershipWatch::fixed(vec![embedded.address.clone()]), Some(embedded))
         }
     };
     let metrics = Arc::new(Metrics::new());
     let router = Router::new(membership, metrics.redirects.clone());
     let gateway_id = format!("gw-{:08x}", rand::random::<u32>());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop, stopping) = Stop::new();
     let links =
-        Links::new(Arc::clone(&router), Arc::clone(&metrics), gateway_id.clone(), stop_rx.clone());
+        Links::new(Arc::clone(&router), Arc::clone(&metrics), gateway_id.clone(), stopping.clone());
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let state = Arc::new(HttpState {
         env: SessionEnv {
@@ -137,7 +98,7 @@ pub async fn run(
             rate_burst: config.rate_burst,
             send_queue: config.send_queue,
             ping_interval: config.ping_interval,
-            shutdown: stop_rx.clone(),
+            stopping: stopping.clone(),
         },
         access: Arc::clone(&config.access),
         connections: Arc::clone(&connections),
@@ -160,22 +121,31 @@ pub async fn run(
     tracing::info!(listen = %http_addr, admin = %admin_addr, gateway.id = %gateway_id, "gateway serving");
 
     let admin = {
-        let mut stop = stop_rx.clone();
-        let service = admin::AdminService::new(Arc::clone(&router), config.admin_token.clone());
+        let mut stopping = stopping.clone();
         let incoming = TcpIncoming::from(listeners.admin).with_nodelay(Some(true));
+        let service = AdminServer::with_interceptor(
+            admin::AdminService::new(Arc::clone(&router)),
+            admin::Authorize::new(config.admin_token.clone()),
+        );
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(AdminServer::new(service))
-                .serve_with_incoming_shutdown(incoming, async move { stopped(&mut stop).await }),
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move { stopping.wait().await }),
         )
     };
 
-    let accept =
-        tokio::spawn(accept_loop(listeners.http, state, config.handshake_timeout, stop_rx.clone()));
+    let http1 = Http1 {
+        header_timeout: config.handshake_timeout,
+        max_head: MAX_HEADER_BYTES,
+        keep_alive: true,
+    };
+    let accept = tokio::spawn(accept::serve(listeners.http, http1, stopping, move |req| {
+        http::respond(Arc::clone(&state), req)
+    }));
 
     shutdown.await;
     tracing::info!("gateway stopping: closing sockets with 1012");
-    let _ = stop_tx.send(true);
+    stop.stop();
     let _ = accept.await;
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(config.shutdown_grace, connections.acquire_many(all)).await.is_err() {
@@ -187,60 +157,8 @@ pub async fn run(
         Ok(Ok(())) => {}
     }
     if let Some(embedded) = embedded {
-        let _ = embedded.stop.send(true);
-        let _ = embedded.task.await;
+        embedded.stop().await;
     }
     tracing::info!("gateway stopped");
     Ok(())
-}
-
-/// Resolves once the gateway is stopping.
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send: drop it here.
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<HttpState>,
-    handshake_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(http::handle(state, req).await) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout)
-                .max_buf_size(MAX_HEADER_BYTES)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stopped(&mut stop) => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
-    }
 }

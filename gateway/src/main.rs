@@ -1,13 +1,13 @@
 use anyhow::Context;
 use clap::Parser;
-use rooms_cluster::process::shutdown_signal;
+use rooms_server::{check::check_config, shutdown};
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = gateway::Args::parse();
     if args.check_config {
-        rooms_cluster::process::check_config("gateway", args.into_config());
+        check_config("gateway", args.into_config());
     }
     let telemetry = rooms_telemetry::init(args.log_format, "rooms-gateway");
     let (listen, admin_listen) = (args.listen, args.admin_listen);
@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {admin_listen}"))?,
     };
-    let result = gateway::run(listeners, config, shutdown_signal()).await;
+    let result = gateway::run(listeners, config, shutdown::signal()).await;
     telemetry.shutdown().await;
     Ok(result?)
 }

@@ -6,23 +6,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use roomhost::service::MOVED_PREFIX;
 use rooms_cluster::{MembershipWatch, Ring};
 use rooms_proto::RoomId;
+use rooms_proto::host::Moved;
 use rooms_proto::host::room_host_client::RoomHostClient;
+use rooms_server::http2;
 use tonic::codegen::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-/// A roomhost that does not accept a connection within this is skipped
-/// (the next ring member serves its rooms once their leases allow).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Flow-control windows sized for thousands of room streams on one connection.
-pub const STREAM_WINDOW: u32 = 1 << 20;
-pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest message a roomhost may send (a page of replayed history).
+const MAX_ROOMHOST_MESSAGE: usize = 8 << 20;
 
 /// Every call carries the caller's trace context in its metadata.
-pub type HostClient = RoomHostClient<InterceptedService<Channel, Propagate>>;
+pub(crate) type HostClient = RoomHostClient<InterceptedService<Channel, Propagate>>;
 type Propagate = fn(Request<()>) -> Result<Request<()>, Status>;
 
 fn propagate(mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -31,14 +28,14 @@ fn propagate(mut request: Request<()>) -> Result<Request<()>, Status> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     #[error("no roomhost is configured")]
     NoMembers,
     #[error("roomhost address `{0}` is invalid")]
     BadAddress(String),
 }
 
-pub struct Router {
+pub(crate) struct Router {
     membership: MembershipWatch,
     /// One lazily connected channel per member address; pruned to the
     /// current members when a new one is added.
@@ -70,18 +67,11 @@ impl Router {
         if let Some(client) = channels.get(address) {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|_| RouteError::BadAddress(address.to_owned()))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(STREAM_WINDOW))
-            .initial_connection_window_size(Some(CONNECTION_WINDOW))
-            .http2_keep_alive_interval(roomhost::KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(roomhost::KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+        let endpoint =
+            http2::endpoint(address).map_err(|_| RouteError::BadAddress(address.to_owned()))?;
         let client =
             RoomHostClient::with_interceptor(endpoint.connect_lazy(), propagate as Propagate)
-                .max_decoding_message_size(8 << 20);
+                .max_decoding_message_size(MAX_ROOMHOST_MESSAGE);
         channels.retain(|a, _| ring.contains(a));
         channels.insert(address.to_owned(), client.clone());
         Ok(client)
@@ -103,17 +93,18 @@ impl Router {
     {
         let (_, client) = self.route(room).map_err(|e| Status::unavailable(e.to_string()))?;
         match call(timeout, call_with(client, room.clone())).await {
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                let Some(target) = status.message().strip_prefix(MOVED_PREFIX) else {
+            Err(status) => {
+                let Some(moved) = Moved::from_status(&status) else {
                     return Err(status);
                 };
                 self.redirects.inc();
-                let client = self
-                    .client(target, &self.ring())
-                    .map_err(|_| Status::unavailable("the room's owner is unknown; retry"))?;
+                let client = moved
+                    .address
+                    .and_then(|target| self.client(&target, &self.ring()).ok())
+                    .ok_or_else(|| Status::unavailable("the room's owner is unknown; retry"))?;
                 call(timeout, call_with(client, room.clone())).await
             }
-            other => other,
+            ok => ok,
         }
     }
 }

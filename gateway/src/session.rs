@@ -10,7 +10,7 @@ use rooms_proto::client::{self, ClientFrame, ErrorCode};
 use rooms_proto::host::{Chat, HistoryRequest, SetName, Typing, gateway_frame};
 use rooms_proto::server;
 use rooms_proto::{RoomId, UserId};
-use tokio::sync::watch;
+use rooms_server::Stopping;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::conn::{
@@ -58,7 +58,7 @@ pub struct SessionEnv {
     /// A socket with nothing to send for this long gets a WebSocket ping, so
     /// proxies and load balancers keep idle connections open.
     pub ping_interval: Duration,
-    pub shutdown: watch::Receiver<bool>,
+    pub stopping: Stopping,
 }
 
 pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: SessionEnv) {
@@ -84,12 +84,12 @@ pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: Sess
 
     if let Ok(link) = link {
         let read = read_frames(&mut reader, conn, &link, &handle, &signal, &env);
-        let mut shutdown = env.shutdown.clone();
+        let mut stopping = env.stopping.clone();
         tokio::select! {
             closed = read => client_closed = closed,
             ended = &mut writer => written = Some(ended.ok().flatten()),
             _ = signal.requested() => {}
-            () = crate::stopped(&mut shutdown) => {
+            () = stopping.wait() => {
                 signal.trigger(close_code::RESTART, "gateway restarting; reconnect");
             }
             () = token_expiry(expires_at) => {

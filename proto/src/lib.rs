@@ -7,10 +7,12 @@
 //! * [`client`]: frames a WebSocket client sends, parsed and validated at the edge.
 //! * [`server`]: frames the server sends, serialized once and shared as bytes.
 //! * [`codec`]: the gRPC codec (small per-stream buffers).
+//! * [`moved`]: how a roomhost says a room is served elsewhere.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod codec;
+pub mod moved;
 pub mod names;
 pub mod server;
 

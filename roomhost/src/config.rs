@@ -127,17 +127,42 @@ impl Args {
 }
 
 impl Config {
-    /// The embedded dev default: in-memory store, default limits.
+    /// The embedded development roomhost: in-memory store, the flags'
+    /// defaults, and a short shutdown grace (its gateway has already closed
+    /// every socket when it stops).
     pub fn embedded() -> Self {
         Self {
             advertise: None,
             roomhosts: None,
             redis: None,
-            room_idle_timeout: Duration::from_secs(30),
+            room_idle_timeout: default_duration(DEFAULT_IDLE_TIMEOUT),
             history_limit: DEFAULT_HISTORY_LIMIT,
             max_rooms: DEFAULT_MAX_ROOMS,
-            shutdown_grace: Duration::from_secs(5),
-            lease_ttl: Duration::from_secs(5),
+            shutdown_grace: EMBEDDED_SHUTDOWN_GRACE,
+            lease_ttl: default_duration(DEFAULT_LEASE_TTL),
         }
+    }
+}
+
+/// How long an embedded roomhost waits for its rooms to flush on shutdown.
+const EMBEDDED_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A default written for the flags (`"30s"`), as a duration.
+fn default_duration(text: &str) -> Duration {
+    humantime::parse_duration(text).unwrap_or_else(|_| unreachable!("default {text} parses"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_roomhost_uses_the_flags_defaults() {
+        let flags = Args::parse_from(["roomhost"]).into_config().unwrap();
+        let embedded = Config::embedded();
+        assert_eq!(embedded.room_idle_timeout, flags.room_idle_timeout);
+        assert_eq!(embedded.lease_ttl, flags.lease_ttl);
+        assert_eq!(embedded.history_limit, flags.history_limit);
+        assert!(embedded.redis.is_none() && embedded.roomhosts.is_none());
     }
 }

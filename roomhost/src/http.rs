@@ -2,62 +2,35 @@
 //! (Prometheus text), `/healthz` (the process answers) and `/readyz` (it
 //! takes rooms; 503 once it is shutting down, so Kubernetes stops listing it).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use rooms_server::Stopping;
+use rooms_server::accept::{self, Http1};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How connections to the metrics port are read: one short request each.
+const HTTP1: Http1 =
+    Http1 { header_timeout: Duration::from_secs(10), max_head: 16 * 1024, keep_alive: false };
 
-/// Serves until `stop` turns true.
-pub async fn serve(
+/// Serves until `stopping`.
+pub(crate) async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stopping: Stopping,
 ) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => return,
-        };
-        let (registry, metrics) = (Arc::clone(&registry), Arc::clone(&metrics));
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = respond(&req, &registry, &metrics);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send: drop it here.
-    let _ = stop.wait_for(|s| *s).await;
+    accept::serve(listener, HTTP1, stopping, move |req| {
+        let response = respond(&req, &registry, &metrics);
+        async move { response }
+    })
+    .await;
 }
 
 fn respond<B>(req: &Request<B>, registry: &Registry, metrics: &Metrics) -> Response<Full<Bytes>> {

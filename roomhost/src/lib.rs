@@ -1,54 +1,48 @@
 //! The roomhost: owns rooms. Gateways open one gRPC stream per room they
 //! serve; the room's actor orders, persists and fans out its events.
 //!
+//! The public surface is what a process needs to run one: [`Args`] and
+//! [`Config`], [`run`] on listeners it bound, and [`Embedded`], the
+//! zero-setup roomhost a gateway starts in-process. Everything else is
+//! private to this crate.
+//!
 //! Layout:
 //! * [`config`]: flags and validated configuration.
-//! * [`service`]: the gRPC `RoomHost` service (room streams, admin calls).
-//! * [`registry`]: the active rooms of this process, started on demand.
-//! * [`room`]: one room's actor: seq, presence, names, group commit, output gate;
-//!   [`dedup`]: resent messages are not stored twice.
-//! * [`store`]: Redis (and the in-memory dev store).
-//! * [`metrics`] and [`http`]: Prometheus metrics and health on `--metrics-listen`.
+//! * `service`: the gRPC `RoomHost` service (room streams, unary calls).
+//! * `registry`: the active rooms of this process, started on demand.
+//! * `room`: one room's actor: seq, presence, names, group commit, output
+//!   gate, lease and moves; `dedup`: resent messages are not stored twice.
+//! * `store`: Redis (and the in-memory dev store).
+//! * `metrics` and `http`: Prometheus metrics and health on `--metrics-listen`.
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod dedup;
-pub mod http;
-pub mod metrics;
-pub mod registry;
-pub mod room;
-pub mod service;
-pub mod store;
+mod dedup;
+mod http;
+mod metrics;
+mod registry;
+mod room;
+mod service;
+mod store;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
+use rooms_cluster::MembershipWatch;
 use rooms_proto::host::room_host_server::RoomHostServer;
+use rooms_server::{Stop, Stopping, http2};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 pub use config::{Args, Config};
-use metrics::Metrics;
+pub use metrics::Metrics;
 use registry::Registry;
 use room::RoomSettings;
-use rooms_cluster::MembershipWatch;
 use store::{MemoryStore, Owner, RedisStore, Store, StoreError};
 
-/// Concurrent room streams one gateway connection may hold: a gateway keeps
-/// one stream per active room, so the HTTP/2 default (~100-200) is far too low.
-pub const MAX_CONCURRENT_STREAMS: u32 = 100_000;
-pub const STREAM_WINDOW: u32 = 1 << 20;
-pub const CONNECTION_WINDOW: u32 = 32 << 20;
-/// HTTP/2 pings between gateways and roomhosts, both ways: a peer that
-/// does not answer one within [`KEEPALIVE_TIMEOUT`] (crashed, frozen, or
-/// behind a network partition that drops packets silently) has its
-/// connection closed, which ends every room stream on it at once, instead
-/// of waiting minutes for TCP to give up. One ping per connection, not per
-/// room, so it costs nothing per room.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest message a gateway may send on a room stream.
+const MAX_GATEWAY_MESSAGE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoomhostError {
@@ -63,7 +57,7 @@ pub enum RoomhostError {
 }
 
 /// Opens the configured store: Redis, or memory when no URL is given.
-pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
+async fn open_store(config: &Config) -> Result<Store, StoreError> {
     Ok(match &config.redis {
         Some(url) => Store::Redis(RedisStore::connect(url, config.history_limit).await?),
         None => {
@@ -83,18 +77,19 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
 }
 
-/// Serves rooms until `shutdown` resolves, then flushes every room and
-/// closes the gateways' streams (bounded by the shutdown grace).
+/// Opens the store, then serves rooms until `shutdown` resolves; then
+/// flushes every room and closes the gateways' streams (bounded by the
+/// shutdown grace).
 ///
 /// `metrics` are served on the HTTP listener if there is one; an embedding
 /// process (the gateway's zero-setup roomhost) may serve them itself.
 pub async fn run(
     listeners: Listeners,
     config: Config,
-    store: Store,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RoomhostError> {
+    let store = open_store(&config).await?;
     let Listeners { grpc: listener, http } = listeners;
     let local = listener.local_addr()?;
     let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
@@ -114,9 +109,9 @@ pub async fn run(
     let ring = membership.as_ref().map(MembershipWatch::subscribe);
     let registry =
         Registry::new(store, settings, config.max_rooms, ring.clone(), Arc::clone(&metrics));
-    let (stop_http, http_stopped) = watch::channel(false);
+    let (stop_http, http_stopping) = Stop::new();
     let http_task = http.map(|listener| {
-        tokio::spawn(http::serve(listener, Arc::clone(&registry), metrics, http_stopped))
+        tokio::spawn(http::serve(listener, Arc::clone(&registry), metrics, http_stopping))
     });
     let rebalancer = ring.map(|mut ring| {
         let registry = Arc::clone(&registry);
@@ -137,23 +132,56 @@ pub async fn run(
         registry.shutdown(grace).await;
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-        .initial_stream_window_size(Some(STREAM_WINDOW))
-        .initial_connection_window_size(Some(CONNECTION_WINDOW))
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(RoomHostServer::new(service).max_decoding_message_size(1 << 20))
+    http2::server()
+        .add_service(RoomHostServer::new(service).max_decoding_message_size(MAX_GATEWAY_MESSAGE))
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;
     if let Some(task) = rebalancer {
         task.abort();
     }
-    let _ = stop_http.send(true);
+    stop_http.stop();
     if let Some(task) = http_task {
         let _ = task.await;
     }
     drop(membership);
     tracing::info!("roomhost stopped");
     Ok(())
+}
+
+/// A roomhost in the calling process, on 127.0.0.1 with the in-memory
+/// store: the zero-setup development default a gateway runs when it is
+/// given no roomhosts.
+pub struct Embedded {
+    /// Where gateways reach it.
+    pub address: String,
+    /// Its metrics, for the embedding process to serve.
+    pub metrics: Arc<Metrics>,
+    stop: Stop,
+    task: JoinHandle<()>,
+}
+
+impl Embedded {
+    pub async fn start() -> Result<Self, RoomhostError> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let metrics = Arc::new(Metrics::new());
+        let (stop, mut stopping): (Stop, Stopping) = Stop::new();
+        let listeners = Listeners { grpc: listener, http: None };
+        let running = run(listeners, Config::embedded(), Arc::clone(&metrics), async move {
+            stopping.wait().await;
+        });
+        let task = tokio::spawn(async move {
+            if let Err(error) = running.await {
+                tracing::error!(%error, "embedded roomhost failed");
+            }
+        });
+        tracing::warn!(roomhost.addr = %address, "no --roomhosts: running an embedded roomhost with an in-memory store (development only)");
+        Ok(Self { address, metrics, stop, task })
+    }
+
+    /// Flushes its rooms and stops it.
+    pub async fn stop(self) {
+        self.stop.stop();
+        let _ = self.task.await;
+    }
 }

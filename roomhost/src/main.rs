@@ -1,18 +1,17 @@
 use anyhow::Context;
 use clap::Parser;
-use rooms_cluster::process::shutdown_signal;
+use rooms_server::{check::check_config, shutdown};
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = roomhost::Args::parse();
     if args.check_config {
-        rooms_cluster::process::check_config("roomhost", args.into_config());
+        check_config("roomhost", args.into_config());
     }
     let telemetry = rooms_telemetry::init(args.log_format, "rooms-roomhost");
     let (listen, metrics_listen) = (args.listen, args.metrics_listen);
     let config = args.into_config()?;
-    let store = roomhost::open_store(&config).await.context("opening the store")?;
     let listeners = roomhost::Listeners {
         grpc: TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?,
         http: Some(
@@ -21,8 +20,8 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding {metrics_listen}"))?,
         ),
     };
-    let metrics = std::sync::Arc::new(roomhost::metrics::Metrics::new());
-    let result = roomhost::run(listeners, config, store, metrics, shutdown_signal()).await;
+    let metrics = std::sync::Arc::new(roomhost::Metrics::new());
+    let result = roomhost::run(listeners, config, metrics, shutdown::signal()).await;
     telemetry.shutdown().await;
     Ok(result?)
 }

@@ -2,24 +2,25 @@
 //! (which first takes the room's lease), bounds how many are in memory, hands
 //! rooms over when the ring moves them elsewhere, and on shutdown.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rooms_cluster::Ring;
 use rooms_proto::RoomId;
+use rooms_proto::host::Moved;
+use rooms_server::Directory;
+use rooms_server::directory::Refused;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
-use crate::room::{COMMAND_QUEUE, Command, Room, RoomHandle, RoomSettings, redirect};
+use crate::room::{
+    COMMAND_QUEUE, Command, Ended, Room, RoomHandle, RoomSettings, RoomSlot, redirect,
+};
 use crate::store::{Acquired, Lease, Store};
 
 /// Attempts to load a room from the store before giving up on it.
 const LOAD_ATTEMPTS: u32 = 3;
 const LOAD_BACKOFF: Duration = Duration::from_millis(200);
-/// Attempts to deliver one command when the actor it found was stopping.
-const DISPATCH_ATTEMPTS: usize = 4;
 /// How often a fallback owner polls a lease that another (unreachable)
 /// roomhost still holds.
 const LEASE_POLL: Duration = Duration::from_millis(100);
@@ -34,23 +35,34 @@ pub enum RegistryError {
     ShuttingDown,
 }
 
+/// What a new room actor does when another roomhost holds the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseWait {
+    /// Answer where the room is served (the holder).
+    Redirect,
+    /// The caller could not reach the room's owner: claim the lease (a live
+    /// holder hands the room over at its next renewal, a dead one's lease
+    /// expires) and wait for it, for at most a lease TTL and a second.
+    Claim,
+}
+
+impl LeaseWait {
+    /// From an `Open`'s `fallback` flag.
+    pub fn fallback(fallback: bool) -> Self {
+        if fallback { Self::Claim } else { Self::Redirect }
+    }
+}
+
 pub struct Registry {
-    rooms: Mutex<Rooms>,
+    rooms: Arc<Directory<RoomId, Command>>,
     store: Store,
     settings: Arc<RoomSettings>,
-    max_rooms: usize,
     /// The membership ring, when this roomhost knows it (`--roomhosts`).
     ring: Option<watch::Receiver<Arc<Ring>>>,
-    generation: AtomicU64,
     /// Held by every room actor; `shutdown` waits until all are dropped.
     done_tx: Mutex<Option<mpsc::Sender<()>>>,
     done_rx: tokio::sync::Mutex<mpsc::Receiver<()>>,
     metrics: Arc<Metrics>,
-}
-
-struct Rooms {
-    active: HashMap<RoomId, RoomHandle>,
-    closed: bool,
 }
 
 impl Registry {
@@ -62,13 +74,15 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let (done_tx, done_rx) = mpsc::channel(1);
+        let gauge = metrics.rooms_active.clone();
+        let rooms = Directory::new(COMMAND_QUEUE, max_rooms, move |n| {
+            gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+        });
         Arc::new(Self {
-            rooms: Mutex::new(Rooms { active: HashMap::new(), closed: false }),
+            rooms,
             store,
             settings: Arc::new(settings),
-            max_rooms,
             ring,
-            generation: AtomicU64::new(1),
             done_tx: Mutex::new(Some(done_tx)),
             done_rx: tokio::sync::Mutex::new(done_rx),
             metrics,
@@ -88,12 +102,8 @@ impl Registry {
         self.settings.owner.address()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub fn is_closed(&self) -> bool {
-        self.lock().closed
+        self.rooms.is_closed()
     }
 
     /// Where the ring places `room`; None without a ring (a lone roomhost).
@@ -103,66 +113,64 @@ impl Registry {
     }
 
     /// Where `room` should go if this roomhost leaves: the ring without it.
-    pub fn successor(&self, room: &RoomId) -> String {
+    pub fn successor(&self, room: &RoomId) -> Moved {
         let Some(ring) = self.ring.as_ref().map(|r| r.borrow().clone()) else {
-            return String::new();
+            return Moved::unknown();
         };
         let others = ring.members().iter().filter(|m| m.as_str() != self.address()).cloned();
-        Ring::new(others, 0).owner(room).unwrap_or_default().to_owned()
+        Ring::new(others, 0).owner(room).map_or_else(Moved::unknown, Moved::to)
     }
 
     /// The handle of an active room, without starting it.
     pub fn get(&self, room: &RoomId) -> Option<RoomHandle> {
-        self.lock().active.get(room).cloned()
+        self.rooms.get(room)
     }
 
-    /// The handle of a room, starting its actor (which takes the lease and
-    /// loads the room) if needed. `fallback`: the caller could not reach the
-    /// ring owner, so wait out a lease held by another roomhost.
-    fn handle(
+    /// Delivers a command to the room's actor, starting one if needed (it
+    /// takes the lease as `wait` says, then loads the room).
+    pub async fn dispatch(
         self: &Arc<Self>,
         room: &RoomId,
-        fallback: bool,
+        cmd: Command,
+        wait: LeaseWait,
     ) -> Result<RoomHandle, RegistryError> {
-        let mut rooms = self.lock();
-        if rooms.closed {
-            return Err(RegistryError::ShuttingDown);
-        }
-        if let Some(handle) = rooms.active.get(room) {
-            return Ok(handle.clone());
-        }
-        if rooms.active.len() >= self.max_rooms {
-            return Err(RegistryError::Full(self.max_rooms));
-        }
-        let done = self
-            .done_tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(RegistryError::ShuttingDown)?;
-        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let handle = RoomHandle { tx, generation };
-        rooms.active.insert(room.clone(), handle.clone());
-        self.metrics.rooms_active.set(rooms.active.len() as i64);
-        drop(rooms);
-        tokio::spawn(Arc::clone(self).start_room(room.clone(), generation, rx, done, fallback));
-        Ok(handle)
+        let done = self.done_tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(done) = done else { return Err(RegistryError::ShuttingDown) };
+        let start = |slot: RoomSlot, rx| self.spawn_room(slot, rx, done.clone(), wait);
+        self.rooms.dispatch(room, cmd, start).await.map_err(|refused| match refused {
+            Refused::Full(limit) => RegistryError::Full(limit),
+            Refused::Closed => RegistryError::ShuttingDown,
+            Refused::Unavailable => RegistryError::Unavailable(room.clone()),
+        })
     }
 
+    /// Spawns a room actor (a plain function: the actor's future may
+    /// dispatch again, which an async caller's type cannot contain).
+    fn spawn_room(
+        self: &Arc<Self>,
+        slot: RoomSlot,
+        rx: mpsc::Receiver<Command>,
+        done: mpsc::Sender<()>,
+        wait: LeaseWait,
+    ) {
+        tokio::spawn(Arc::clone(self).start_room(slot, rx, done, wait));
+    }
+
+    /// A new room actor: takes the lease, loads the room, runs it, and
+    /// hands a hibernated room's leftover commands to its successor.
     async fn start_room(
         self: Arc<Self>,
-        room: RoomId,
-        generation: u64,
+        slot: RoomSlot,
         mut rx: mpsc::Receiver<Command>,
         _done: mpsc::Sender<()>,
-        fallback: bool,
+        wait: LeaseWait,
     ) {
-        let (lease, lease_until) = match self.take_lease(&room, fallback).await {
+        let room = slot.key().clone();
+        let (lease, lease_until) = match self.take_lease(&room, wait).await {
             Ok(taken) => taken,
             Err(holder) => {
                 // Someone else serves the room: send everyone there.
-                self.remove_if(&room, generation);
+                slot.vacate();
                 rx.close();
                 while let Ok(cmd) = rx.try_recv() {
                     redirect(cmd, &holder, 0);
@@ -182,7 +190,7 @@ impl Registry {
                 Err(error) => {
                     tracing::error!(room.id = %room, %error, "loading room failed; refusing its commands");
                     let _ = self.store.release(&room, &self.settings.owner, lease).await;
-                    self.remove_if(&room, generation);
+                    slot.vacate();
                     // Dropping the queued commands drops their reply channels and
                     // gateway senders: callers see the room as unavailable.
                     rx.close();
@@ -192,11 +200,16 @@ impl Registry {
             }
         };
         self.metrics.rooms_loaded.inc();
-        let settings = Arc::clone(&self.settings);
-        let store = self.store.clone();
-        Room::new(room, generation, loaded, store, settings, self, (lease, lease_until))
-            .run(rx)
-            .await;
+        let (store, settings, metrics) =
+            (self.store.clone(), Arc::clone(&self.settings), Arc::clone(&self.metrics));
+        let room_actor = Room::new(slot, loaded, store, settings, metrics, (lease, lease_until));
+        if let Ended::Hibernated(leftover) = room_actor.run(rx).await {
+            for cmd in leftover {
+                if let Err(error) = self.dispatch(&room, cmd, LeaseWait::Redirect).await {
+                    tracing::warn!(room.id = %room, %error, "could not hand a command to the reloaded room");
+                }
+            }
+        }
     }
 
     /// Takes the room's lease, with the moment until which it surely holds.
@@ -207,26 +220,27 @@ impl Registry {
     async fn take_lease(
         &self,
         room: &RoomId,
-        fallback: bool,
-    ) -> Result<(Lease, tokio::time::Instant), String> {
+        wait: LeaseWait,
+    ) -> Result<(Lease, tokio::time::Instant), Moved> {
         let me = &self.settings.owner;
         let ttl = self.settings.lease_ttl;
         let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(1);
         let mut failures = 0;
         loop {
             let started = tokio::time::Instant::now();
-            match self.store.acquire(room, me, ttl, fallback).await {
+            let claim = wait == LeaseWait::Claim;
+            match self.store.acquire(room, me, ttl, claim).await {
                 Ok(Acquired::Ours(lease)) => return Ok((lease, started + ttl)),
                 Ok(Acquired::HeldBy(holder)) => {
-                    if !fallback || tokio::time::Instant::now() > deadline {
-                        return Err(holder.address().to_owned());
+                    if !claim || tokio::time::Instant::now() > deadline {
+                        return Err(Moved::to(holder.address()));
                     }
                 }
                 Err(error) => {
                     failures += 1;
                     tracing::warn!(room.id = %room, %error, "taking the lease failed");
                     if failures >= LOAD_ATTEMPTS {
-                        return Err(String::new());
+                        return Err(Moved::unknown());
                     }
                 }
             }
@@ -234,52 +248,20 @@ impl Registry {
         }
     }
 
-    /// Delivers a command to the room's actor, starting one if needed.
-    pub async fn dispatch(
-        self: &Arc<Self>,
-        room: &RoomId,
-        mut cmd: Command,
-        fallback: bool,
-    ) -> Result<RoomHandle, RegistryError> {
-        for _ in 0..DISPATCH_ATTEMPTS {
-            let handle = self.handle(room, fallback)?;
-            match handle.tx.send(cmd).await {
-                Ok(()) => return Ok(handle),
-                Err(mpsc::error::SendError(returned)) => {
-                    // That actor stopped between lookup and send.
-                    self.remove_if(room, handle.generation);
-                    cmd = returned;
-                }
-            }
-        }
-        Err(RegistryError::Unavailable(room.clone()))
-    }
-
-    /// Forgets a room's actor, unless a newer one already replaced it.
-    pub fn remove_if(&self, room: &RoomId, generation: u64) {
-        let mut rooms = self.lock();
-        if rooms.active.get(room).is_some_and(|h| h.generation == generation) {
-            rooms.active.remove(room);
-            self.metrics.rooms_active.set(rooms.active.len() as i64);
-        }
-    }
-
     pub fn active_rooms(&self) -> Vec<RoomId> {
-        self.lock().active.keys().cloned().collect()
+        self.rooms.all().into_iter().map(|(room, _)| room).collect()
     }
 
     pub fn active_count(&self) -> usize {
-        self.lock().active.len()
+        self.rooms.len()
     }
 
     /// Hands over every active room the ring now places elsewhere.
     pub async fn rebalance(&self, ring: &Ring) {
-        let handles: Vec<(RoomId, RoomHandle)> =
-            self.lock().active.iter().map(|(r, h)| (r.clone(), h.clone())).collect();
-        for (room, handle) in handles {
+        for (room, handle) in self.rooms.all() {
             match ring.owner(&room) {
                 Some(owner) if owner != self.address() => {
-                    let _ = handle.tx.send(Command::Handoff { target: owner.to_owned() }).await;
+                    let _ = handle.send(Command::Handoff { target: Moved::to(owner) }).await;
                 }
                 _ => {}
             }
@@ -289,15 +271,11 @@ impl Registry {
     /// Stops taking rooms, hands every room to its successor on the ring,
     /// and waits for them up to `grace`.
     pub async fn shutdown(&self, grace: Duration) {
-        let handles: Vec<(RoomId, RoomHandle)> = {
-            let mut rooms = self.lock();
-            rooms.closed = true;
-            rooms.active.iter().map(|(r, h)| (r.clone(), h.clone())).collect()
-        };
+        let handles = self.rooms.close();
         self.done_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         for (room, handle) in handles {
             let target = self.successor(&room);
-            let _ = handle.tx.send(Command::Handoff { target }).await;
+            let _ = handle.send(Command::Handoff { target }).await;
         }
         let mut done = self.done_rx.lock().await;
         if tokio::time::timeout(grace, done.recv()).await.is_err() {

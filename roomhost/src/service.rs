@@ -20,7 +20,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{LeaseWait, Registry, RegistryError};
 use crate::room::{Command, GATEWAY_QUEUE, RoomError, RoomInfo};
 
 pub struct RoomHostService {
@@ -36,17 +36,19 @@ impl RoomHostService {
 
     /// Where a room not active here should be served instead: the successor
     /// while this roomhost shuts down, else the ring owner if that is
-    /// another roomhost (unless the caller could not reach it: `fallback`).
-    fn elsewhere(&self, room: &RoomId, fallback: bool) -> Option<String> {
+    /// another roomhost (unless the caller could not reach it and asks this
+    /// one to claim the room).
+    fn elsewhere(&self, room: &RoomId, wait: LeaseWait) -> Option<Moved> {
         if self.registry.get(room).is_some() {
             return None;
         }
         let target = if self.registry.is_closed() {
             Some(self.registry.successor(room))
-        } else if fallback {
+        } else if wait == LeaseWait::Claim {
             None
         } else {
-            self.registry.ring_owner(room).filter(|owner| *owner != self.advertise)
+            let owner = self.registry.ring_owner(room).filter(|owner| *owner != self.advertise);
+            owner.map(Moved::to)
         };
         if target.is_some() {
             self.registry.metrics().redirects.inc();
@@ -58,12 +60,13 @@ impl RoomHostService {
         let room = parse_room(&request.room)?;
         let data = rooms_proto::server::parse_system_data(&request.data_json)
             .map_err(Status::invalid_argument)?;
-        if let Some(target) = self.elsewhere(&room, false) {
-            return Err(RoomError::Moved(target).into());
+        if let Some(target) = self.elsewhere(&room, LeaseWait::Redirect) {
+            return Err(target.into_status());
         }
         let (reply, answer) = oneshot::channel();
         let persist = request.persist.unwrap_or(true);
-        self.registry.dispatch(&room, Command::Publish { data, persist, reply }, false).await?;
+        let publish = Command::Publish { data, persist, reply };
+        self.registry.dispatch(&room, publish, LeaseWait::Redirect).await?;
         let seq = answer.await.map_err(dropped)??;
         Ok(Response::new(PublishReply { seq }))
     }
@@ -84,16 +87,10 @@ impl From<RegistryError> for Status {
     }
 }
 
-/// The message prefix of a FAILED_PRECONDITION status that redirects a call
-/// to the roomhost serving the room: `moved:ADDRESS`.
-pub const MOVED_PREFIX: &str = "moved:";
-
 impl From<RoomError> for Status {
     fn from(e: RoomError) -> Self {
         match e {
-            RoomError::Moved(target) => {
-                Status::failed_precondition(format!("{MOVED_PREFIX}{target}"))
-            }
+            RoomError::Moved(target) => target.into_status(),
             RoomError::Unavailable(_) => Status::unavailable(e.to_string()),
         }
     }
@@ -122,18 +119,15 @@ impl RoomHost for RoomHostService {
         };
         let room = parse_room(&open.room)?;
         let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
-        if let Some(target) = self.elsewhere(&room, open.fallback) {
-            let moved = HostFrame {
-                kind: Some(host_frame::Kind::Moved(Moved { address: target })),
-                room_seq: 0,
-            };
+        let wait = LeaseWait::fallback(open.fallback);
+        if let Some(target) = self.elsewhere(&room, wait) {
+            let moved = HostFrame { kind: Some(host_frame::Kind::Moved(target)), room_seq: 0 };
             let _ = tx.try_send(moved);
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))));
         }
         let gateway = self.next_gateway.fetch_add(1, Ordering::Relaxed);
         let attach = Command::Attach { gateway, tx, resume_after: open.resume_after };
-        let mut handle =
-            self.registry.dispatch(&room, attach, open.fallback).instrument(span).await?;
+        let mut handle = self.registry.dispatch(&room, attach, wait).instrument(span).await?;
         tracing::debug!(room.id = %room, gateway, gateway.name = %open.gateway_id, "room stream attached");
         let registry = Arc::clone(&self.registry);
         // Owned by the stream: ends when the gateway closes it or the server stops.
@@ -142,21 +136,21 @@ impl RoomHost for RoomHostService {
                 let Some(frame) = frame.kind else { continue };
                 registry.metrics().frames_in.inc();
                 let cmd = Command::Frame { gateway, frame };
-                if let Err(mpsc::error::SendError(cmd)) = handle.tx.send(cmd).await {
+                if let Err(cmd) = handle.send(cmd).await {
                     // The actor stopped. If it hibernated, it handed our
                     // Attach to its successor: follow it. Never start an
                     // actor for a stream's frame: one started by a stale
                     // stream (the room moved away) would take the lease the
                     // room's new owner is waiting for, and serve nobody.
                     let Some(next) = registry.get(&room) else { break };
-                    if next.tx.send(cmd).await.is_err() {
+                    if next.send(cmd).await.is_err() {
                         break;
                     }
                     handle = next;
                 }
             }
             if let Some(handle) = registry.get(&room) {
-                let _ = handle.tx.send(Command::Detach { gateway }).await;
+                let _ = handle.send(Command::Detach { gateway }).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
@@ -175,13 +169,13 @@ impl RoomHost for RoomHostService {
         request: Request<GetRoomRequest>,
     ) -> Result<Response<GetRoomReply>, Status> {
         let room = parse_room(&request.into_inner().room)?;
-        if let Some(target) = self.elsewhere(&room, false) {
-            return Err(RoomError::Moved(target).into());
+        if let Some(target) = self.elsewhere(&room, LeaseWait::Redirect) {
+            return Err(target.into_status());
         }
         let info = match self.registry.get(&room) {
             Some(handle) => {
                 let (reply, answer) = oneshot::channel();
-                handle.tx.send(Command::Info { reply }).await.map_err(dropped)?;
+                handle.send(Command::Info { reply }).await.map_err(dropped)?;
                 answer.await.map_err(dropped)?
             }
             // Not in memory: report what the store knows without loading it.
@@ -214,7 +208,7 @@ impl RoomHost for RoomHostService {
                 continue;
             };
             let (reply, answer) = oneshot::channel();
-            if handle.tx.send(Command::Info { reply }).await.is_err() {
+            if handle.send(Command::Info { reply }).await.is_err() {
                 continue;
             }
             if let Ok(info) = answer.await {
@@ -235,8 +229,8 @@ impl RoomHost for RoomHostService {
         if request.user_id.is_empty() {
             return Err(Status::invalid_argument("user_id is required"));
         }
-        if let Some(target) = self.elsewhere(&room, false) {
-            return Err(RoomError::Moved(target).into());
+        if let Some(target) = self.elsewhere(&room, LeaseWait::Redirect) {
+            return Err(target.into_status());
         }
         let Some(handle) = self.registry.get(&room) else {
             return Ok(Response::new(KickReply { closed: 0 }));
@@ -244,7 +238,6 @@ impl RoomHost for RoomHostService {
         let (reply, answer) = oneshot::channel();
         let reason = if request.reason.is_empty() { "kicked".to_owned() } else { request.reason };
         handle
-            .tx
             .send(Command::Kick { user: request.user_id, reason, reply })
             .await
             .map_err(dropped)?;

@@ -90,12 +90,12 @@ pub(super) async fn run(
 
 impl Link {
     async fn serve(&mut self, rx: &mut mpsc::Receiver<LinkCmd>, mut inbound: Streaming<HostFrame>) {
-        let mut stop = self.links.stop.clone();
+        let mut stopping = self.links.stopping.clone();
         loop {
             let idle = self.conns.is_empty() && self.phase.is_attached();
             let next = tokio::select! {
                 biased;
-                () = crate::stopped(&mut stop) => return,
+                () = stopping.wait() => return,
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => {
                         self.command(cmd);
@@ -298,14 +298,13 @@ impl Link {
                 }
             }
             Some(host_frame::Kind::Moved(moved)) => {
-                tracing::debug!(room.id = %self.room, target = %moved.address, "room moved");
+                tracing::debug!(room.id = %self.room, target = ?moved.address, "room moved");
                 // No address: that roomhost cannot serve the room (it lost
                 // its lease, or its store is unreachable): ask the ring
                 // without it.
-                return Some(if moved.address.is_empty() {
-                    Target::Ring { avoid: self.phase.address().map(str::to_owned) }
-                } else {
-                    Target::Redirect(moved.address)
+                return Some(match moved.address {
+                    Some(address) => Target::Redirect(address),
+                    None => Target::Ring { avoid: self.phase.address().map(str::to_owned) },
                 });
             }
             None => {}

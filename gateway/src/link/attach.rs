@@ -49,7 +49,7 @@ impl Link {
             self.pause(rx, Duration::from_millis(50 * u64::from(self.bounces.min(20)))).await;
         }
         loop {
-            if *self.links.stop.borrow() {
+            if self.links.stopping.is_stopping() {
                 self.give_up(rx);
                 return None;
             }

@@ -18,6 +18,10 @@
 mod actor;
 mod attach;
 mod phase;
+#[cfg(test)]
+mod scripted;
+#[cfg(test)]
+mod tests;
 mod unanswered;
 
 use std::collections::HashMap;
@@ -27,7 +31,8 @@ use std::time::Duration;
 
 use rooms_proto::host::gateway_frame;
 use rooms_proto::{RoomId, UserId};
-use tokio::sync::{mpsc, watch};
+use rooms_server::Stopping;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::conn::{ConnHandle, ConnId};
@@ -102,7 +107,7 @@ pub struct Links {
     /// gateway's tags in a shared broadcast never match ours.
     next_tag: AtomicU64,
     /// Set when the gateway stops: links close instead of following moves.
-    stop: watch::Receiver<bool>,
+    stopping: Stopping,
 }
 
 impl Links {
@@ -110,7 +115,7 @@ impl Links {
         router: Arc<Router>,
         metrics: Arc<Metrics>,
         gateway_id: String,
-        stop: watch::Receiver<bool>,
+        stopping: Stopping,
     ) -> Arc<Self> {
         Arc::new(Self {
             router,
@@ -119,7 +124,7 @@ impl Links {
             active: Mutex::default(),
             generation: AtomicU64::new(1),
             next_tag: AtomicU64::new(rand::random::<u64>() >> 1 | 1),
-            stop,
+            stopping,
         })
     }
 

@@ -5,7 +5,7 @@
 use super::*;
 
 impl Room {
-    pub(super) async fn handle(&mut self, cmd: Command) {
+    pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Attach { gateway, tx, resume_after } => {
                 if let Some(moving) = &mut self.moving {
@@ -66,7 +66,7 @@ impl Room {
             }
             Command::Handoff { target } => {
                 self.flush().await;
-                self.begin_move(target, true);
+                self.begin_move(target, Drain::Gateways);
             }
         }
     }

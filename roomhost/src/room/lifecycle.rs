@@ -8,9 +8,30 @@ use super::*;
 /// for the store to say whether it may keep the lease.
 const LAPSE_RECHECK: Duration = Duration::from_millis(500);
 
+/// Whether a handoff first asks the gateways to stop sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// `Moving` to every gateway; the room moves once each answered
+    /// `Drained` (or [`MOVE_DRAIN`] passed), so nothing they sent is lost.
+    Gateways,
+    /// The lease is gone: nothing more can be stored, stop at once.
+    Skip,
+}
+
+/// What re-checking a lease that looked lost found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recheck {
+    /// Ours again (the room's state is reloaded before the next write).
+    Ours,
+    /// Another roomhost holds it: the room is moving there.
+    Moving,
+    /// The store did not answer.
+    NoAnswer,
+}
+
 /// A handoff in progress.
 pub(super) struct MoveState {
-    pub(super) target: String,
+    pub(super) target: Moved,
     /// Gateways that have not answered `Moving` yet.
     pub(super) waiting: Vec<GatewayId>,
     pub(super) deadline: Instant,
@@ -20,7 +41,7 @@ pub(super) struct MoveState {
 }
 
 impl Room {
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Ended {
         tracing::debug!(room.id = %self.id, seq = self.seq, fence = self.lease.fence, "room loaded");
         // When the last gateway left; the room hibernates `idle_timeout` later
         // whatever else (queries, publishes) happens meanwhile.
@@ -34,7 +55,7 @@ impl Room {
                 check = self.renewer.next() => {
                     match check {
                         LeaseCheck::Suspect => self.lease_suspect = true,
-                        LeaseCheck::Claimed(by) => self.begin_move(by, true),
+                        LeaseCheck::Claimed(by) => self.begin_move(Moved::to(by), Drain::Gateways),
                         LeaseCheck::Lapsed => {
                             // Nothing can be stored without the lease, and
                             // another roomhost may take the room now. If the
@@ -43,12 +64,12 @@ impl Room {
                             // gateways elsewhere.
                             let back = tokio::time::timeout(LAPSE_RECHECK, self.recheck_lease());
                             match back.await {
-                                Ok(Some(true)) => {}
-                                Ok(Some(false)) => return self.finish_move(rx).await,
-                                Ok(None) | Err(_) => {
+                                Ok(Recheck::Ours) => {}
+                                Ok(Recheck::Moving) => return self.finish_move(rx).await,
+                                Ok(Recheck::NoAnswer) | Err(_) => {
                                     tracing::warn!(room.id = %self.id, "lease could not be renewed in time; giving the room up");
                                     self.lease_suspect = true;
-                                    self.begin_move(String::new(), false);
+                                    self.begin_move(Moved::unknown(), Drain::Skip);
                                     return self.finish_move(rx).await;
                                 }
                             }
@@ -71,11 +92,11 @@ impl Room {
             if let Some(first) = first {
                 let turn = Instant::now();
                 self.reload_failed = false;
-                self.handle(first).await;
+                self.command(first).await;
                 let mut taken = 1;
                 while taken < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(cmd) => self.handle(cmd).await,
+                        Ok(cmd) => self.command(cmd).await,
                         Err(_) => break,
                     }
                     taken += 1;
@@ -84,7 +105,7 @@ impl Room {
                     let until = turn + BUSY_LINGER;
                     while taken < MAX_BATCH {
                         match tokio::time::timeout_at(until, rx.recv()).await {
-                            Ok(Some(cmd)) => self.handle(cmd).await,
+                            Ok(Some(cmd)) => self.command(cmd).await,
                             _ => break,
                         }
                         taken += 1;
@@ -95,7 +116,7 @@ impl Room {
                 self.busy = events >= BUSY_EVENTS;
                 self.report_gauges();
             }
-            if self.lease_suspect && self.recheck_lease().await == Some(false) {
+            if self.lease_suspect && self.recheck_lease().await == Recheck::Moving {
                 return self.finish_move(rx).await;
             }
             if self.moving.as_ref().is_some_and(|m| m.waiting.is_empty()) {
@@ -109,14 +130,13 @@ impl Room {
         }
         self.flush().await;
         self.release_lease().await;
-        self.registry.remove_if(&self.id, self.generation);
         tracing::debug!(room.id = %self.id, "room stopped");
+        Ended::Done
     }
 
     /// The lease looked lost: take it again if nobody else did (our state
-    /// is then reloaded), else hand the room to its holder. Some(true):
-    /// ours; Some(false): moving; None: the store did not answer.
-    pub(super) async fn recheck_lease(&mut self) -> Option<bool> {
+    /// is then reloaded), else hand the room to its holder.
+    pub(super) async fn recheck_lease(&mut self) -> Recheck {
         let (me, ttl) = (&self.settings.owner, self.settings.lease_ttl);
         let started = Instant::now();
         match self.store.acquire(&self.id, me, ttl, false).await {
@@ -128,16 +148,16 @@ impl Room {
                     self.stale = true;
                 }
                 self.lease_suspect = false;
-                Some(true)
+                Recheck::Ours
             }
             Ok(Acquired::HeldBy(holder)) => {
                 tracing::warn!(room.id = %self.id, holder = %holder.0, "lease lost; room moves to its holder");
-                self.begin_move(holder.address().to_owned(), false);
-                Some(false)
+                self.begin_move(Moved::to(holder.address()), Drain::Skip);
+                Recheck::Moving
             }
             Err(error) => {
                 tracing::warn!(room.id = %self.id, %error, "cannot check the lease; retrying");
-                None
+                Recheck::NoAnswer
             }
         }
     }
@@ -148,18 +168,19 @@ impl Room {
         }
     }
 
-    /// Starts a handoff to `target`. With `drain`, gateways are asked to stop
-    /// sending first; without (lease lost), the room stops right away.
-    pub(super) fn begin_move(&mut self, target: String, drain: bool) {
+    /// Starts a handoff to `target`, draining the gateways first or not.
+    pub(super) fn begin_move(&mut self, target: Moved, drain: Drain) {
         if self.moving.is_some() {
             return;
         }
-        let waiting: Vec<GatewayId> =
-            if drain { self.gateways.keys().copied().collect() } else { Vec::new() };
+        let waiting: Vec<GatewayId> = match drain {
+            Drain::Gateways => self.gateways.keys().copied().collect(),
+            Drain::Skip => Vec::new(),
+        };
         for gateway in &waiting {
             self.send(*gateway, host_frame::Kind::Moving(Moving {}));
         }
-        tracing::info!(room.id = %self.id, target = %target, "room moving");
+        tracing::info!(room.id = %self.id, target = ?target.address, "room moving");
         self.moving = Some(MoveState {
             target,
             waiting,
@@ -172,7 +193,7 @@ impl Room {
     /// Ends a handoff: everything is stored, the lease released, and every
     /// gateway told where the room went. Commands still queued are answered
     /// with the new address.
-    pub(super) async fn finish_move(mut self, mut rx: mpsc::Receiver<Command>) {
+    pub(super) async fn finish_move(mut self, mut rx: mpsc::Receiver<Command>) -> Ended {
         self.flush().await;
         let state = self.moving.take();
         if let Some(state) = &state {
@@ -180,11 +201,11 @@ impl Room {
             metrics.room_moves.inc();
             metrics.room_move_seconds.observe(state.started.elapsed().as_secs_f64());
         }
-        let target = state.as_ref().map(|m| m.target.clone()).unwrap_or_default();
+        let target = state.as_ref().map_or_else(Moved::unknown, |m| m.target.clone());
         if !self.lease_suspect {
             self.release_lease().await;
         }
-        self.registry.remove_if(&self.id, self.generation);
+        self.slot.vacate();
         rx.close();
         // Writes still queued were never processed (a move without drain:
         // the lease ran out): refuse them, before the stream says where the
@@ -203,28 +224,29 @@ impl Room {
         }
         let mut txs: Vec<GatewayTx> = self.gateways.drain().map(|(_, tx)| tx).collect();
         txs.extend(state.map(|m| m.deferred).unwrap_or_default());
-        let moved = self.frame_of(host_frame::Kind::Moved(Moved { address: target.clone() }));
+        let moved = self.frame_of(host_frame::Kind::Moved(target.clone()));
         for tx in &txs {
             let _ = tx.try_send(moved.clone());
         }
         for cmd in rest {
             redirect(cmd, &target, self.seq);
         }
-        tracing::info!(room.id = %self.id, target = %target, seq = self.seq, "room moved");
+        tracing::info!(room.id = %self.id, target = ?target.address, seq = self.seq, "room moved");
+        Ended::Done
     }
 
     /// Idle: leave memory and give up the lease. Commands that raced with
-    /// the decision are handed to a fresh actor, in order.
-    pub(super) async fn hibernate(self, mut rx: mpsc::Receiver<Command>) {
+    /// the decision are handed back, for a fresh actor.
+    pub(super) async fn hibernate(self, mut rx: mpsc::Receiver<Command>) -> Ended {
         self.release_lease().await;
-        self.registry.remove_if(&self.id, self.generation);
-        self.metrics().rooms_evicted.inc();
+        self.slot.vacate();
+        self.metrics.rooms_evicted.inc();
         rx.close();
         tracing::debug!(room.id = %self.id, "room idle, evicted");
+        let mut leftover = Vec::new();
         while let Ok(cmd) = rx.try_recv() {
-            if let Err(error) = self.registry.dispatch(&self.id, cmd, false).await {
-                tracing::warn!(room.id = %self.id, %error, "could not hand a command to the reloaded room");
-            }
+            leftover.push(cmd);
         }
+        Ended::Hibernated(leftover)
     }
 }

@@ -13,11 +13,16 @@
 //! (so every frame they sent is processed), flush, release the lease, then
 //! `Moved` to the next owner.
 //!
+//! The room owns its [`Slot`] in the registry's directory: when the actor
+//! stops, the slot takes it out (never a successor started meanwhile), and
+//! what was still queued goes back to the registry as [`Ended`] says.
+//!
 //! Layout: this file holds the room's state and the types around it;
-//! `lifecycle` the turn loop, lease and moves; `commands` one handler per
-//! command and client frame; `log` seqs, names, welcome and history;
-//! `commit` group commit and the output gate; `fanout` sending to gateways.
-//! Each submodule adds methods to [`Room`] and sees its state.
+//! `lifecycle` the turn loop, lease and moves; `renewer` the lease's own
+//! task; `commands` one handler per command and client frame; `log` seqs,
+//! names, welcome and history; `commit` group commit and the output gate;
+//! `fanout` sending to gateways. Each submodule adds methods to [`Room`]
+//! and sees its state; `tests` drives whole rooms over the memory store.
 
 mod commands;
 mod commit;
@@ -25,9 +30,11 @@ mod fanout;
 mod lifecycle;
 mod log;
 mod renewer;
+#[cfg(test)]
+mod tests;
 
 use commit::{Origin, Output, Staged};
-use lifecycle::MoveState;
+use lifecycle::{Drain, MoveState};
 use renewer::Renewer;
 
 use std::collections::{HashMap, VecDeque};
@@ -41,13 +48,13 @@ use rooms_proto::host::{
 };
 use rooms_proto::server::{self, UserEntry, close_code};
 use rooms_proto::{RoomId, UserId};
+use rooms_server::Slot;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::dedup::Dedup;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 use crate::store::{
     Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Store, StoreError,
 };
@@ -110,9 +117,9 @@ pub enum Command {
         reason: String,
         reply: oneshot::Sender<u32>,
     },
-    /// Hand the room over to `target` (empty: whoever the ring names).
+    /// Hand the room over to `target`.
     Handoff {
-        target: String,
+        target: Moved,
     },
 }
 
@@ -127,9 +134,9 @@ pub struct RoomInfo {
 pub enum RoomError {
     #[error("storage unavailable: {0}")]
     Unavailable(String),
-    /// The room is served by another roomhost (its address; empty if unknown).
-    #[error("room moved to {0}")]
-    Moved(String),
+    /// The room is served by another roomhost.
+    #[error("room moved to {}", .0.address.as_deref().unwrap_or("an unknown roomhost"))]
+    Moved(Moved),
 }
 
 /// Settings shared by every room of a roomhost.
@@ -144,18 +151,26 @@ pub struct RoomSettings {
 }
 
 /// The sending side of a room actor.
-#[derive(Clone)]
-pub struct RoomHandle {
-    pub(crate) tx: mpsc::Sender<Command>,
-    pub(crate) generation: u64,
+pub type RoomHandle = rooms_server::Handle<Command>;
+/// A room actor's place in the registry.
+pub type RoomSlot = Slot<RoomId, Command>;
+
+/// How a room actor ended.
+pub enum Ended {
+    /// Stopped or moved: whatever was queued has been answered.
+    Done,
+    /// Hibernated: these commands arrived meanwhile and go to a fresh actor,
+    /// in order.
+    Hibernated(Vec<Command>),
 }
 
 pub(crate) struct Room {
     id: RoomId,
-    generation: u64,
+    /// Removes the room from the registry when it stops.
+    slot: RoomSlot,
     store: Store,
     settings: Arc<RoomSettings>,
-    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     seq: u64,
     epoch: String,
     /// Oldest seq the store still retains (0: no history yet).
@@ -188,14 +203,14 @@ pub(crate) struct Room {
 
 impl Room {
     pub(crate) fn new(
-        id: RoomId,
-        generation: u64,
+        slot: RoomSlot,
         loaded: LoadedRoom,
         store: Store,
         settings: Arc<RoomSettings>,
-        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
         (lease, lease_until): (Lease, Instant),
     ) -> Self {
+        let id = slot.key().clone();
         let renewer = Renewer::start(
             id.clone(),
             store.clone(),
@@ -205,10 +220,10 @@ impl Room {
         );
         let mut room = Self {
             id,
-            generation,
+            slot,
             store,
             settings,
-            registry,
+            metrics,
             seq: 0,
             epoch: String::new(),
             first_seq: 0,
@@ -244,22 +259,21 @@ impl Room {
 
 impl Drop for Room {
     fn drop(&mut self) {
-        let metrics = self.registry.metrics();
+        let metrics = &self.metrics;
         metrics.connections.dec_by(self.reported.0);
         metrics.gateway_streams.dec_by(self.reported.1);
     }
 }
 
 /// Answers a command for a room this process no longer serves.
-pub(crate) fn redirect(cmd: Command, target: &str, seq: u64) {
-    let moved = || Moved { address: target.to_owned() };
+pub(crate) fn redirect(cmd: Command, target: &Moved, seq: u64) {
     match cmd {
         Command::Attach { tx, .. } => {
-            let frame = HostFrame { kind: Some(host_frame::Kind::Moved(moved())), room_seq: seq };
-            let _ = tx.try_send(frame);
+            let kind = host_frame::Kind::Moved(target.clone());
+            let _ = tx.try_send(HostFrame { kind: Some(kind), room_seq: seq });
         }
         Command::Publish { reply, .. } => {
-            let _ = reply.send(Err(RoomError::Moved(target.to_owned())));
+            let _ = reply.send(Err(RoomError::Moved(target.clone())));
         }
         Command::Info { reply } => {
             let _ = reply.send(RoomInfo { connections: 0, users: 0, seq });

@@ -17,6 +17,9 @@ use super::{
 pub struct MemoryStore {
     rooms: Arc<Mutex<HashMap<RoomId, MemRoom>>>,
     history_limit: usize,
+    /// Tests make commits fail, as a store that does not answer would.
+    #[cfg(test)]
+    refuse_commits: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct MemRoom {
@@ -42,7 +45,18 @@ impl MemRoom {
 
 impl MemoryStore {
     pub fn new(history_limit: usize) -> Self {
-        Self { rooms: Arc::default(), history_limit: history_limit.max(1) }
+        Self {
+            rooms: Arc::default(),
+            history_limit: history_limit.max(1),
+            #[cfg(test)]
+            refuse_commits: Arc::default(),
+        }
+    }
+
+    /// From now on, commits fail (`true`) or work again.
+    #[cfg(test)]
+    pub fn refuse_commits(&self, refuse: bool) {
+        self.refuse_commits.store(refuse, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn with_room<T>(&self, room: &RoomId, f: impl FnOnce(&mut MemRoom) -> T) -> T {
@@ -91,6 +105,15 @@ impl MemoryStore {
         })
     }
 
+    /// Another roomhost takes the lease, as after this one's lapsed.
+    #[cfg(test)]
+    pub fn steal_lease(&self, room: &RoomId, thief: &Owner, ttl: Duration) {
+        self.with_room(room, |r| {
+            r.fence += 1;
+            r.lease = Some((thief.0.clone(), r.fence, Instant::now() + ttl));
+        });
+    }
+
     pub fn renew(&self, room: &RoomId, me: &Owner, lease: Lease, ttl: Duration) -> Renewal {
         self.with_room(room, |r| {
             if !r.holds(me, lease) {
@@ -122,6 +145,10 @@ impl MemoryStore {
         commit: &Commit,
     ) -> Result<(), StoreError> {
         let limit = self.history_limit;
+        #[cfg(test)]
+        if self.refuse_commits.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Corrupt("commits refused by the test".into()));
+        }
         self.with_room(room, |r| {
             if !r.holds(me, lease) {
                 return Err(StoreError::LeaseLost);

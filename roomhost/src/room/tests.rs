@@ -1,0 +1,345 @@
+//! Whole rooms driven in-process: the registry and a room actor over the
+//! memory store, with gateways played by channels. What each gateway
+//! receives is what a real gateway's stream would carry.
+
+use std::time::Duration;
+
+use rooms_proto::host::{Chat, Drained, Join, Leave};
+use rooms_proto::server::ServerFrame;
+
+use super::*;
+use crate::registry::{LeaseWait, Registry};
+use crate::store::MemoryStore;
+
+/// Longest wait for one frame; the store answers at once, so only a broken
+/// room ever comes near it.
+const WAIT: Duration = Duration::from_secs(2);
+
+struct Cluster {
+    registry: Arc<Registry>,
+    store: MemoryStore,
+    room: RoomId,
+}
+
+/// One gateway's room stream, as the room sees it.
+struct Gateway {
+    id: GatewayId,
+    rx: mpsc::Receiver<HostFrame>,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let store = MemoryStore::new(1000);
+        let settings = RoomSettings {
+            idle_timeout: Duration::from_secs(60),
+            history_limit: 1000,
+            lease_ttl: Duration::from_secs(5),
+            owner: Owner::new("here:1"),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(Store::Memory(store.clone()), settings, 10, None, metrics);
+        Self { registry, store, room: RoomId::parse("lobby").unwrap() }
+    }
+
+    async fn send(&self, cmd: Command) {
+        let room = &self.room;
+        self.registry.dispatch(room, cmd, LeaseWait::Redirect).await.unwrap();
+    }
+
+    /// Opens a stream for gateway `id` and waits for `Attached` (after the
+    /// replay of what followed `resume_after`, returned).
+    async fn attach(&self, id: GatewayId, resume_after: Option<u64>) -> (Gateway, Vec<Bytes>) {
+        let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
+        self.send(Command::Attach { gateway: id, tx, resume_after }).await;
+        let mut gateway = Gateway { id, rx };
+        let mut replayed = Vec::new();
+        loop {
+            match gateway.next().await {
+                host_frame::Kind::Attached(_) => return (gateway, replayed),
+                host_frame::Kind::Broadcast(b) => replayed.extend(b.frames),
+                other => panic!("expected Attached, got {other:?}"),
+            }
+        }
+    }
+
+    async fn frame(&self, gateway: &Gateway, kind: gateway_frame::Kind) {
+        self.send(Command::Frame { gateway: gateway.id, frame: kind }).await;
+    }
+
+    /// Joins `user` as connection `conn`; returns its welcome and history.
+    async fn join(&self, gateway: &mut Gateway, conn: ConnId, user: &str) -> Vec<ServerFrame> {
+        self.join_with(gateway, Join { conn, user_id: user.into(), ..Join::default() }).await
+    }
+
+    async fn join_with(&self, gateway: &mut Gateway, join: Join) -> Vec<ServerFrame> {
+        let conn = join.conn;
+        self.frame(gateway, gateway_frame::Kind::Join(join)).await;
+        gateway.direct_to(conn).await
+    }
+
+    async fn chat(&self, gateway: &Gateway, conn: ConnId, id: &str, tag: u64) {
+        let chat =
+            Chat { conn, text: format!("text of {id}"), id: id.into(), tag, ..Chat::default() };
+        self.frame(gateway, gateway_frame::Kind::Chat(chat)).await;
+    }
+
+    /// The seq the store holds, by loading the room as a new owner would.
+    async fn stored_seq(&self) -> u64 {
+        self.store.load(&self.room).seq
+    }
+}
+
+impl Gateway {
+    async fn next(&mut self) -> host_frame::Kind {
+        let frame = tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("the room answers in time")
+            .expect("the room keeps the stream open");
+        frame.kind.expect("every frame has a kind")
+    }
+
+    /// The next broadcast: its client frames and the tags it answers.
+    async fn broadcast(&mut self) -> (Vec<ServerFrame>, Vec<u64>) {
+        match self.next().await {
+            host_frame::Kind::Broadcast(b) => (parse(&b.frames), b.tags),
+            other => panic!("expected a broadcast, got {other:?}"),
+        }
+    }
+
+    /// The next frames for connection `conn`, past the broadcasts it is
+    /// excluded from (its own `join`).
+    async fn direct_to(&mut self, conn: ConnId) -> Vec<ServerFrame> {
+        loop {
+            match self.next().await {
+                host_frame::Kind::Direct(d) if d.conn == conn => return parse(&d.frames),
+                host_frame::Kind::Broadcast(b) if b.except_conn == conn => {}
+                other => panic!("expected frames for connection {conn}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Nothing arrives for a little while.
+    async fn quiet(&mut self) {
+        let next = tokio::time::timeout(Duration::from_millis(100), self.rx.recv()).await;
+        assert!(next.is_err(), "unexpected frame: {next:?}");
+    }
+}
+
+fn parse(frames: &[Bytes]) -> Vec<ServerFrame> {
+    frames.iter().map(|f| serde_json::from_slice(f).expect("frames are valid JSON")).collect()
+}
+
+fn seqs(frames: &[ServerFrame]) -> Vec<u64> {
+    frames.iter().filter_map(ServerFrame::seq).collect()
+}
+
+fn history(frames: &[ServerFrame]) -> (Vec<u64>, bool) {
+    match frames.iter().find(|f| matches!(f, ServerFrame::History { .. })) {
+        Some(ServerFrame::History { messages, gap, .. }) => (seqs(messages), *gap),
+        _ => panic!("no history in {frames:?}"),
+    }
+}
+
+#[tokio::test]
+async fn chats_get_consecutive_seqs_in_order_and_are_stored_before_anyone_sees_them() {
+    let cluster = Cluster::new();
+    let (mut gw, _) = cluster.attach(1, None).await;
+    let joined = cluster.join(&mut gw, 7, "alice").await;
+    assert!(matches!(&joined[0], ServerFrame::Welcome { seq: 0, .. }), "{joined:?}");
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        cluster.chat(&gw, 7, id, 100 + i as u64).await;
+    }
+    let mut delivered = Vec::new();
+    let mut tags = Vec::new();
+    while delivered.len() < 3 {
+        let (frames, answered) = gw.broadcast().await;
+        // The output gate: whatever is delivered is already stored.
+        let last = seqs(&frames).into_iter().max().unwrap_or(0);
+        assert!(cluster.stored_seq().await >= last);
+        delivered.extend(frames);
+        tags.extend(answered);
+    }
+    assert_eq!(seqs(&delivered), [1, 2, 3]);
+    let ids: Vec<_> = delivered
+        .iter()
+        .map(|f| match f {
+            ServerFrame::Chat { id, .. } => id.clone().unwrap_or_default(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(tags, [100, 101, 102]);
+}
+
+#[tokio::test]
+async fn a_failed_commit_answers_unavailable_and_forgets_the_message_id() {
+    let cluster = Cluster::new();
+    let (mut gw, _) = cluster.attach(1, None).await;
+    cluster.join(&mut gw, 7, "alice").await;
+    cluster.store.refuse_commits(true);
+    cluster.chat(&gw, 7, "m1", 5).await;
+    let refused = match gw.next().await {
+        host_frame::Kind::Direct(d) => {
+            assert_eq!(d.tags, [5], "the refusal answers the chat's tag");
+            parse(&d.frames)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(
+        matches!(&refused[..], [ServerFrame::Error { code, id: Some(id), .. }] if code == "unavailable" && id == "m1"),
+        "{refused:?}"
+    );
+    assert_eq!(cluster.stored_seq().await, 0);
+    // The client retries with the same id: stored now, not taken for a
+    // duplicate of the message that was never stored.
+    cluster.store.refuse_commits(false);
+    cluster.chat(&gw, 7, "m1", 6).await;
+    let (frames, tags) = gw.broadcast().await;
+    assert_eq!(seqs(&frames), [1]);
+    assert_eq!(tags, [6]);
+    assert_eq!(cluster.stored_seq().await, 1);
+}
+
+#[tokio::test]
+async fn a_resent_message_is_stored_once_and_echoed_to_its_sender_only() {
+    let cluster = Cluster::new();
+    let (mut gw, _) = cluster.attach(1, None).await;
+    cluster.join(&mut gw, 7, "alice").await;
+    cluster.chat(&gw, 7, "m1", 1).await;
+    assert_eq!(seqs(&gw.broadcast().await.0), [1]);
+    cluster.chat(&gw, 7, "m1", 2).await;
+    let echo = gw.direct_to(7).await;
+    assert_eq!(seqs(&echo), [1], "the sender gets the stored original again");
+    assert_eq!(cluster.stored_seq().await, 1);
+}
+
+#[tokio::test]
+async fn a_joiner_resumes_after_its_seq_and_a_wrong_epoch_gets_the_latest_with_a_gap() {
+    let cluster = Cluster::new();
+    let (mut gw, _) = cluster.attach(1, None).await;
+    let welcome = cluster.join(&mut gw, 7, "alice").await;
+    let ServerFrame::Welcome { epoch, .. } = &welcome[0] else { panic!("{welcome:?}") };
+    for id in ["a", "b", "c", "d", "e"] {
+        cluster.chat(&gw, 7, id, 0).await;
+        gw.broadcast().await;
+    }
+    let resumed = Join {
+        conn: 8,
+        user_id: "bob".into(),
+        since: Some(3),
+        epoch: epoch.clone(),
+        ..Join::default()
+    };
+    let joined = cluster.join_with(&mut gw, resumed).await;
+    assert_eq!(history(&joined), (vec![4, 5], false));
+    let other = Join {
+        conn: 9,
+        user_id: "carol".into(),
+        since: Some(3),
+        epoch: "another".into(),
+        ..Join::default()
+    };
+    let joined = cluster.join_with(&mut gw, other).await;
+    assert_eq!(history(&joined), (vec![1, 2, 3, 4, 5], true), "another epoch: latest page, gap");
+    // A gateway re-attaching after a move gets what followed its seq.
+    let (_, replayed) = cluster.attach(2, Some(2)).await;
+    assert_eq!(seqs(&parse(&replayed)), [3, 4, 5]);
+}
+
+#[tokio::test]
+async fn presence_counts_connections_across_gateways_and_a_rejoin_is_silent() {
+    let cluster = Cluster::new();
+    let (mut one, _) = cluster.attach(1, None).await;
+    let (mut two, _) = cluster.attach(2, None).await;
+    cluster.join(&mut one, 1, "alice").await;
+    let (joined, _) = two.broadcast().await;
+    assert!(matches!(&joined[..], [ServerFrame::Join { user_id, .. }] if user_id == "alice"));
+    // Alice again, on the other gateway: no second `join`, and Bob's
+    // welcome lists her once.
+    cluster.join(&mut two, 2, "alice").await;
+    let welcome = cluster.join(&mut two, 3, "bob").await;
+    let ServerFrame::Welcome { users, .. } = &welcome[0] else { panic!("{welcome:?}") };
+    assert_eq!(users.iter().filter(|u| u.user_id == "alice").count(), 1);
+    one.broadcast().await; // bob's join
+    // Gateway one goes away: Alice is still here through gateway two.
+    cluster.send(Command::Detach { gateway: 1 }).await;
+    two.quiet().await;
+    // Her last connection leaves: now she is gone.
+    cluster.frame(&two, gateway_frame::Kind::Leave(Leave { conn: 2 })).await;
+    let (left, _) = two.broadcast().await;
+    assert!(matches!(&left[..], [ServerFrame::Leave { user_id, .. }] if user_id == "alice"));
+    // A connection re-announced after a move is registered silently.
+    let (mut three, _) = cluster.attach(3, None).await;
+    let rejoin = Join { conn: 4, user_id: "carol".into(), rejoin: true, ..Join::default() };
+    cluster.frame(&three, gateway_frame::Kind::Join(rejoin)).await;
+    two.quiet().await;
+    three.quiet().await;
+    let (reply, info) = oneshot::channel();
+    cluster.send(Command::Info { reply }).await;
+    let info = info.await.unwrap();
+    assert_eq!((info.connections, info.users), (2, 2), "bob and carol");
+}
+
+#[tokio::test]
+async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new_owner() {
+    let cluster = Cluster::new();
+    let (mut one, _) = cluster.attach(1, None).await;
+    let (mut two, _) = cluster.attach(2, None).await;
+    cluster.join(&mut one, 1, "alice").await;
+    two.broadcast().await;
+    cluster.send(Command::Handoff { target: Moved::to("there:1") }).await;
+    assert!(matches!(one.next().await, host_frame::Kind::Moving(_)));
+    assert!(matches!(two.next().await, host_frame::Kind::Moving(_)));
+    // Sent before gateway one saw Moving: still stored here, in order.
+    cluster.chat(&one, 1, "late", 9).await;
+    cluster.frame(&one, gateway_frame::Kind::Drained(Drained {})).await;
+    assert_eq!(seqs(&one.broadcast().await.0), [1]);
+    assert_eq!(seqs(&two.broadcast().await.0), [1]);
+    // A gateway arriving mid-move is sent on with the others.
+    let (tx, mut late) = mpsc::channel(GATEWAY_QUEUE);
+    cluster.send(Command::Attach { gateway: 3, tx, resume_after: None }).await;
+    one.quiet().await;
+    cluster.frame(&two, gateway_frame::Kind::Drained(Drained {})).await;
+    let moved = |kind| matches!(kind, host_frame::Kind::Moved(Moved { address: Some(a) }) if a == "there:1");
+    assert!(moved(one.next().await));
+    assert!(moved(two.next().await));
+    assert!(moved(late.recv().await.and_then(|f| f.kind).unwrap()));
+    // The lease is released: the next owner takes it at once.
+    let next = Owner::new("there:1");
+    let ttl = Duration::from_secs(5);
+    assert!(matches!(
+        cluster.store.acquire(&cluster.room, &next, ttl, false),
+        crate::store::Acquired::Ours(_)
+    ));
+    assert_eq!(cluster.stored_seq().await, 1);
+    // The room is gone from this roomhost: what comes now starts it again,
+    // and the store (the new owner holds the lease) sends it there.
+    let (tx, mut again) = mpsc::channel(GATEWAY_QUEUE);
+    cluster.send(Command::Attach { gateway: 4, tx, resume_after: None }).await;
+    let frame = tokio::time::timeout(WAIT, again.recv()).await.unwrap().unwrap();
+    assert!(moved(frame.kind.unwrap()));
+}
+
+#[tokio::test]
+async fn a_lost_lease_stops_the_room_at_once_and_refuses_queued_writes() {
+    let cluster = Cluster::new();
+    let (mut gw, _) = cluster.attach(1, None).await;
+    cluster.join(&mut gw, 1, "alice").await;
+    // Another roomhost takes the room (this one's lease lapsed meanwhile).
+    let thief = Owner::new("thief:1");
+    cluster.store.steal_lease(&cluster.room, &thief, Duration::from_secs(5));
+    cluster.chat(&gw, 1, "after", 3).await;
+    let refused = gw.direct_to(1).await;
+    assert!(
+        matches!(&refused[..], [ServerFrame::Error { code, .. }] if code == "unavailable"),
+        "{refused:?}"
+    );
+    // No drain: the holder is named at once.
+    match gw.next().await {
+        host_frame::Kind::Moved(Moved { address }) => {
+            assert_eq!(address.as_deref(), Some("thief:1"))
+        }
+        other => panic!("expected Moved, got {other:?}"),
+    }
+    assert_eq!(cluster.stored_seq().await, 0);
+}

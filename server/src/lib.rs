@@ -1,0 +1,21 @@
+//! What every rooms server process shares, written once.
+//!
+//! Layout:
+//! * [`directory`]: the generation-keyed directory of actors (a roomhost's
+//!   rooms, a gateway's room links): find or start one, and forget it when
+//!   it stops without forgetting its successor.
+//! * [`http2`]: the HTTP/2 settings of the gRPC connections between
+//!   gateways and roomhosts (windows, stream limits, keepalive pings).
+//! * [`accept`]: the HTTP/1 accept loop (health, metrics, WebSocket upgrades).
+//! * [`shutdown`]: SIGTERM / Ctrl-C, and the stop signal tasks watch.
+//! * [`check`]: the `--check-config` flag.
+#![forbid(unsafe_code)]
+
+pub mod accept;
+pub mod check;
+pub mod directory;
+pub mod http2;
+pub mod shutdown;
+
+pub use directory::{Directory, Handle, Slot};
+pub use shutdown::{Stop, Stopping};
