@@ -83,7 +83,7 @@ impl Admin for AdminService {
         rooms_telemetry::propagation::extract(request.metadata(), &span);
         let request = request.into_inner();
         rooms_proto::server::parse_system_data(&request.data_json)
-            .map_err(Status::invalid_argument)?;
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let room = request.room.clone();
         let reply = self
             .on_owner(&room, |mut client, room| {

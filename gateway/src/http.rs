@@ -282,8 +282,8 @@ fn websocket(
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES))
             // tungstenite zeroes its whole read buffer before every read and keeps
-            // it per connection: 4 KiB (grown on demand for larger frames)
-            // instead of the 128 KiB default saves memory and CPU per socket.
+            // it per connection: READ_BUFFER_BYTES (grown on demand for larger
+            // frames) instead of the 128 KiB default saves memory and CPU per socket.
             .read_buffer_size(READ_BUFFER_BYTES);
         match socket::split(upgraded, config).await {
             Some((reader, writer)) => session::run(reader, writer, session, env).await,

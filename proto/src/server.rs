@@ -70,8 +70,18 @@ pub fn welcome(
     encode(&Welcome { room, user_id, seq, epoch, users, more_users })
 }
 
+/// What a `history` frame says about the events around its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Older events exist (the client may page back).
+    pub has_more: bool,
+    /// Events between the client's resume point and these are gone.
+    pub gap: bool,
+}
+
 /// A `history` frame around already-serialized events (oldest first).
-pub fn history(events: &[Bytes], has_more: bool, gap: bool) -> Bytes {
+pub fn history(events: &[Bytes], page: Page) -> Bytes {
+    let Page { has_more, gap } = page;
     let len: usize = events.iter().map(|e| e.len() + 1).sum();
     let mut out = Vec::with_capacity(len + 64);
     out.extend_from_slice(br#"{"type":"history","messages":["#);
@@ -161,15 +171,23 @@ pub fn system(seq: u64, data: &RawValue, time: &str) -> Bytes {
     encode(&System { seq, data, time })
 }
 
+/// Why operator data was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemDataError {
+    #[error("data_json is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("data_json must be a JSON object")]
+    NotAnObject,
+}
+
 /// Checks that operator data is one JSON object and returns it raw.
-pub fn parse_system_data(json: &str) -> Result<Box<RawValue>, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("data_json is not valid JSON: {e}"))?;
+pub fn parse_system_data(json: &str) -> Result<Box<RawValue>, SystemDataError> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(SystemDataError::NotJson)?;
     if !value.is_object() {
-        return Err("data_json must be a JSON object".into());
+        return Err(SystemDataError::NotAnObject);
     }
     // Re-serialize compactly so stored events never carry odd whitespace.
-    RawValue::from_string(value.to_string()).map_err(|e| e.to_string())
+    RawValue::from_string(value.to_string()).map_err(SystemDataError::NotJson)
 }
 
 #[derive(Serialize)]
@@ -306,7 +324,7 @@ mod tests {
             std::str::from_utf8(&s).unwrap(),
             format!(r#"{{"type":"system","seq":8,"data":{{"a":[1,2]}},"time":"{t}"}}"#)
         );
-        let h = history(&[c.clone(), s.clone()], true, false);
+        let h = history(&[c.clone(), s.clone()], Page { has_more: true, gap: false });
         match read(&h) {
             ServerFrame::History { messages, has_more, gap } => {
                 assert_eq!(messages.len(), 2);
@@ -316,7 +334,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            read(&history(&[], false, true))
+            read(&history(&[], Page { has_more: false, gap: true }))
                 == ServerFrame::History { messages: vec![], has_more: false, gap: true }
         );
     }

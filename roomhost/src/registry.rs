@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::room::{
     COMMAND_QUEUE, Command, Ended, Room, RoomHandle, RoomSettings, RoomSlot, redirect,
 };
-use crate::store::{Acquired, Lease, Store};
+use crate::store::{Acquired, IfHeld, Lease, Store};
 
 /// Attempts to load a room from the store before giving up on it.
 const LOAD_ATTEMPTS: u32 = 3;
@@ -228,11 +228,14 @@ impl Registry {
         let mut failures = 0;
         loop {
             let started = tokio::time::Instant::now();
-            let claim = wait == LeaseWait::Claim;
-            match self.store.acquire(room, me, ttl, claim).await {
+            let if_held = match wait {
+                LeaseWait::Redirect => IfHeld::Report,
+                LeaseWait::Claim => IfHeld::Claim,
+            };
+            match self.store.acquire(room, me, ttl, if_held).await {
                 Ok(Acquired::Ours(lease)) => return Ok((lease, started + ttl)),
                 Ok(Acquired::HeldBy(holder)) => {
-                    if !claim || tokio::time::Instant::now() > deadline {
+                    if wait == LeaseWait::Redirect || tokio::time::Instant::now() > deadline {
                         return Err(Moved::to(holder.address()));
                     }
                 }

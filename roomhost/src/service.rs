@@ -59,7 +59,7 @@ impl RoomHostService {
     async fn publish_in(&self, request: PublishRequest) -> Result<Response<PublishReply>, Status> {
         let room = parse_room(&request.room)?;
         let data = rooms_proto::server::parse_system_data(&request.data_json)
-            .map_err(Status::invalid_argument)?;
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(target) = self.elsewhere(&room, LeaseWait::Redirect) {
             return Err(target.into_status());
         }

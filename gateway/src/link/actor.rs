@@ -15,7 +15,9 @@ use tonic::Streaming;
 
 use super::phase::Phase;
 use super::unanswered::{Unanswered, tag_of};
-use super::{FIRST_ATTACH_DEADLINE, HOLD_LIMIT, LINGER, LinkCmd, Links, REATTACH_DEADLINE};
+use super::{
+    FIRST_ATTACH_DEADLINE, HOLD_LIMIT, LINGER, LinkCmd, LinkSlot, Links, REATTACH_DEADLINE,
+};
 use crate::conn::{ConnHandle, ConnId, Delivery, Frames, close_code};
 
 /// A local connection in the room.
@@ -35,7 +37,8 @@ pub(super) struct Local {
 pub(super) struct Link {
     pub(super) links: Arc<Links>,
     pub(super) room: RoomId,
-    generation: u64,
+    /// Takes the link out of the gateway's directory when it stops.
+    slot: LinkSlot,
     pub(super) conns: HashMap<ConnId, Local>,
     pub(super) phase: Phase,
     /// The room's seq as of the last frame received, once a stream was
@@ -65,16 +68,11 @@ pub(super) enum Target {
     Ring { avoid: Option<String> },
 }
 
-pub(super) async fn run(
-    links: Arc<Links>,
-    room: RoomId,
-    generation: u64,
-    mut rx: mpsc::Receiver<LinkCmd>,
-) {
+pub(super) async fn run(links: Arc<Links>, slot: LinkSlot, mut rx: mpsc::Receiver<LinkCmd>) {
     let mut link = Link {
         links,
-        room,
-        generation,
+        room: slot.key().clone(),
+        slot,
         conns: HashMap::new(),
         phase: Phase::new(),
         last_seq: None,
@@ -85,7 +83,6 @@ pub(super) async fn run(
     if let Some(inbound) = link.attach(&mut rx, first, FIRST_ATTACH_DEADLINE).await {
         link.serve(&mut rx, inbound).await;
     }
-    link.links.metrics.room_links.dec();
 }
 
 impl Link {
@@ -118,7 +115,7 @@ impl Link {
                 },
                 () = tokio::time::sleep(LINGER), if idle => {
                     // Idle: stop. Commands that raced with this go to a new link.
-                    self.links.remove_if(&self.room, self.generation);
+                    self.slot.vacate();
                     rx.close();
                     while let Ok(cmd) = rx.try_recv() {
                         let _ = self.links.dispatch(&self.room, cmd).await;
@@ -327,7 +324,7 @@ impl Link {
     /// No roomhost would take the room: close every socket (1012) so the
     /// clients reconnect and resume, and refuse what is queued.
     pub(super) fn give_up(&mut self, rx: &mut mpsc::Receiver<LinkCmd>) {
-        self.links.remove_if(&self.room, self.generation);
+        self.slot.vacate();
         rx.close();
         for local in self.conns.values() {
             local.handle.send_error(

@@ -15,6 +15,13 @@ use super::actor::{Link, Target, frame};
 use super::phase::Stream;
 use super::{LinkCmd, OPEN_TIMEOUT, UPSTREAM_QUEUE};
 
+/// Each failed open waits one more step before the next (at most ten).
+const BACKOFF_STEP: Duration = Duration::from_millis(50);
+/// Redirects followed in a row before the link waits between them.
+const BOUNCES_BEFORE_BACKOFF: u32 = 3;
+/// How long to wait when the ring has no member left to try.
+const NO_MEMBER_WAIT: Duration = Duration::from_millis(100);
+
 /// Why a roomhost did not take a stream.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum OpenError {
@@ -43,10 +50,10 @@ impl Link {
         };
         let mut attempt: u32 = 0;
         self.bounces += 1;
-        if self.bounces > 3 {
+        if self.bounces > BOUNCES_BEFORE_BACKOFF {
             // Two roomhosts disagree about the room (membership changing):
             // let them settle instead of bouncing between them.
-            self.pause(rx, Duration::from_millis(50 * u64::from(self.bounces.min(20)))).await;
+            self.pause(rx, BACKOFF_STEP * self.bounces.min(20)).await;
         }
         loop {
             if self.links.stopping.is_stopping() {
@@ -65,7 +72,7 @@ impl Link {
             });
             let Some(address) = address else {
                 unreachable.clear();
-                self.pause(rx, Duration::from_millis(100)).await;
+                self.pause(rx, NO_MEMBER_WAIT).await;
                 continue;
             };
             let fallback = redirected || !unreachable.is_empty();
@@ -85,7 +92,7 @@ impl Link {
                 self.give_up(rx);
                 return None;
             }
-            self.pause(rx, Duration::from_millis(50 * u64::from(attempt.min(10)))).await;
+            self.pause(rx, BACKOFF_STEP * attempt.min(10)).await;
         }
     }
 

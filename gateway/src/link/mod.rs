@@ -24,14 +24,13 @@ mod scripted;
 mod tests;
 mod unanswered;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rooms_proto::host::gateway_frame;
 use rooms_proto::{RoomId, UserId};
-use rooms_server::Stopping;
+use rooms_server::{Directory, Handle, Slot, Stopping};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -58,9 +57,8 @@ pub const HOLD_LIMIT: usize = 1024;
 /// How long a link keeps trying to reach its room's new owner before it
 /// closes its sockets (1012: reconnect and resume).
 pub const REATTACH_DEADLINE: Duration = Duration::from_secs(30);
-const DISPATCH_ATTEMPTS: usize = 4;
 
-pub enum LinkCmd {
+pub(crate) enum LinkCmd {
     Join {
         conn: ConnId,
         user: UserId,
@@ -79,30 +77,30 @@ pub enum LinkCmd {
     },
 }
 
+/// The sending side of a room link.
 #[derive(Clone)]
-pub struct LinkHandle {
-    tx: mpsc::Sender<LinkCmd>,
-    generation: u64,
-}
+pub(crate) struct LinkHandle(Handle<LinkCmd>);
 
 impl LinkHandle {
     /// Sends a command; false when the link has stopped.
-    pub async fn send(&self, cmd: LinkCmd) -> bool {
-        self.tx.send(cmd).await.is_ok()
+    pub(crate) async fn send(&self, cmd: LinkCmd) -> bool {
+        self.0.send(cmd).await.is_ok()
     }
 }
 
+/// A link's place in the gateway's directory of links.
+type LinkSlot = Slot<RoomId, LinkCmd>;
+
 #[derive(Debug, thiserror::Error)]
 #[error("room link unavailable")]
-pub struct LinkUnavailable;
+pub(crate) struct LinkUnavailable;
 
 /// Every room link of this gateway.
-pub struct Links {
+pub(crate) struct Links {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     gateway_id: String,
-    active: Mutex<HashMap<RoomId, LinkHandle>>,
-    generation: AtomicU64,
+    active: Arc<Directory<RoomId, LinkCmd>>,
     /// Tags for chats sent upstream: random start, so that another
     /// gateway's tags in a shared broadcast never match ours.
     next_tag: AtomicU64,
@@ -111,66 +109,44 @@ pub struct Links {
 }
 
 impl Links {
-    pub fn new(
+    pub(crate) fn new(
         router: Arc<Router>,
         metrics: Arc<Metrics>,
         gateway_id: String,
         stopping: Stopping,
     ) -> Arc<Self> {
+        let gauge = metrics.room_links.clone();
+        let active = Directory::new(LINK_QUEUE, usize::MAX, move |n| {
+            gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+        });
         Arc::new(Self {
             router,
             metrics,
             gateway_id,
-            active: Mutex::default(),
-            generation: AtomicU64::new(1),
+            active,
             next_tag: AtomicU64::new(rand::random::<u64>() >> 1 | 1),
             stopping,
         })
     }
 
-    pub fn router(&self) -> &Arc<Router> {
+    pub(crate) fn router(&self) -> &Arc<Router> {
         &self.router
     }
 
-    fn handle(self: &Arc<Self>, room: &RoomId) -> LinkHandle {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(handle) = active.get(room) {
-            return handle.clone();
-        }
-        let (tx, rx) = mpsc::channel(LINK_QUEUE);
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let handle = LinkHandle { tx, generation };
-        active.insert(room.clone(), handle.clone());
-        drop(active);
-        self.metrics.room_links.inc();
-        tokio::spawn(actor::run(Arc::clone(self), room.clone(), generation, rx));
-        handle
-    }
-
     /// Delivers a command to the room's link, starting one if needed.
-    pub async fn dispatch(
+    pub(crate) async fn dispatch(
         self: &Arc<Self>,
         room: &RoomId,
-        mut cmd: LinkCmd,
+        cmd: LinkCmd,
     ) -> Result<LinkHandle, LinkUnavailable> {
-        for _ in 0..DISPATCH_ATTEMPTS {
-            let handle = self.handle(room);
-            match handle.tx.send(cmd).await {
-                Ok(()) => return Ok(handle),
-                Err(mpsc::error::SendError(returned)) => {
-                    self.remove_if(room, handle.generation);
-                    cmd = returned;
-                }
-            }
-        }
-        Err(LinkUnavailable)
+        let start = |slot, rx| self.spawn_link(slot, rx);
+        self.active.dispatch(room, cmd, start).await.map(LinkHandle).map_err(|_| LinkUnavailable)
     }
 
-    fn remove_if(&self, room: &RoomId, generation: u64) {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if active.get(room).is_some_and(|h| h.generation == generation) {
-            active.remove(room);
-        }
+    /// Spawns a link (a plain function: a link's future may dispatch again,
+    /// which an async caller's type cannot contain).
+    fn spawn_link(self: &Arc<Self>, slot: LinkSlot, rx: mpsc::Receiver<LinkCmd>) {
+        tokio::spawn(actor::run(Arc::clone(self), slot, rx));
     }
 
     /// A fresh tag for a chat sent upstream (never 0).

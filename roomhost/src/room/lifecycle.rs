@@ -3,6 +3,7 @@
 
 use super::renewer::LeaseCheck;
 use super::*;
+use crate::store::IfHeld;
 
 /// When a renewal could not be confirmed in time, how long the room waits
 /// for the store to say whether it may keep the lease.
@@ -139,7 +140,7 @@ impl Room {
     pub(super) async fn recheck_lease(&mut self) -> Recheck {
         let (me, ttl) = (&self.settings.owner, self.settings.lease_ttl);
         let started = Instant::now();
-        match self.store.acquire(&self.id, me, ttl, false).await {
+        match self.store.acquire(&self.id, me, ttl, IfHeld::Report).await {
             Ok(Acquired::Ours(lease)) => {
                 self.renewer.retaken(lease, started + ttl);
                 if lease != self.lease {

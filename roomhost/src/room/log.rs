@@ -3,6 +3,7 @@
 //! seq, and paged back on request.
 
 use super::*;
+use rooms_proto::server::Page;
 
 impl Room {
     /// Sends a re-attaching gateway the persisted events after `after`
@@ -49,19 +50,19 @@ impl Room {
         };
         let Some(since) = since else {
             let (events, has_more) = latest();
-            return vec![server::history(&events, has_more, false)];
+            return vec![server::history(&events, Page { has_more, gap: false })];
         };
         if !epoch.is_empty() && epoch != self.epoch {
             let (events, has_more) = latest();
-            return vec![server::history(&events, has_more, true)];
+            return vec![server::history(&events, Page { has_more, gap: true })];
         }
         if since >= self.seq {
-            return vec![server::history(&[], false, false)];
+            return vec![server::history(&[], Page::default())];
         }
         if self.recent.front().is_some_and(|e| e.seq <= since + 1) {
             let events: Vec<Bytes> =
                 self.recent.iter().filter(|e| e.seq > since).map(|e| e.frame.clone()).collect();
-            return vec![server::history(&events, false, false)];
+            return vec![server::history(&events, Page::default())];
         }
         let gap = since + 1 < self.first_seq;
         match self.store.events_after(&self.id, since, self.settings.history_limit).await {
@@ -70,10 +71,12 @@ impl Room {
                 let mut pages: Vec<Bytes> = frames
                     .chunks(REPLAY_PAGE)
                     .enumerate()
-                    .map(|(i, page)| server::history(page, false, gap && i == 0))
+                    .map(|(i, page)| {
+                        server::history(page, Page { has_more: false, gap: gap && i == 0 })
+                    })
                     .collect();
                 if pages.is_empty() {
-                    pages.push(server::history(&[], false, gap));
+                    pages.push(server::history(&[], Page { has_more: false, gap }));
                 }
                 pages
             }
@@ -110,7 +113,7 @@ impl Room {
         };
         let has_more = page.first().is_some_and(|e| e.seq > self.first_seq.max(1));
         let frames: Vec<Bytes> = page.into_iter().map(|e| e.frame).collect();
-        vec![server::history(&frames, has_more, false)]
+        vec![server::history(&frames, Page { has_more, gap: false })]
     }
 
     /// The seq the next staged event gets, reloading first if the last commit

@@ -118,12 +118,12 @@ async fn renew(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Acquired, MemoryStore};
+    use crate::store::{Acquired, IfHeld, MemoryStore};
 
     const TTL: Duration = Duration::from_millis(300);
 
     async fn held(store: &Store, room: &RoomId, owner: &Owner) -> (Lease, Instant) {
-        match store.acquire(room, owner, TTL, false).await.unwrap() {
+        match store.acquire(room, owner, TTL, IfHeld::Report).await.unwrap() {
             Acquired::Ours(lease) => (lease, Instant::now() + TTL),
             other => panic!("{other:?}"),
         }
@@ -145,7 +145,7 @@ mod tests {
         tokio::time::sleep(TTL * 3).await;
         let other = Owner::new("b:1");
         assert!(matches!(
-            store.acquire(&room, &other, TTL, true).await.unwrap(),
+            store.acquire(&room, &other, TTL, IfHeld::Claim).await.unwrap(),
             Acquired::HeldBy(_)
         ));
         // ... but the claim reaches the owner at its next renewal.
@@ -163,7 +163,7 @@ mod tests {
         store.release(&room, &me, lease.0).await.unwrap();
         let other = Owner::new("b:1");
         assert!(matches!(
-            store.acquire(&room, &other, TTL, false).await.unwrap(),
+            store.acquire(&room, &other, TTL, IfHeld::Report).await.unwrap(),
             Acquired::Ours(_)
         ));
         let check = tokio::time::timeout(TTL, renewer.next()).await.expect("a check");

@@ -9,7 +9,7 @@ use rooms_proto::server::ServerFrame;
 
 use super::*;
 use crate::registry::{LeaseWait, Registry};
-use crate::store::MemoryStore;
+use crate::store::{IfHeld, MemoryStore};
 
 /// Longest wait for one frame; the store answers at once, so only a broken
 /// room ever comes near it.
@@ -308,7 +308,7 @@ async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new
     let next = Owner::new("there:1");
     let ttl = Duration::from_secs(5);
     assert!(matches!(
-        cluster.store.acquire(&cluster.room, &next, ttl, false),
+        cluster.store.acquire(&cluster.room, &next, ttl, IfHeld::Report),
         crate::store::Acquired::Ours(_)
     ));
     assert_eq!(cluster.stored_seq().await, 1);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rooms_proto::RoomId;
 
 use super::{
-    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, StoreError,
+    Acquired, Commit, Event, IfHeld, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, StoreError,
     new_epoch,
 };
 
@@ -86,11 +86,11 @@ impl MemoryStore {
         })
     }
 
-    pub fn acquire(&self, room: &RoomId, me: &Owner, ttl: Duration, claim: bool) -> Acquired {
+    pub fn acquire(&self, room: &RoomId, me: &Owner, ttl: Duration, if_held: IfHeld) -> Acquired {
         self.with_room(room, |r| {
             if let Some((owner, fence, _)) = r.holder().cloned() {
                 if owner != me.0 {
-                    if claim {
+                    if if_held == IfHeld::Claim {
                         r.claim = Some((me.0.clone(), Instant::now() + ttl));
                     }
                     return Acquired::HeldBy(Owner(owner));

@@ -92,6 +92,16 @@ pub struct Lease {
     pub fence: u64,
 }
 
+/// What taking a lease does when another roomhost holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfHeld {
+    /// Report the holder.
+    Report,
+    /// Report the holder and claim the room: gateways cannot reach the
+    /// holder, which hands the room over at its next renewal.
+    Claim,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
     Ours(Lease),
@@ -149,11 +159,11 @@ impl Store {
         room: &RoomId,
         me: &Owner,
         ttl: Duration,
-        claim: bool,
+        if_held: IfHeld,
     ) -> Result<Acquired, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.acquire(room, me, ttl, claim)),
-            Self::Redis(s) => s.acquire(room, me, ttl, claim).await,
+            Self::Memory(s) => Ok(s.acquire(room, me, ttl, if_held)),
+            Self::Redis(s) => s.acquire(room, me, ttl, if_held).await,
         }
     }
 

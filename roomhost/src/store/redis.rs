@@ -32,7 +32,7 @@ use super::redis_conn::Conn;
 pub use super::redis_conn::cluster_seeds;
 
 use super::{
-    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, StoreError,
+    Acquired, Commit, Event, IfHeld, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, StoreError,
     new_epoch,
 };
 
@@ -236,7 +236,7 @@ impl RedisStore {
         room: &RoomId,
         me: &Owner,
         ttl: Duration,
-        claim: bool,
+        if_held: IfHeld,
     ) -> Result<Acquired, StoreError> {
         let keys = Keys::of(room);
         let mut conn = self.conn.clone();
@@ -248,7 +248,7 @@ impl RedisStore {
             .key(&keys.claim)
             .arg(&me.0)
             .arg(ttl.as_millis() as u64)
-            .arg(if claim { "1" } else { "0" })
+            .arg(if if_held == IfHeld::Claim { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         if ours == 1 {
