@@ -1,23 +1,27 @@
 //! The gateway: terminates client WebSockets and forwards each room over one
 //! gRPC stream to the roomhost that owns it. Stateless; run as many as needed.
 //!
+//! The public surface is what the binary needs: [`Args`] and [`Config`],
+//! and [`run`] on listeners it bound. Everything else is private to this
+//! crate; the roomhost crate is used only for its embedded development
+//! roomhost (`roomhost::Embedded`).
+//!
 //! Layout:
-//! * [`config`]: flags and validated configuration.
-//! * [`http`]: routes, validation and the WebSocket upgrade; [`subprotocol`]
-//!   for `Sec-WebSocket-Protocol`; [`auth`]: origin checks and identity (JWT).
-//! * [`session`]: one reader and one writer task per client socket;
-//!   [`socket`] splits the upgraded connection for them, [`writer`] frames
-//!   what goes out; [`conn`]: the socket's handle, close signal and rate
-//!   limiter.
-//! * [`link`]: one gRPC stream per (gateway, room), fanning frames out.
-//! * [`router`]: ring lookup and the gRPC channel per roomhost.
-//! * [`admin`]: the operator API.
-//! * [`metrics`]: Prometheus counters on `/metrics`.
+//! * `config`: flags and validated configuration.
+//! * `http`: routes, validation and the WebSocket upgrade; `subprotocol`
+//!   for `Sec-WebSocket-Protocol`; `auth`: origin checks and identity (JWT).
+//! * `session`: one reader and one writer task per client socket; `socket`
+//!   splits the upgraded connection for them, `writer` frames what goes
+//!   out; `conn`: the socket's handle, close signal and rate limiter.
+//! * `link`: one gRPC stream per (gateway, room), fanning frames out.
+//! * `router`: ring lookup and the gRPC channel per roomhost.
+//! * `admin`: the operator API and its token check.
+//! * `metrics`: Prometheus counters on `/metrics`.
 #![forbid(unsafe_code)]
 
 mod admin;
 mod auth;
-pub mod config;
+mod config;
 mod conn;
 mod http;
 mod link;
@@ -40,7 +44,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tonic::transport::server::TcpIncoming;
 
-pub use config::{Args, Config};
+pub use config::{Args, Config, ConfigError};
 use http::HttpState;
 use link::Links;
 use metrics::Metrics;

@@ -7,17 +7,19 @@
 //! private to this crate.
 //!
 //! Layout:
-//! * [`config`]: flags and validated configuration.
+//! * `config`: flags and validated configuration.
 //! * `service`: the gRPC `RoomHost` service (room streams, unary calls).
 //! * `registry`: the active rooms of this process, started on demand.
 //! * `room`: one room's actor: seq, presence, names, group commit, output
 //!   gate, lease and moves; `dedup`: resent messages are not stored twice.
 //! * `store`: Redis (and the in-memory dev store).
 //! * `metrics` and `http`: Prometheus metrics and health on `--metrics-listen`.
+//! * `embedded`: the roomhost a gateway runs in-process when given none.
 #![forbid(unsafe_code)]
 
-pub mod config;
+mod config;
 mod dedup;
+mod embedded;
 mod http;
 mod metrics;
 mod registry;
@@ -30,12 +32,12 @@ use std::sync::Arc;
 
 use rooms_cluster::MembershipWatch;
 use rooms_proto::host::room_host_server::RoomHostServer;
-use rooms_server::{Stop, Stopping, http2};
+use rooms_server::{Stop, http2};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
-pub use config::{Args, Config};
+pub use config::{Args, Config, ConfigError};
+pub use embedded::Embedded;
 pub use metrics::Metrics;
 use registry::Registry;
 use room::RoomSettings;
@@ -146,42 +148,4 @@ pub async fn run(
     drop(membership);
     tracing::info!("roomhost stopped");
     Ok(())
-}
-
-/// A roomhost in the calling process, on 127.0.0.1 with the in-memory
-/// store: the zero-setup development default a gateway runs when it is
-/// given no roomhosts.
-pub struct Embedded {
-    /// Where gateways reach it.
-    pub address: String,
-    /// Its metrics, for the embedding process to serve.
-    pub metrics: Arc<Metrics>,
-    stop: Stop,
-    task: JoinHandle<()>,
-}
-
-impl Embedded {
-    pub async fn start() -> Result<Self, RoomhostError> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?.to_string();
-        let metrics = Arc::new(Metrics::new());
-        let (stop, mut stopping): (Stop, Stopping) = Stop::new();
-        let listeners = Listeners { grpc: listener, http: None };
-        let running = run(listeners, Config::embedded(), Arc::clone(&metrics), async move {
-            stopping.wait().await;
-        });
-        let task = tokio::spawn(async move {
-            if let Err(error) = running.await {
-                tracing::error!(%error, "embedded roomhost failed");
-            }
-        });
-        tracing::warn!(roomhost.addr = %address, "no --roomhosts: running an embedded roomhost with an in-memory store (development only)");
-        Ok(Self { address, metrics, stop, task })
-    }
-
-    /// Flushes its rooms and stops it.
-    pub async fn stop(self) {
-        self.stop.stop();
-        let _ = self.task.await;
-    }
 }

@@ -112,7 +112,11 @@ impl Room {
                     }
                 }
                 let Some(seq) = self.next_seq().await else {
-                    return self.unavailable(gateway, chat.conn, &chat.id, chat.tag);
+                    return self.unavailable(
+                        gateway,
+                        chat.conn,
+                        Refused::Chat { id: &chat.id, tag: chat.tag },
+                    );
                 };
                 // The error for a failed commit names the client's id, if any.
                 let (id, client_id) = if chat.id.is_empty() {
@@ -126,7 +130,8 @@ impl Room {
                 let frame =
                     server::chat(seq, &id, &user, self.display_name(&user), &chat.text, &time);
                 self.stage(Event { seq, frame });
-                self.staged.senders.push((gateway, chat.conn, client_id, chat.tag));
+                let write = Write::Chat { client_id, tag: chat.tag };
+                self.staged.writers.push(Writer { gateway, conn: chat.conn, write });
                 let span = (!chat.traceparent.is_empty()).then(|| {
                     let span = tracing::info_span!("room.chat", room.id = %self.id, seq);
                     rooms_telemetry::propagation::set_parent(&span, &chat.traceparent);
@@ -149,12 +154,12 @@ impl Room {
                     }
                 };
                 let Some(seq) = self.next_seq().await else {
-                    return self.unavailable(gateway, set.conn, "", 0);
+                    return self.unavailable(gateway, set.conn, Refused::Name);
                 };
                 let time = server::timestamp(SystemTime::now());
                 self.stage(Event { seq, frame: server::name(seq, &user, &name, &time) });
                 self.staged.commit.names.push((user, name));
-                self.staged.senders.push((gateway, set.conn, None, 0));
+                self.staged.writers.push(Writer { gateway, conn: set.conn, write: Write::Name });
             }
             Kind::Typing(typing) => {
                 let Some(user) = self.conns.get(&(gateway, typing.conn)) else {

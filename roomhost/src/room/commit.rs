@@ -14,13 +14,39 @@ pub(super) enum Output {
     Except { gateway: GatewayId, conn: ConnId, frame: Bytes },
 }
 
+/// A staged write of a client's, refused if its commit fails.
+pub(super) struct Writer {
+    pub(super) gateway: GatewayId,
+    pub(super) conn: ConnId,
+    pub(super) write: Write,
+}
+
+pub(super) enum Write {
+    /// A chat; `client_id` indexes [`Staged::client_ids`] if it has an id.
+    Chat {
+        client_id: Option<usize>,
+        tag: u64,
+    },
+    Name,
+}
+
+/// The write a refusal answers.
+pub(super) enum Refused<'a> {
+    /// A chat: its client id (empty if none) and its gateway tag.
+    Chat {
+        id: &'a str,
+        tag: u64,
+    },
+    Name,
+}
+
 #[derive(Default)]
 pub(super) struct Staged {
     pub(super) commit: Commit,
     pub(super) outputs: Vec<Output>,
-    /// Connections whose events are staged, with the index of the chat's
-    /// client id in `client_ids`: told `unavailable` if the commit fails.
-    pub(super) senders: Vec<(GatewayId, ConnId, Option<usize>, u64)>,
+    /// Connections whose events are staged: told `unavailable` if the
+    /// commit fails.
+    pub(super) writers: Vec<Writer>,
     /// (user, client id) of staged chats: forgotten if the commit fails.
     pub(super) client_ids: Vec<(String, String)>,
     pub(super) replies: Vec<(oneshot::Sender<Result<u64, RoomError>>, u64)>,
@@ -99,17 +125,27 @@ impl Room {
         for (user, id) in &staged.client_ids {
             self.dedup.remove(user, id);
         }
-        for (gateway, conn, client_id, tag) in staged.senders {
-            let id = client_id.and_then(|i| staged.client_ids.get(i)).map_or("", |(_, id)| id);
-            self.unavailable(gateway, conn, id, tag);
+        for Writer { gateway, conn, write } in staged.writers {
+            let refused = match write {
+                Write::Chat { client_id, tag } => {
+                    let id = client_id.and_then(|i| staged.client_ids.get(i));
+                    Refused::Chat { id: id.map_or("", |(_, id)| id), tag }
+                }
+                Write::Name => Refused::Name,
+            };
+            self.unavailable(gateway, conn, refused);
         }
         self.staged.outputs =
             staged.outputs.into_iter().filter(|o| !matches!(o, Output::Event(_))).collect();
     }
 
-    /// Refuses a write the store did not take; `id` and `tag` are the
-    /// chat's client id and gateway tag (empty and 0 for other writes).
-    pub(super) fn unavailable(&mut self, gateway: GatewayId, conn: ConnId, id: &str, tag: u64) {
+    /// Refuses a write the store did not take, naming the chat it refuses
+    /// (by client id for the client, by tag for its gateway).
+    pub(super) fn unavailable(&mut self, gateway: GatewayId, conn: ConnId, refused: Refused<'_>) {
+        let (id, tag) = match refused {
+            Refused::Chat { id, tag } => (id, tag),
+            Refused::Name => ("", 0),
+        };
         let frame = server::error_for(
             ErrorCode::Unavailable,
             "not stored: storage is unavailable, retry",

@@ -215,10 +215,14 @@ impl Room {
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
                 Command::Frame { gateway, frame: gateway_frame::Kind::Chat(chat) } => {
-                    self.unavailable(gateway, chat.conn, &chat.id, chat.tag);
+                    self.unavailable(
+                        gateway,
+                        chat.conn,
+                        Refused::Chat { id: &chat.id, tag: chat.tag },
+                    );
                 }
                 Command::Frame { gateway, frame: gateway_frame::Kind::SetName(set) } => {
-                    self.unavailable(gateway, set.conn, "", 0);
+                    self.unavailable(gateway, set.conn, Refused::Name);
                 }
                 other => rest.push(other),
             }

@@ -33,7 +33,7 @@ mod renewer;
 #[cfg(test)]
 mod tests;
 
-use commit::{Origin, Output, Staged};
+use commit::{Origin, Output, Refused, Staged, Write, Writer};
 use lifecycle::{Drain, MoveState};
 use renewer::Renewer;
 

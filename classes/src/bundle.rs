@@ -1,0 +1,61 @@
+//! A room class's bundle: one ES module file, read once, compiled once at
+//! startup (and by `--check-config`) so a syntax error or a missing class is
+//! a startup error naming the file and line, never a room's surprise.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::instance::{self, ClassError, Limits};
+use crate::spec::ClassSpec;
+
+/// Largest bundle accepted.
+pub const MAX_BUNDLE_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub spec: ClassSpec,
+    /// The module's source.
+    pub source: Arc<str>,
+    /// The first 12 hex digits of the source's SHA-256: which code a room runs.
+    pub hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path}: larger than {MAX_BUNDLE_BYTES} bytes")]
+    TooLarge { path: String },
+    #[error("{path}: {error}")]
+    Compile { path: String, error: ClassError },
+}
+
+impl Bundle {
+    /// Reads the spec's file and checks that it compiles and exports its class.
+    pub fn load(spec: &ClassSpec) -> Result<Self, BundleError> {
+        let path = spec.path.display().to_string();
+        let bytes = std::fs::read(&spec.path)
+            .map_err(|error| BundleError::Read { path: path.clone(), error })?;
+        if bytes.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::TooLarge { path });
+        }
+        let source: Arc<str> = String::from_utf8_lossy(&bytes).into();
+        let bundle = Self::from_source(spec.clone(), source);
+        instance::check(&bundle, &Limits::default())
+            .map_err(|error| BundleError::Compile { path, error })?;
+        Ok(bundle)
+    }
+
+    /// A bundle from source already in memory (not compiled yet).
+    pub fn from_source(spec: ClassSpec, source: Arc<str>) -> Self {
+        let digest = Sha256::digest(source.as_bytes());
+        let hash = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        Self { spec, source, hash }
+    }
+
+    /// The module name errors and stack traces show.
+    pub fn name(&self) -> String {
+        self.spec.path.display().to_string()
+    }
+}
