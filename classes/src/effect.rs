@@ -11,8 +11,10 @@ pub enum Payload {
 /// encoded (`j` + JSON, or `b` + base64 for bytes) exactly as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
+    /// The same payload to these sockets (consecutive sends of one text
+    /// are one effect).
     Send {
-        socket: u64,
+        sockets: Vec<u64>,
         payload: Payload,
     },
     Close {

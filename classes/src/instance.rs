@@ -367,7 +367,8 @@ fn effect_of(item: &Object<'_>) -> rquickjs::Result<Effect> {
     let id = |key: &str| -> rquickjs::Result<Option<u64>> {
         Ok(item.get::<_, Option<f64>>(key)?.map(|n| n as u64))
     };
-    if let Some(socket) = id("send")? {
+    if let Some(sockets) = item.get::<_, Option<Vec<f64>>>("send")? {
+        let sockets = sockets.into_iter().map(|n| n as u64).collect();
         let payload = match item.get::<_, Option<String>>("text")? {
             Some(text) => Payload::Text(text),
             None => {
@@ -375,7 +376,7 @@ fn effect_of(item: &Object<'_>) -> rquickjs::Result<Effect> {
                 Payload::Binary(natives::bytes_of(&bytes))
             }
         };
-        return Ok(Effect::Send { socket, payload });
+        return Ok(Effect::Send { sockets, payload });
     }
     if let Some(socket) = id("close")? {
         let code: f64 = item.get("code")?;

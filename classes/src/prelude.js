@@ -279,8 +279,13 @@
     }
     send(data) {
       if (this._id === null || !sockets.has(this._id)) throw new Error("WebSocket is not open");
-      if (typeof data === "string") effect({ send: this._id, text: data });
-      else effect({ send: this._id, binary: copyBuffer(bytesOf(data)) });
+      // The same text sent to socket after socket (the broadcast loop of
+      // every chat class) is one effect: the owner sends it once per gateway.
+      const last = effects[effects.length - 1];
+      if (typeof data === "string") {
+        if (last !== undefined && last.send !== undefined && last.text === data) last.send.push(this._id);
+        else effect({ send: [this._id], text: data });
+      } else effect({ send: [this._id], binary: copyBuffer(bytesOf(data)) });
     }
     close(code = 1000, reason = "") {
       if (this._id === null) return;

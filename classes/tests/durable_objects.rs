@@ -52,16 +52,19 @@ fn text(s: &str) -> Payload {
 
 /// The texts sent, per socket, in order.
 fn sent(effects: &[Effect]) -> Vec<(u64, serde_json::Value)> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Send { socket, payload: Payload::Text(t) } => Some((
-                *socket,
-                serde_json::from_str(t).unwrap_or(serde_json::Value::String(t.clone())),
-            )),
-            _ => None,
-        })
-        .collect()
+    let mut out = Vec::new();
+    for effect in effects {
+        if let Effect::Send { sockets, payload: Payload::Text(t) } = effect {
+            let value = serde_json::from_str(t).unwrap_or(serde_json::Value::String(t.clone()));
+            out.extend(sockets.iter().map(|socket| (*socket, value.clone())));
+        }
+    }
+    out
+}
+
+/// The broadcast loop's sends are one effect per payload.
+fn sends(effects: &[Effect]) -> usize {
+    effects.iter().filter(|e| matches!(e, Effect::Send { .. })).count()
 }
 
 /// The storage a room would hold after these effects.
@@ -97,6 +100,7 @@ fn the_workerd_chat_room_names_users_and_broadcasts_through_storage() {
     let effects = done(room.message(2, &text(r#"{"type":"chat","text":"hi"}"#)));
     let to: Vec<u64> = sent(&effects).iter().map(|(s, _)| *s).collect();
     assert_eq!(to, [1, 2], "to every socket, the sender too");
+    assert_eq!(sends(&effects), 1, "one payload, sent once for both");
     assert_eq!(sent(&effects)[0].1["userName"], "bob");
     let effects = done(room.message(1, &text(r#"{"type":"chat","text":"yo"}"#)));
     assert_eq!(sent(&effects)[1].1["userName"], "Ann");
@@ -184,7 +188,7 @@ fn cloudflares_docs_example_runs_with_accept_and_event_listeners() {
     assert_eq!(response.status, 101);
     assert!(effects.contains(&Effect::Accept { socket: 1, tags: vec![], hibernatable: false }));
     let effects = done(room.message(1, &text("hi")));
-    assert_eq!(effects, [Effect::Send { socket: 1, payload: text("[Durable Object]: hi") }]);
+    assert_eq!(effects, [Effect::Send { sockets: vec![1], payload: text("[Durable Object]: hi") }]);
     let plain = HttpRequest {
         url: "http://gw/getCurrentConnections".into(),
         method: "GET".into(),

@@ -11,9 +11,14 @@
 //! and the chats nobody answered. An unreachable owner is skipped: the next
 //! ring member is asked to take the room over.
 //!
+//! Every link has its place in the gateway's directory of links (the shared
+//! `rooms_server::Directory`): a command for a room finds its link or starts
+//! one, and a link that stops leaves it.
+//!
 //! Layout: [`phase`] is where the link stands with its stream (one state
 //! enum); [`unanswered`] the chats awaiting their answer; `actor` the link's
-//! loop and frame handling; `attach` finding the owner and opening streams.
+//! loop and frame handling; `attach` finding the owner and opening streams;
+//! `tests` drive a link against `scripted` roomhosts.
 
 mod actor;
 mod attach;
