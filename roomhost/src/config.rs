@@ -2,9 +2,12 @@
 //! validated configuration they produce.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use rooms_classes::{Bundle, BundleError, ClassSpec};
 use rooms_cluster::MembershipSource;
 use rooms_telemetry::LogFormat;
 
@@ -57,6 +60,21 @@ pub struct Args {
     /// Log format: text or json.
     #[arg(long, env = "ROOMHOST_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Rooms that run a JavaScript class with the Durable Object API:
+    /// PATTERN=FILE#Class, e.g. 'game-*=/etc/rooms/game.js#GameRoom' (`*`
+    /// matches any run of characters; the first matching pattern wins;
+    /// rooms matching none are chat rooms). Repeatable.
+    /// (Gateways do not run class rooms yet: the flag is hidden until they do.)
+    #[arg(long = "room-class", value_name = "PATTERN=FILE#Class", hide = true)]
+    pub room_classes: Vec<ClassSpec>,
+    /// A variable for room classes' `this.env`: NAME=VALUE. Repeatable.
+    #[arg(long = "room-env", value_name = "NAME=VALUE", value_parser = parse_env_var, hide = true)]
+    pub room_env: Vec<(String, String)>,
+    /// A file of variables (or secrets) for room classes' `this.env`: a JSON
+    /// object, e.g. a Kubernetes Secret mounted as a file. Repeatable; later
+    /// ones and --room-env win.
+    #[arg(long = "room-env-file", value_name = "PATH", hide = true)]
+    pub room_env_files: Vec<PathBuf>,
     /// Validate the flags (and read the files they name), print the result
     /// and exit without serving: 0 if valid, 2 if not.
     #[arg(long)]
@@ -74,6 +92,10 @@ pub struct Config {
     pub max_rooms: usize,
     pub shutdown_grace: Duration,
     pub lease_ttl: Duration,
+    /// Room classes, in the order given, their bundles compiled.
+    pub classes: Vec<Arc<Bundle>>,
+    /// `this.env` of every room class, as a JSON object.
+    pub class_env: Arc<str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +112,39 @@ pub enum ConfigError {
     RedisUrl,
     #[error("--lease-ttl must be between 1s and 5m")]
     LeaseTtl,
+    #[error("--room-class {0}")]
+    Bundle(#[from] BundleError),
+    #[error("--room-env-file {path}: {reason}")]
+    EnvFile { path: String, reason: String },
+}
+
+/// `NAME=VALUE`.
+fn parse_env_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err("expected NAME=VALUE".to_owned()),
+    }
+}
+
+/// `this.env` from the env files, then the single variables.
+fn class_env(
+    files: &[PathBuf],
+    vars: &[(String, String)],
+) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    let mut env = serde_json::Map::new();
+    for path in files {
+        let error =
+            |reason: String| ConfigError::EnvFile { path: path.display().to_string(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        match serde_json::from_str(&text).map_err(|e| error(e.to_string()))? {
+            serde_json::Value::Object(values) => env.extend(values),
+            _ => return Err(error("expected a JSON object".to_owned())),
+        }
+    }
+    for (name, value) in vars {
+        env.insert(name.clone(), serde_json::Value::String(value.clone()));
+    }
+    Ok(env)
 }
 
 impl Args {
@@ -113,6 +168,13 @@ impl Args {
                 return Err(ConfigError::RedisUrl);
             }
         }
+        // Compiled here, so that --check-config reports a bad bundle too.
+        let classes = self
+            .room_classes
+            .iter()
+            .map(|spec| Bundle::load(spec).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = class_env(&self.room_env_files, &self.room_env)?;
         Ok(Config {
             advertise: self.advertise,
             roomhosts: self.roomhosts,
@@ -122,6 +184,8 @@ impl Args {
             max_rooms: self.max_rooms,
             shutdown_grace: self.shutdown_grace,
             lease_ttl: self.lease_ttl,
+            classes,
+            class_env: serde_json::Value::Object(env).to_string().into(),
         })
     }
 }
@@ -140,6 +204,8 @@ impl Config {
             max_rooms: DEFAULT_MAX_ROOMS,
             shutdown_grace: EMBEDDED_SHUTDOWN_GRACE,
             lease_ttl: default_duration(DEFAULT_LEASE_TTL),
+            classes: Vec::new(),
+            class_env: "{}".into(),
         }
     }
 }

@@ -17,6 +17,7 @@
 //! * `embedded`: the roomhost a gateway runs in-process when given none.
 #![forbid(unsafe_code)]
 
+mod class_room;
 mod config;
 mod dedup;
 mod embedded;
@@ -36,6 +37,7 @@ use rooms_server::{Stop, http2};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use class_room::ClassSetup;
 pub use config::{Args, Config, ConfigError};
 pub use embedded::Embedded;
 pub use metrics::Metrics;
@@ -69,6 +71,28 @@ async fn open_store(config: &Config) -> Result<Store, StoreError> {
             Store::Memory(MemoryStore::new(config.history_limit))
         }
     })
+}
+
+/// The room classes of `config`, sharing one pool of threads (one per
+/// core) that runs their JavaScript.
+fn class_setups(config: &Config) -> Result<Vec<Arc<ClassSetup>>, RoomhostError> {
+    if config.classes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let pool = rooms_classes::Pool::new(threads, rooms_classes::Limits::default())?;
+    Ok(config
+        .classes
+        .iter()
+        .map(|bundle| {
+            tracing::info!(class = %bundle.spec.class, pattern = %bundle.spec.pattern, bundle = %bundle.hash, "room class loaded");
+            Arc::new(ClassSetup {
+                bundle: Arc::clone(bundle),
+                env: Arc::clone(&config.class_env),
+                pool: Arc::clone(&pool),
+            })
+        })
+        .collect())
 }
 
 /// The roomhost's listeners, bound by the caller (tests bind port 0).
@@ -109,8 +133,15 @@ pub async fn run(
         None => None,
     };
     let ring = membership.as_ref().map(MembershipWatch::subscribe);
-    let registry =
-        Registry::new(store, settings, config.max_rooms, ring.clone(), Arc::clone(&metrics));
+    let classes = class_setups(&config)?;
+    let registry = Registry::new(
+        store,
+        settings,
+        config.max_rooms,
+        ring.clone(),
+        Arc::clone(&metrics),
+        classes,
+    );
     let (stop_http, http_stopping) = Stop::new();
     let http_task = http.map(|listener| {
         tokio::spawn(http::serve(listener, Arc::clone(&registry), metrics, http_stopping))

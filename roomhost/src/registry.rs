@@ -12,6 +12,7 @@ use rooms_server::Directory;
 use rooms_server::directory::Refused;
 use tokio::sync::{mpsc, watch};
 
+use crate::class_room::{ClassRoom, ClassSetup};
 use crate::metrics::Metrics;
 use crate::room::{
     COMMAND_QUEUE, Command, Ended, Room, RoomHandle, RoomSettings, RoomSlot, redirect,
@@ -55,6 +56,9 @@ impl LeaseWait {
 
 pub struct Registry {
     rooms: Arc<Directory<RoomId, Command>>,
+    /// Room classes, in the order configured: the first whose pattern
+    /// matches a room runs it; other rooms are chat rooms.
+    classes: Vec<Arc<ClassSetup>>,
     store: Store,
     settings: Arc<RoomSettings>,
     /// The membership ring, when this roomhost knows it (`--roomhosts`).
@@ -72,6 +76,7 @@ impl Registry {
         max_rooms: usize,
         ring: Option<watch::Receiver<Arc<Ring>>>,
         metrics: Arc<Metrics>,
+        classes: Vec<Arc<ClassSetup>>,
     ) -> Arc<Self> {
         let (done_tx, done_rx) = mpsc::channel(1);
         let gauge = metrics.rooms_active.clone();
@@ -80,6 +85,7 @@ impl Registry {
         });
         Arc::new(Self {
             rooms,
+            classes,
             store,
             settings: Arc::new(settings),
             ring,
@@ -87,6 +93,11 @@ impl Registry {
             done_rx: tokio::sync::Mutex::new(done_rx),
             metrics,
         })
+    }
+
+    /// The class a room runs, if any.
+    fn class_of(&self, room: &RoomId) -> Option<&Arc<ClassSetup>> {
+        self.classes.iter().find(|class| class.bundle.spec.matches(room.as_str()))
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -178,6 +189,12 @@ impl Registry {
                 return;
             }
         };
+        if let Some(class) = self.class_of(&room).cloned() {
+            let (store, settings, metrics) =
+                (self.store.clone(), Arc::clone(&self.settings), Arc::clone(&self.metrics));
+            let actor = ClassRoom::new(slot, store, settings, metrics, class, (lease, lease_until));
+            return self.after(&room, actor.run(rx).await).await;
+        }
         let mut attempt = 0;
         let loaded = loop {
             attempt += 1;
@@ -203,9 +220,15 @@ impl Registry {
         let (store, settings, metrics) =
             (self.store.clone(), Arc::clone(&self.settings), Arc::clone(&self.metrics));
         let room_actor = Room::new(slot, loaded, store, settings, metrics, (lease, lease_until));
-        if let Ended::Hibernated(leftover) = room_actor.run(rx).await {
+        let ended = room_actor.run(rx).await;
+        self.after(&room, ended).await;
+    }
+
+    /// A hibernated room's leftover commands go to its successor.
+    async fn after(self: &Arc<Self>, room: &RoomId, ended: Ended) {
+        if let Ended::Hibernated(leftover) = ended {
             for cmd in leftover {
-                if let Err(error) = self.dispatch(&room, cmd, LeaseWait::Redirect).await {
+                if let Err(error) = self.dispatch(room, cmd, LeaseWait::Redirect).await {
                     tracing::warn!(room.id = %room, %error, "could not hand a command to the reloaded room");
                 }
             }

@@ -166,7 +166,8 @@ impl Link {
                 };
                 self.conns.insert(conn, local);
                 // Never held: every open re-announces the connections it has.
-                let join = Join { conn, user_id: user.to_string(), since, epoch, rejoin: false };
+                let user_id = user.to_string();
+                let join = Join { conn, user_id, since, epoch, rejoin: false, socket: None };
                 self.send_upstream(conn, frame(gateway_frame::Kind::Join(join)));
             }
             LinkCmd::Leave { conn } => {
@@ -304,7 +305,14 @@ impl Link {
                     None => Target::Ring { avoid: self.phase.address().map(str::to_owned) },
                 });
             }
-            None => {}
+            // Class rooms: this gateway does not run them yet (their owner
+            // closes its chat connections with 1011 and says why).
+            Some(
+                host_frame::Kind::HandshakeReply(_)
+                | host_frame::Kind::SocketSend(_)
+                | host_frame::Kind::SocketState(_),
+            )
+            | None => {}
         }
         None
     }

@@ -127,6 +127,7 @@ impl Link {
                 since: local.since,
                 epoch: local.epoch.clone(),
                 rejoin: local.welcomed,
+                socket: None,
             };
             first.push(frame(gateway_frame::Kind::Join(join)));
         }

@@ -74,7 +74,17 @@ impl Room {
     pub(super) async fn frame(&mut self, gateway: GatewayId, frame: gateway_frame::Kind) {
         use gateway_frame::Kind;
         match frame {
-            Kind::Open(_) => {}
+            Kind::Open(_) | Kind::SocketData(_) | Kind::SocketClosed(_) => {}
+            Kind::Handshake(handshake) => {
+                // A gateway that takes this room for a class room.
+                let reply = HandshakeReply {
+                    conn: handshake.conn,
+                    status: 404,
+                    headers: Vec::new(),
+                    body: Some(format!("room {} runs no room class", self.id)),
+                };
+                self.send(gateway, host_frame::Kind::HandshakeReply(reply));
+            }
             Kind::Drained(_) => {
                 if let Some(moving) = &mut self.moving {
                     moving.waiting.retain(|g| *g != gateway);

@@ -29,7 +29,7 @@ mod commit;
 mod fanout;
 mod lifecycle;
 mod log;
-mod renewer;
+pub(crate) mod renewer;
 #[cfg(test)]
 mod tests;
 
@@ -44,7 +44,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use rooms_proto::client::{ErrorCode, validate_name, validate_text};
 use rooms_proto::host::{
-    Attached, Broadcast, CloseConn, Direct, HostFrame, Moved, Moving, gateway_frame, host_frame,
+    Attached, Broadcast, CloseConn, Direct, HandshakeReply, HostFrame, Moved, Moving,
+    gateway_frame, host_frame,
 };
 use rooms_proto::server::{self, UserEntry, close_code};
 use rooms_proto::{RoomId, UserId};

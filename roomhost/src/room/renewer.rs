@@ -19,7 +19,7 @@ const RETRY: Duration = Duration::from_millis(100);
 
 /// What a renewal found that the room must act on.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum LeaseCheck {
+pub(crate) enum LeaseCheck {
     /// The store says the lease is not ours: re-check before the next write.
     Suspect,
     /// Still ours, but gateways that could not reach us went to this
@@ -30,7 +30,7 @@ pub(super) enum LeaseCheck {
     Lapsed,
 }
 
-pub(super) struct Renewer {
+pub(crate) struct Renewer {
     checks: mpsc::Receiver<LeaseCheck>,
     /// The lease to renew and until when it surely holds, when the room
     /// took it again.
@@ -40,7 +40,7 @@ pub(super) struct Renewer {
 
 impl Renewer {
     /// Starts renewing `lease`, which surely holds until `until`.
-    pub(super) fn start(
+    pub(crate) fn start(
         room: RoomId,
         store: Store,
         owner: Owner,
@@ -59,7 +59,7 @@ impl Renewer {
     }
 
     /// The next finding the room must act on.
-    pub(super) async fn next(&mut self) -> LeaseCheck {
+    pub(crate) async fn next(&mut self) -> LeaseCheck {
         match self.checks.recv().await {
             Some(check) => check,
             None => std::future::pending().await,

@@ -37,7 +37,8 @@ impl Cluster {
             owner: Owner::new("here:1"),
         };
         let metrics = Arc::new(Metrics::new());
-        let registry = Registry::new(Store::Memory(store.clone()), settings, 10, None, metrics);
+        let store_ = Store::Memory(store.clone());
+        let registry = Registry::new(store_, settings, 10, None, metrics, Vec::new());
         Self { registry, store, room: RoomId::parse("lobby").unwrap() }
     }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rooms_proto::RoomId;
 
 use super::{
-    Acquired, Commit, Event, IfHeld, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, StoreError,
-    new_epoch,
+    Acquired, Commit, Event, IfHeld, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal,
+    StorageWrite, StoreError, new_epoch,
 };
 
 #[derive(Clone)]
@@ -31,6 +31,8 @@ struct MemRoom {
     lease: Option<(String, u64, Instant)>,
     /// Who claimed the lease, until when.
     claim: Option<(String, Instant)>,
+    /// A room class's storage.
+    storage: std::collections::BTreeMap<String, String>,
 }
 
 impl MemRoom {
@@ -69,6 +71,7 @@ impl MemoryStore {
             fence: 0,
             lease: None,
             claim: None,
+            storage: std::collections::BTreeMap::new(),
         });
         f(entry)
     }
@@ -83,6 +86,40 @@ impl MemoryStore {
                 recent: r.events.iter().skip(skip).cloned().collect(),
                 first_seq: r.events.front().map_or(0, |e| e.seq),
             }
+        })
+    }
+
+    pub fn load_storage(&self, room: &RoomId) -> Vec<(String, String)> {
+        self.with_room(room, |r| r.storage.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    pub fn commit_storage(
+        &self,
+        room: &RoomId,
+        me: &Owner,
+        lease: Lease,
+        writes: &[StorageWrite],
+    ) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self.refuse_commits.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Corrupt("commits refused by the test".into()));
+        }
+        self.with_room(room, |r| {
+            if !r.holds(me, lease) {
+                return Err(StoreError::LeaseLost);
+            }
+            for write in writes {
+                match write {
+                    StorageWrite::Put(key, value) => {
+                        r.storage.insert(key.clone(), value.clone());
+                    }
+                    StorageWrite::Delete(key) => {
+                        r.storage.remove(key);
+                    }
+                    StorageWrite::DeleteAll => r.storage.clear(),
+                }
+            }
+            Ok(())
         })
     }
 

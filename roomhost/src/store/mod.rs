@@ -44,6 +44,15 @@ pub struct LoadedRoom {
     pub first_seq: u64,
 }
 
+/// A write to a room class's storage (values kept encoded as the class
+/// runtime gives them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageWrite {
+    Put(String, String),
+    Delete(String),
+    DeleteAll,
+}
+
 /// One group commit: events with consecutive seqs and the name changes among them.
 #[derive(Debug, Default)]
 pub struct Commit {
@@ -148,6 +157,29 @@ impl Store {
         match self {
             Self::Memory(s) => s.commit(room, me, lease, commit),
             Self::Redis(s) => s.commit(room, me, lease, commit).await,
+        }
+    }
+
+    /// A room class's stored keys and values, all of them.
+    pub async fn load_storage(&self, room: &RoomId) -> Result<Vec<(String, String)>, StoreError> {
+        match self {
+            Self::Memory(s) => Ok(s.load_storage(room)),
+            Self::Redis(s) => s.load_storage(room).await,
+        }
+    }
+
+    /// Applies a room class's writes, in order and all or nothing, if
+    /// `lease` is still `me`'s.
+    pub async fn commit_storage(
+        &self,
+        room: &RoomId,
+        me: &Owner,
+        lease: Lease,
+        writes: &[StorageWrite],
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.commit_storage(room, me, lease, writes),
+            Self::Redis(s) => s.commit_storage(room, me, lease, writes).await,
         }
     }
 

@@ -1,0 +1,254 @@
+//! A room that runs a room class: an actor like a chat room's (fed by the
+//! same [`Command`]s, holding the lease, moving by drain and `Moved`), whose
+//! logic is the class's JavaScript instance on the class pool.
+//!
+//! Sockets live at the gateways; the room knows each by a room-local
+//! number, its gateway connection, its tags and attachment. The instance
+//! starts on the first event that needs it, from the room's stored values
+//! and the sockets the gateways hold, and is dropped after
+//! `--room-idle-timeout` without events (the sockets stay open).
+//!
+//! Each event's storage writes are committed, fenced by the lease, before
+//! anything it sent leaves (the output gate). A write that fails drops the
+//! event's sends and the instance, which starts again from storage; so do a
+//! handler over its CPU or memory limit and one that never finishes.
+//!
+//! Layout: this file holds the state and the turn loop; `events` one
+//! handler per command and frame; `effects` the output gate.
+
+mod effects;
+mod events;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rooms_classes::{Bundle, InstanceHandle, Pool};
+use rooms_proto::RoomId;
+use rooms_proto::host::{HostFrame, Moved, host_frame};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::room::renewer::{LeaseCheck, Renewer};
+use crate::room::{
+    Command, ConnId, Ended, GatewayId, GatewayTx, MOVE_DRAIN, RoomSettings, RoomSlot, redirect,
+};
+use crate::store::{Acquired, IfHeld, Lease, Store};
+
+/// Most sockets one class room holds; a handshake past it gets 503.
+pub const MAX_SOCKETS: usize = 50_000;
+
+/// What a class room runs, shared by its rooms.
+pub(crate) struct ClassSetup {
+    pub(crate) bundle: Arc<Bundle>,
+    pub(crate) env: Arc<str>,
+    pub(crate) pool: Arc<Pool>,
+}
+
+/// A socket of the room.
+pub(super) struct Socket {
+    gateway: GatewayId,
+    conn: ConnId,
+    tags: Vec<String>,
+    attachment: Option<String>,
+    /// Accepted with `acceptWebSocket`: it outlives the instance.
+    hibernatable: bool,
+}
+
+pub(crate) struct ClassRoom {
+    id: RoomId,
+    slot: RoomSlot,
+    store: Store,
+    settings: Arc<RoomSettings>,
+    metrics: Arc<Metrics>,
+    class: Arc<ClassSetup>,
+    lease: Lease,
+    renewer: Renewer,
+    instance: Option<InstanceHandle>,
+    gateways: HashMap<GatewayId, GatewayTx>,
+    sockets: HashMap<u64, Socket>,
+    by_conn: HashMap<(GatewayId, ConnId), u64>,
+    next_socket: u64,
+    /// Gateways that have not answered `Moving` yet, where the room goes,
+    /// until when; attaches that came meanwhile.
+    moving: Option<(Vec<GatewayId>, Moved, Instant, Vec<GatewayTx>)>,
+}
+
+impl ClassRoom {
+    pub(crate) fn new(
+        slot: RoomSlot,
+        store: Store,
+        settings: Arc<RoomSettings>,
+        metrics: Arc<Metrics>,
+        class: Arc<ClassSetup>,
+        (lease, until): (Lease, Instant),
+    ) -> Self {
+        let id = slot.key().clone();
+        let renewer = Renewer::start(
+            id.clone(),
+            store.clone(),
+            settings.owner.clone(),
+            settings.lease_ttl,
+            (lease, until),
+        );
+        Self {
+            id,
+            slot,
+            store,
+            settings,
+            metrics,
+            class,
+            lease,
+            renewer,
+            instance: None,
+            gateways: HashMap::new(),
+            sockets: HashMap::new(),
+            by_conn: HashMap::new(),
+            next_socket: 1,
+            moving: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Ended {
+        tracing::debug!(room.id = %self.id, class = %self.class.bundle.spec.class, bundle = %self.class.bundle.hash, "class room started");
+        let idle = self.settings.idle_timeout;
+        let mut last_event = Instant::now();
+        loop {
+            let move_at = self.moving.as_ref().map(|m| m.2);
+            tokio::select! {
+                biased;
+                check = self.renewer.next() => match check {
+                    LeaseCheck::Claimed(by) => self.begin_move(Moved::to(by)),
+                    LeaseCheck::Suspect | LeaseCheck::Lapsed => {
+                        let me = &self.settings.owner;
+                        let target = match self.store.acquire(&self.id, me, self.settings.lease_ttl, IfHeld::Report).await {
+                            Ok(Acquired::Ours(lease)) if lease == self.lease => continue,
+                            Ok(Acquired::HeldBy(holder)) => Moved::to(holder.address()),
+                            _ => Moved::unknown(),
+                        };
+                        tracing::warn!(room.id = %self.id, "lease lost; the room moves");
+                        return self.finish_move(rx, target, false).await;
+                    }
+                },
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => {
+                        last_event = Instant::now();
+                        self.command(cmd).await;
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep_until(last_event + idle), if self.moving.is_none() => {
+                    if self.gateways.is_empty() {
+                        return self.hibernate(rx).await;
+                    }
+                    // Sockets stay open at the gateways; the instance goes.
+                    self.drop_instance("idle");
+                    last_event = Instant::now();
+                }
+                () = sleep_until(move_at), if move_at.is_some() => {
+                    tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
+                    let target = self.moving.as_ref().map_or_else(Moved::unknown, |m| m.1.clone());
+                    return self.finish_move(rx, target, true).await;
+                }
+            }
+            if let Some((waiting, target, _, _)) = &self.moving
+                && waiting.is_empty()
+            {
+                let target = target.clone();
+                return self.finish_move(rx, target, true).await;
+            }
+        }
+        self.release_lease().await;
+        Ended::Done
+    }
+
+    /// Asks every gateway to stop sending; the room moves once all answered.
+    fn begin_move(&mut self, target: Moved) {
+        if self.moving.is_some() {
+            return;
+        }
+        let waiting: Vec<GatewayId> = self.gateways.keys().copied().collect();
+        for gateway in &waiting {
+            self.send(*gateway, host_frame::Kind::Moving(rooms_proto::host::Moving {}));
+        }
+        tracing::info!(room.id = %self.id, target = ?target.address, "class room moving");
+        self.moving = Some((waiting, target, Instant::now() + MOVE_DRAIN, Vec::new()));
+    }
+
+    /// Gives the room up: the lease released (if still ours), every gateway
+    /// and queued command sent to `target`.
+    async fn finish_move(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        target: Moved,
+        release: bool,
+    ) -> Ended {
+        self.instance = None;
+        if release {
+            self.release_lease().await;
+        }
+        self.slot.vacate();
+        rx.close();
+        let moved = HostFrame { kind: Some(host_frame::Kind::Moved(target.clone())), room_seq: 0 };
+        let deferred = self.moving.take().map(|m| m.3).unwrap_or_default();
+        for tx in self.gateways.values().chain(deferred.iter()) {
+            let _ = tx.try_send(moved.clone());
+        }
+        while let Ok(cmd) = rx.try_recv() {
+            redirect(cmd, &target, 0);
+        }
+        self.metrics.room_moves.inc();
+        tracing::info!(room.id = %self.id, target = ?target.address, "class room moved");
+        Ended::Done
+    }
+
+    /// No gateway for the idle timeout: leave memory, release the lease.
+    async fn hibernate(self, mut rx: mpsc::Receiver<Command>) -> Ended {
+        self.release_lease().await;
+        self.slot.vacate();
+        self.metrics.rooms_evicted.inc();
+        rx.close();
+        let mut leftover = Vec::new();
+        while let Ok(cmd) = rx.try_recv() {
+            leftover.push(cmd);
+        }
+        Ended::Hibernated(leftover)
+    }
+
+    async fn release_lease(&self) {
+        if let Err(error) = self.store.release(&self.id, &self.settings.owner, self.lease).await {
+            tracing::warn!(room.id = %self.id, %error, "releasing the lease failed; it will expire");
+        }
+    }
+
+    /// Drops the instance; sockets accepted without hibernation die with it.
+    fn drop_instance(&mut self, why: &str) {
+        if self.instance.take().is_none() {
+            return;
+        }
+        tracing::debug!(room.id = %self.id, why, "class instance dropped");
+        let plain: Vec<u64> =
+            self.sockets.iter().filter(|(_, s)| !s.hibernatable).map(|(id, _)| *id).collect();
+        for socket in plain {
+            self.close_socket(socket, rooms_proto::server::close_code::RESTART, "room restarted");
+        }
+    }
+
+    fn send(&mut self, gateway: GatewayId, kind: host_frame::Kind) {
+        let Some(tx) = self.gateways.get(&gateway) else { return };
+        if tx.try_send(HostFrame { kind: Some(kind), room_seq: 0 }).is_err() {
+            tracing::warn!(room.id = %self.id, gateway, "gateway too slow or gone; detaching it");
+            self.metrics.gateways_dropped.inc();
+            self.gateways.remove(&gateway);
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
