@@ -57,6 +57,8 @@ pub enum Outgoing {
     /// The answer to a client's ping, with its payload (rare: boxed, so
     /// the common case stays two words).
     Pong(Box<Bytes>),
+    /// A binary message (class rooms only; boxed for the same reason).
+    Binary(Box<Bytes>),
 }
 
 /// Queue capacity kept after the queue drains; a burst beyond it is given
@@ -193,6 +195,15 @@ impl ConnHandle {
 
     pub fn deliver(&self, frames: Frames) -> Delivery {
         let delivery = self.outbox.push(Outgoing::Frames(frames));
+        if delivery == Delivery::Overflow {
+            self.close.trigger(close_code::TRY_AGAIN_LATER, "client too slow: send queue full");
+        }
+        delivery
+    }
+
+    /// Queues a binary message; a full queue closes the client as for text.
+    pub fn deliver_binary(&self, payload: Bytes) -> Delivery {
+        let delivery = self.outbox.push(Outgoing::Binary(Box::new(payload)));
         if delivery == Delivery::Overflow {
             self.close.trigger(close_code::TRY_AGAIN_LATER, "client too slow: send queue full");
         }

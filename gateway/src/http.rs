@@ -21,10 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::auth::{Access, Denied};
 use crate::config::MAX_FRAME_BYTES;
 use crate::session::{self, Session, SessionEnv};
-use crate::{socket, subprotocol};
+use crate::{class_handshake, socket, subprotocol};
 
 /// Initial read buffer per socket.
-const READ_BUFFER_BYTES: usize = 512;
+pub(crate) const READ_BUFFER_BYTES: usize = 512;
 const DEMO_PAGE: &str = include_str!("assets/demo.html");
 const DEMO_SCRIPT: &str = include_str!("assets/demo.js");
 /// The browser client library, served for the demo page and for apps that
@@ -114,12 +114,12 @@ pub(crate) async fn respond(state: Arc<HttpState>, req: Request<Incoming>) -> Re
                     .chain(state.embedded_metrics.iter().map(|m| m.render())),
             ))))
             .unwrap_or_default(),
-        (&Method::GET, "/" | "/ws") => websocket(state, req, None),
+        (&Method::GET, "/" | "/ws") => websocket(state, req, None).await,
         (&Method::GET, p) if p.starts_with("/rooms/") => {
             let rest = &p["/rooms/".len()..];
             if let Some(room) = rest.strip_suffix("/ws") {
                 match RoomId::parse(room) {
-                    Ok(room) => websocket(state, req, Some(room)),
+                    Ok(room) => websocket(state, req, Some(room)).await,
                     Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
                 }
             } else if !rest.contains('/') {
@@ -195,7 +195,7 @@ fn not_upgraded(
 
 /// Validates the handshake and the session, answers 101, and starts the
 /// session task once hyper hands over the upgraded connection.
-fn websocket(
+async fn websocket(
     state: Arc<HttpState>,
     mut req: Request<Incoming>,
     room: Option<RoomId>,
@@ -242,6 +242,15 @@ fn websocket(
             );
         }
     };
+    // A class room's class answers the handshake itself (its own auth, its
+    // own subprotocol); a chat room's is checked here.
+    match state.env.links.kind(&room).await {
+        None => return text(StatusCode::SERVICE_UNAVAILABLE, "room unavailable; retry"),
+        Some(kind) if kind.class.is_some() => {
+            return class_handshake::handshake(state, req, room, accept).await;
+        }
+        Some(_) => {}
+    }
     let user_param =
         params.get("user").map(String::as_str).or(credential.as_ref().map(|(_, u)| u.as_str()));
     let identity = match state.access.identify(&room, token.as_deref(), user_param) {

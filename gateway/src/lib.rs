@@ -21,6 +21,8 @@
 
 mod admin;
 mod auth;
+mod class_handshake;
+mod class_session;
 mod config;
 mod conn;
 mod http;

@@ -137,7 +137,7 @@ pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: Sess
 
 /// Ends the connection: our close frame (`ours`), then the client's answer
 /// awaited; or, if the client closed first, its code echoed.
-async fn close(
+pub(crate) async fn close(
     mut writer: Writer,
     reader: &mut Reader,
     ours: Option<(u16, String)>,
@@ -177,7 +177,7 @@ async fn settle(outbox: &Outbox) {
 /// the writer back) or a write fails (None). A socket that wrote nothing for
 /// a whole ping interval gets a ping, so proxies keep idle connections open;
 /// the timer is reset once per interval, not per frame.
-async fn write_frames(
+pub(crate) async fn write_frames(
     mut writer: Writer,
     outbox: Arc<Outbox>,
     ping_interval: Duration,
@@ -229,6 +229,11 @@ async fn write_batch(
                 writer.text(run.iter().flat_map(|f| f.iter())).await?;
                 run.clear();
                 writer.pong(&payload).await?;
+            }
+            Outgoing::Binary(payload) => {
+                writer.text(run.iter().flat_map(|f| f.iter())).await?;
+                run.clear();
+                writer.binary(&payload).await?;
             }
         }
     }

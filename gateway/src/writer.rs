@@ -15,6 +15,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
@@ -81,6 +82,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             write_all_vectored(&mut self.io, &mut slices[..]).await?;
         }
         Ok(())
+    }
+
+    /// Writes one binary frame (class rooms pass clients' binary through).
+    pub async fn binary(&mut self, payload: &[u8]) -> io::Result<()> {
+        let header = Header::new(OP_BINARY, payload.len());
+        let mut slices = [IoSlice::new(header.as_slice()), IoSlice::new(payload)];
+        write_all_vectored(&mut self.io, &mut slices).await
     }
 
     pub async fn ping(&mut self) -> io::Result<()> {

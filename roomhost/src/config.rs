@@ -64,16 +64,15 @@ pub struct Args {
     /// PATTERN=FILE#Class, e.g. 'game-*=/etc/rooms/game.js#GameRoom' (`*`
     /// matches any run of characters; the first matching pattern wins;
     /// rooms matching none are chat rooms). Repeatable.
-    /// (Gateways do not run class rooms yet: the flag is hidden until they do.)
-    #[arg(long = "room-class", value_name = "PATTERN=FILE#Class", hide = true)]
+    #[arg(long = "room-class", value_name = "PATTERN=FILE#Class")]
     pub room_classes: Vec<ClassSpec>,
     /// A variable for room classes' `this.env`: NAME=VALUE. Repeatable.
-    #[arg(long = "room-env", value_name = "NAME=VALUE", value_parser = parse_env_var, hide = true)]
+    #[arg(long = "room-env", value_name = "NAME=VALUE", value_parser = parse_env_var)]
     pub room_env: Vec<(String, String)>,
     /// A file of variables (or secrets) for room classes' `this.env`: a JSON
     /// object, e.g. a Kubernetes Secret mounted as a file. Repeatable; later
     /// ones and --room-env win.
-    #[arg(long = "room-env-file", value_name = "PATH", hide = true)]
+    #[arg(long = "room-env-file", value_name = "PATH")]
     pub room_env_files: Vec<PathBuf>,
     /// Validate the flags (and read the files they name), print the result
     /// and exit without serving: 0 if valid, 2 if not.

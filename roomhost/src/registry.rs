@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rooms_cluster::Ring;
 use rooms_proto::RoomId;
-use rooms_proto::host::Moved;
+use rooms_proto::host::{Moved, RoomKind};
 use rooms_server::Directory;
 use rooms_server::directory::Refused;
 use tokio::sync::{mpsc, watch};
@@ -98,6 +98,17 @@ impl Registry {
     /// The class a room runs, if any.
     fn class_of(&self, room: &RoomId) -> Option<&Arc<ClassSetup>> {
         self.classes.iter().find(|class| class.bundle.spec.matches(room.as_str()))
+    }
+
+    /// What kind of room `room` is here, as its streams announce it.
+    pub fn kind_of(&self, room: &RoomId) -> RoomKind {
+        match self.class_of(room) {
+            Some(class) => RoomKind {
+                class: Some(class.bundle.spec.class.clone()),
+                bundle: class.bundle.hash.clone(),
+            },
+            None => RoomKind::default(),
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -125,6 +125,8 @@ impl RoomHost for RoomHostService {
             let _ = tx.try_send(moved);
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))));
         }
+        let kind = host_frame::Kind::RoomKind(self.registry.kind_of(&room));
+        let _ = tx.try_send(HostFrame { kind: Some(kind), room_seq: 0 });
         let gateway = self.next_gateway.fetch_add(1, Ordering::Relaxed);
         let attach = Command::Attach { gateway, tx, resume_after: open.resume_after };
         let mut handle = self.registry.dispatch(&room, attach, wait).instrument(span).await?;

@@ -32,6 +32,28 @@ impl Client {
         Ok(Self { ws })
     }
 
+    /// Connects offering WebSocket subprotocols; also returns the one the
+    /// server selected.
+    pub async fn connect_with_protocols(
+        url: &str,
+        protocols: &str,
+    ) -> Result<(Self, Option<String>), tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request()?;
+        let value = protocols.parse().map_err(|_| tungstenite::Error::ConnectionClosed)?;
+        request.headers_mut().insert("sec-websocket-protocol", value);
+        let (ws, response) =
+            tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+                .await
+                .map_err(|_| tungstenite::Error::ConnectionClosed)??;
+        let selected = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((Self { ws }, selected))
+    }
+
     /// Connects over an already open TCP connection (e.g. one made inside a
     /// network namespace).
     pub async fn connect_over(url: &str, stream: TcpStream) -> Result<Self, tungstenite::Error> {
@@ -104,6 +126,34 @@ impl Client {
                     return Some(Received::Closed(code, reason));
                 }
                 _ => continue,
+            }
+        }
+    }
+
+    /// The next text message as JSON, whatever protocol it speaks (a room
+    /// class's own); panics on close or after the deadline.
+    pub async fn json(&mut self) -> Value {
+        match self.json_within(DEADLINE).await {
+            Some(value) => value,
+            None => panic!("no text message within {DEADLINE:?}"),
+        }
+    }
+
+    /// The next text message as JSON, if one comes within `wait`; panics
+    /// if the socket closes.
+    pub async fn json_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(
+                        serde_json::from_str(&text)
+                            .unwrap_or_else(|e| panic!("not JSON: {text}: {e}")),
+                    );
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text message, got {other:?}"),
             }
         }
     }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::Streaming;
 
+use super::class::ClassSide;
 use super::phase::Phase;
 use super::unanswered::{Unanswered, tag_of};
 use super::{
@@ -47,6 +48,7 @@ pub(super) struct Link {
     /// Redirects followed without any frame delivered in between.
     pub(super) bounces: u32,
     unanswered: Unanswered,
+    pub(super) class: ClassSide,
 }
 
 pub(super) fn frame(kind: gateway_frame::Kind) -> GatewayFrame {
@@ -78,6 +80,7 @@ pub(super) async fn run(links: Arc<Links>, slot: LinkSlot, mut rx: mpsc::Receive
         last_seq: None,
         bounces: 0,
         unanswered: Unanswered::default(),
+        class: ClassSide::default(),
     };
     let first = Target::Ring { avoid: None };
     if let Some(inbound) = link.attach(&mut rx, first, FIRST_ATTACH_DEADLINE).await {
@@ -89,7 +92,7 @@ impl Link {
     async fn serve(&mut self, rx: &mut mpsc::Receiver<LinkCmd>, mut inbound: Streaming<HostFrame>) {
         let mut stopping = self.links.stopping.clone();
         loop {
-            let idle = self.conns.is_empty() && self.phase.is_attached();
+            let idle = self.conns.is_empty() && self.class.is_idle() && self.phase.is_attached();
             let next = tokio::select! {
                 biased;
                 () = stopping.wait() => return,
@@ -190,12 +193,17 @@ impl Link {
                 }
                 self.forward(conn, message);
             }
+            LinkCmd::Kind { reply } => self.ask_kind(reply),
+            LinkCmd::Handshake { handshake, handle, reply } => {
+                self.handshake(handshake, handle, reply);
+            }
+            LinkCmd::Socket { conn, kind } => self.socket_frame(conn, kind),
         }
     }
 
     /// Queues a client frame for the roomhost, keeping it until the owner
     /// confirmed the stream; a full queue or hold refuses it.
-    fn forward(&mut self, conn: ConnId, message: GatewayFrame) {
+    pub(super) fn forward(&mut self, conn: ConnId, message: GatewayFrame) {
         if let Some(held) = self.phase.held() {
             if held.frames.len() >= HOLD_LIMIT {
                 return self.error(
@@ -277,6 +285,9 @@ impl Link {
                 }
             }
             Some(host_frame::Kind::Close(close)) => {
+                if self.socket_close(&close) {
+                    return None;
+                }
                 if let Some(Local { handle, .. }) = self.conns.get(&close.conn) {
                     let code = u16::try_from(close.code).unwrap_or(close_code::SERVER_ERROR);
                     handle.close(code, close.reason);
@@ -305,14 +316,11 @@ impl Link {
                     None => Target::Ring { avoid: self.phase.address().map(str::to_owned) },
                 });
             }
-            // Class rooms: this gateway does not run them yet (their owner
-            // closes its chat connections with 1011 and says why).
-            Some(
-                host_frame::Kind::HandshakeReply(_)
-                | host_frame::Kind::SocketSend(_)
-                | host_frame::Kind::SocketState(_),
-            )
-            | None => {}
+            Some(host_frame::Kind::RoomKind(kind)) => self.kind_known(kind),
+            Some(host_frame::Kind::HandshakeReply(reply)) => self.handshake_answered(reply),
+            Some(host_frame::Kind::SocketSend(send)) => self.socket_send(send),
+            Some(host_frame::Kind::SocketState(state)) => self.socket_state(state),
+            None => {}
         }
         None
     }
@@ -343,10 +351,23 @@ impl Link {
             local.handle.close(close_code::RESTART, "room unavailable; reconnect");
         }
         self.conns.clear();
+        self.class.give_up();
         while let Ok(cmd) = rx.try_recv() {
-            if let LinkCmd::Join { handle, .. } = cmd {
-                handle.send_error(ErrorCode::Unavailable, "room unavailable; retry", "");
-                handle.close(close_code::TRY_AGAIN_LATER, "room unavailable");
+            match cmd {
+                LinkCmd::Join { handle, .. } => {
+                    handle.send_error(ErrorCode::Unavailable, "room unavailable; retry", "");
+                    handle.close(close_code::TRY_AGAIN_LATER, "room unavailable");
+                }
+                LinkCmd::Handshake { handshake, reply, .. } => {
+                    let body = Some("room unavailable; retry".to_owned());
+                    let _ = reply.send(rooms_proto::host::HandshakeReply {
+                        conn: handshake.conn,
+                        status: 503,
+                        headers: Vec::new(),
+                        body,
+                    });
+                }
+                _ => {}
             }
         }
     }

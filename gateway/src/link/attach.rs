@@ -131,6 +131,11 @@ impl Link {
             };
             first.push(frame(gateway_frame::Kind::Join(join)));
         }
+        // Class rooms: the sockets this gateway keeps, as the room left them.
+        for (conn, socket) in self.class.rejoins() {
+            let join = Join { conn, rejoin: true, socket: Some(socket), ..Join::default() };
+            first.push(frame(gateway_frame::Kind::Join(join)));
+        }
         if let Some(held) = self.phase.held() {
             for (conn, user) in &held.departed {
                 let join = Join {

@@ -22,6 +22,7 @@
 
 mod actor;
 mod attach;
+mod class;
 mod phase;
 #[cfg(test)]
 mod scripted;
@@ -33,10 +34,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rooms_proto::host::gateway_frame;
+use rooms_proto::host::{Handshake, HandshakeReply, RoomKind, gateway_frame};
 use rooms_proto::{RoomId, UserId};
 use rooms_server::{Directory, Handle, Slot, Stopping};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::conn::{ConnHandle, ConnId};
@@ -79,6 +80,22 @@ pub(crate) enum LinkCmd {
         conn: ConnId,
         kind: gateway_frame::Kind,
         received: Instant,
+    },
+    /// What kind of room this is, once its owner said.
+    Kind {
+        reply: oneshot::Sender<RoomKind>,
+    },
+    /// A client's handshake for a class room, answered by its class; on 101
+    /// `handle` is the socket's.
+    Handshake {
+        handshake: Handshake,
+        handle: ConnHandle,
+        reply: oneshot::Sender<HandshakeReply>,
+    },
+    /// A class room socket's message (`SocketData`) or close (`SocketClosed`).
+    Socket {
+        conn: ConnId,
+        kind: gateway_frame::Kind,
     },
 }
 
@@ -146,6 +163,14 @@ impl Links {
     ) -> Result<LinkHandle, LinkUnavailable> {
         let start = |slot, rx| self.spawn_link(slot, rx);
         self.active.dispatch(room, cmd, start).await.map(LinkHandle).map_err(|_| LinkUnavailable)
+    }
+
+    /// What kind of room `room` is: a class room's sockets go to its class.
+    /// None: its owner did not say in time.
+    pub(crate) async fn kind(self: &Arc<Self>, room: &RoomId) -> Option<RoomKind> {
+        let (reply, answer) = oneshot::channel();
+        self.dispatch(room, LinkCmd::Kind { reply }).await.ok()?;
+        tokio::time::timeout(FIRST_ATTACH_DEADLINE, answer).await.ok()?.ok()
     }
 
     /// Spawns a link (a plain function: a link's future may dispatch again,

@@ -31,7 +31,7 @@ impl Client {
         out.iter()
             .flat_map(|o| match o {
                 Outgoing::Frames(frames) => frames.iter().map(|f| f.as_str().to_owned()).collect(),
-                Outgoing::Pong(_) => Vec::new(),
+                Outgoing::Pong(_) | Outgoing::Binary(_) => Vec::new(),
             })
             .collect()
     }

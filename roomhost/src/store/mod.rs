@@ -11,6 +11,8 @@
 mod memory;
 mod redis;
 mod redis_conn;
+#[cfg(test)]
+mod redis_tests;
 
 use std::time::Duration;
 

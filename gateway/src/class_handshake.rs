@@ -1,0 +1,129 @@
+//! A WebSocket handshake into a class room: the request goes to the room's
+//! class (`fetch`) as the client sent it, and its answer comes back — 101
+//! upgrades the connection with the headers the class chose (its
+//! subprotocol among them); any other status goes to the client with its
+//! body.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use rooms_proto::RoomId;
+use rooms_proto::host::{Handshake, Header, SocketClosed, gateway_frame};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::class_session::{self, ClassConn};
+use crate::config::MAX_FRAME_BYTES;
+use crate::conn::{CloseSignal, ConnHandle, Outbox};
+use crate::http::{Body, HttpState, READ_BUFFER_BYTES};
+use crate::link::LinkCmd;
+use crate::socket;
+
+/// Longest wait for the class's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn plain(status: StatusCode, body: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(format!("{body}\n"))))
+        .unwrap_or_default()
+}
+
+pub(crate) async fn handshake(
+    state: Arc<HttpState>,
+    mut req: Request<Incoming>,
+    room: RoomId,
+    accept: String,
+) -> Response<Body> {
+    let Ok(permit) = Arc::clone(&state.connections).try_acquire_owned() else {
+        state.env.metrics.connections_refused.inc();
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway is at its connection limit; retry later",
+        );
+    };
+    let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("http://{host}{path}");
+    let headers = req
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            Some(Header { name: name.as_str().to_owned(), value: value.to_str().ok()?.to_owned() })
+        })
+        .collect();
+    let handshake = Handshake { conn, url, method: req.method().as_str().to_owned(), headers };
+    let outbox = Outbox::new(state.env.send_queue);
+    let signal = Arc::new(CloseSignal::default());
+    let handle = ConnHandle::new(Arc::clone(&outbox), Arc::clone(&signal));
+    let (reply, answer) = oneshot::channel();
+    let cmd = LinkCmd::Handshake { handshake, handle: handle.clone(), reply };
+    let Ok(link) = state.env.links.dispatch(&room, cmd).await else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "room unavailable; retry");
+    };
+    let reply = match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => return plain(StatusCode::SERVICE_UNAVAILABLE, "room unavailable; retry"),
+        Err(_) => {
+            return plain(StatusCode::GATEWAY_TIMEOUT, "the room's class did not answer in time");
+        }
+    };
+    let status = u16::try_from(reply.status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = Response::builder().status(status);
+    for Header { name, value } in &reply.headers {
+        let (Ok(name), Ok(value)) =
+            (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
+        else {
+            continue;
+        };
+        response = response.header(name, value);
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        state.env.metrics.connections_refused.inc();
+        let body = Full::new(Bytes::from(reply.body.unwrap_or_default()));
+        return response.body(body).unwrap_or_default();
+    }
+    let env = state.env.clone();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES))
+            .read_buffer_size(READ_BUFFER_BYTES);
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => socket::split(upgraded, config).await,
+            Err(error) => {
+                tracing::debug!(%error, "upgrade failed");
+                None
+            }
+        };
+        let socket = ClassConn { conn, outbox, signal, handle, link: link.clone() };
+        match upgraded {
+            Some((reader, writer)) => class_session::run(reader, writer, socket, env).await,
+            None => {
+                // The room took the socket: tell it that it is gone.
+                let closed = SocketClosed { conn, code: 1006, reason: String::new(), clean: false };
+                let cmd = LinkCmd::Socket { conn, kind: gateway_frame::Kind::SocketClosed(closed) };
+                let _ = link.send(cmd).await;
+            }
+        }
+    });
+    response
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::default())
+        .unwrap_or_default()
+}

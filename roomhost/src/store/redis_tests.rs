@@ -1,0 +1,38 @@
+//! The Redis store against a real `redis-server`, started and stopped by
+//! each test.
+
+use std::time::Duration;
+
+use rooms_proto::RoomId;
+use rooms_tests::redis::Redis;
+
+use super::redis::RedisStore;
+use crate::store::{Acquired, IfHeld, Lease, Owner, StorageWrite, StoreError};
+
+#[tokio::test]
+async fn class_storage_writes_apply_in_order_only_under_the_lease() {
+    let redis = Redis::start().await;
+    let store = RedisStore::connect(&redis.url(), 100).await.unwrap();
+    let room = RoomId::parse("game-1").unwrap();
+    let me = Owner::new("a:1");
+    let ttl = Duration::from_secs(5);
+    let Acquired::Ours(lease) = store.acquire(&room, &me, ttl, IfHeld::Report).await.unwrap()
+    else {
+        panic!("the lease is free");
+    };
+    let put = |k: &str, v: &str| StorageWrite::Put(k.into(), v.into());
+    let writes = [put("a", "j1"), put("b", "j2"), StorageWrite::Delete("a".into())];
+    store.commit_storage(&room, &me, lease, &writes).await.unwrap();
+    assert_eq!(store.load_storage(&room).await.unwrap(), [("b".to_owned(), "j2".to_owned())]);
+    let writes = [StorageWrite::DeleteAll, put("c", "b AQI=")];
+    store.commit_storage(&room, &me, lease, &writes).await.unwrap();
+    assert_eq!(store.load_storage(&room).await.unwrap(), [("c".to_owned(), "b AQI=".to_owned())]);
+    // A stale fence writes nothing.
+    let stale = Lease { fence: lease.fence + 1 };
+    let refused = store.commit_storage(&room, &me, stale, &[put("d", "j4")]).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)));
+    let other = Owner::new("b:1");
+    let refused = store.commit_storage(&room, &other, lease, &[put("d", "j4")]).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)));
+    assert_eq!(store.load_storage(&room).await.unwrap().len(), 1);
+}
