@@ -7,8 +7,9 @@ use std::time::Duration;
 use rooms_proto::RoomId;
 use rooms_proto::admin::admin_server::Admin;
 use rooms_proto::admin::{
-    ClusterStatusReply, ClusterStatusRequest, GetRoomReply, GetRoomRequest, KickReply, KickRequest,
-    ListRoomsReply, ListRoomsRequest, PublishReply, PublishRequest, RoomhostStatus,
+    ClusterStatusReply, ClusterStatusRequest, GetRoomReply, GetRoomRequest, InvokeReply,
+    InvokeRequest, KickReply, KickRequest, ListRoomsReply, ListRoomsRequest, PublishReply,
+    PublishRequest, RoomhostStatus,
 };
 use rooms_proto::host::StatusRequest;
 use subtle::ConstantTimeEq;
@@ -140,6 +141,21 @@ impl Admin for AdminService {
             .on_owner(&room, |mut client, _| {
                 let request = request.clone();
                 async move { client.kick(request).await }
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn invoke(
+        &self,
+        request: Request<InvokeRequest>,
+    ) -> Result<Response<InvokeReply>, Status> {
+        let request = request.into_inner();
+        let room = request.room.clone();
+        let reply = self
+            .on_owner(&room, |mut client, _| {
+                let request = request.clone();
+                async move { client.invoke(request).await }
             })
             .await?;
         Ok(Response::new(reply))

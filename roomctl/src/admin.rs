@@ -3,7 +3,8 @@
 use anyhow::Context;
 use rooms_proto::admin::admin_client::AdminClient;
 use rooms_proto::admin::{
-    ClusterStatusRequest, GetRoomRequest, KickRequest, ListRoomsRequest, PublishRequest,
+    ClusterStatusRequest, GetRoomRequest, InvokeRequest, KickRequest, ListRoomsRequest,
+    PublishRequest,
 };
 use serde_json::json;
 use tonic::metadata::MetadataValue;
@@ -153,6 +154,20 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
             } else {
                 format!("closed {} connection(s) of {user} in {room}", reply.closed)
             }
+        }
+        Command::Invoke { room, method, args } => {
+            let args: Vec<serde_json::Value> = args
+                .iter()
+                .map(|a| {
+                    serde_json::from_str(a).unwrap_or_else(|_| serde_json::Value::String(a.clone()))
+                })
+                .collect();
+            let message = InvokeRequest {
+                room: room.clone(),
+                method: method.clone(),
+                args_json: serde_json::Value::Array(args).to_string(),
+            };
+            client.invoke(request(cli, message)?).await?.into_inner().result_json
         }
         Command::Status => {
             let reply =

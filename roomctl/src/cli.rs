@@ -48,6 +48,9 @@ pub enum Command {
     },
     /// Roomhosts, their health and rooms, and the ring version.
     Status,
+    /// Call a public method of a class room's class; each ARG is JSON (a
+    /// bare word is taken as a string). Prints the method's JSON result.
+    Invoke { room: String, method: String, args: Vec<String> },
     /// Load generator: N clients across R rooms; prints one JSON line.
     Bench(BenchArgs),
     /// Mint an HS256 client token (for development and tests).

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rooms_proto::RoomId;
 use rooms_proto::admin::{
-    GetRoomReply, GetRoomRequest, KickReply, KickRequest, ListRoomsReply, ListRoomsRequest,
-    PublishReply, PublishRequest, RoomSummary,
+    GetRoomReply, GetRoomRequest, InvokeReply, InvokeRequest, KickReply, KickRequest,
+    ListRoomsReply, ListRoomsRequest, PublishReply, PublishRequest, RoomSummary,
 };
 use rooms_proto::host::room_host_server::RoomHost;
 use rooms_proto::host::{
@@ -92,6 +92,7 @@ impl From<RoomError> for Status {
         match e {
             RoomError::Moved(target) => target.into_status(),
             RoomError::Unavailable(_) => Status::unavailable(e.to_string()),
+            RoomError::Refused(message) => Status::invalid_argument(message),
         }
     }
 }
@@ -245,6 +246,26 @@ impl RoomHost for RoomHostService {
             .map_err(dropped)?;
         let closed = answer.await.map_err(dropped)?;
         Ok(Response::new(KickReply { closed }))
+    }
+
+    async fn invoke(
+        &self,
+        request: Request<InvokeRequest>,
+    ) -> Result<Response<InvokeReply>, Status> {
+        let InvokeRequest { room, method, args_json } = request.into_inner();
+        let room = parse_room(&room)?;
+        match serde_json::from_str::<serde_json::Value>(&args_json) {
+            Ok(serde_json::Value::Array(_)) => {}
+            _ => return Err(Status::invalid_argument("args_json must be a JSON array")),
+        }
+        if let Some(target) = self.elsewhere(&room, LeaseWait::Redirect) {
+            return Err(target.into_status());
+        }
+        let (reply, answer) = oneshot::channel();
+        let invoke = Command::Invoke { method, args_json, reply };
+        self.registry.dispatch(&room, invoke, LeaseWait::Redirect).await?;
+        let result_json = answer.await.map_err(dropped)??;
+        Ok(Response::new(InvokeReply { result_json }))
     }
 
     async fn status(

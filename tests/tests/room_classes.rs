@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use rooms_proto::server::ServerFrame;
+use rooms_tests::process::binary;
 use rooms_tests::{Client, TestCluster};
 use serde_json::json;
 
@@ -80,6 +81,24 @@ async fn the_nuxflare_class_takes_its_subprotocol_credential_and_refuses_without
     for client in [&mut alice, &mut bob] {
         assert_eq!(client.json().await["userName"], "Ann", "the name the room stored");
     }
+    // An operator calls the class's `publish` (its RPC) through any gateway.
+    let out = std::process::Command::new(binary("roomctl"))
+        .args(["--admin", &gateway.admin_url(), "invoke", "lobby", "publish", "lobby"])
+        .arg(r#"{"type":"system","text":"maintenance at noon"}"#)
+        .output()
+        .expect("roomctl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "null", "publish returns nothing");
+    for client in [&mut alice, &mut bob] {
+        assert_eq!(client.json().await["text"], "maintenance at noon");
+    }
+    // Not a public method: refused with the class's reason, exit 1.
+    let out = std::process::Command::new(binary("roomctl"))
+        .args(["--admin", &gateway.admin_url(), "invoke", "lobby", "webSocketMessage"])
+        .output()
+        .expect("roomctl runs");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a public method"));
     // No credential: the class's own 400 reaches the client.
     let refused = Client::connect(&gateway.ws_url("lobby", "")).await.err().expect("refused");
     match refused {

@@ -89,6 +89,12 @@ impl RoomHost for Scripted {
     ) -> Result<Response<admin::KickReply>, Status> {
         Err(Status::unimplemented("scripted"))
     }
+    async fn invoke(
+        &self,
+        _: Request<admin::InvokeRequest>,
+    ) -> Result<Response<admin::InvokeReply>, Status> {
+        Err(Status::unimplemented("scripted"))
+    }
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         Err(Status::unimplemented("scripted"))
     }

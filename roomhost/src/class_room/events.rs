@@ -47,6 +47,20 @@ impl ClassRoom {
                 let _ = reply.send(0);
             }
             Command::Handoff { target } => self.begin_move(target),
+            Command::Invoke { method, args_json, reply } => {
+                let answer = match self.instance().await {
+                    Some(instance) => {
+                        let outcome = instance.invoke(method, args_json).await;
+                        match self.apply(outcome).await {
+                            Some(Ok(result)) => Ok(result),
+                            Some(Err(exception)) => Err(RoomError::Refused(exception)),
+                            None => Err(RoomError::Unavailable("the room's class failed".into())),
+                        }
+                    }
+                    None => Err(RoomError::Unavailable("the room's class did not start".into())),
+                };
+                let _ = reply.send(answer);
+            }
         }
     }
 

@@ -64,6 +64,10 @@ impl Room {
                 }
                 let _ = reply.send(targets.len() as u32);
             }
+            Command::Invoke { reply, .. } => {
+                let refusal = format!("room {} runs no room class", self.id);
+                let _ = reply.send(Err(RoomError::Refused(refusal)));
+            }
             Command::Handoff { target } => {
                 self.flush().await;
                 self.begin_move(target, Drain::Gateways);

@@ -122,6 +122,12 @@ pub enum Command {
     Handoff {
         target: Moved,
     },
+    /// An operator calls a method of the room's class.
+    Invoke {
+        method: String,
+        args_json: String,
+        reply: oneshot::Sender<Result<String, RoomError>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +141,9 @@ pub struct RoomInfo {
 pub enum RoomError {
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The room's class refused the call (not a method, or it threw).
+    #[error("{0}")]
+    Refused(String),
     /// The room is served by another roomhost.
     #[error("room moved to {}", .0.address.as_deref().unwrap_or("an unknown roomhost"))]
     Moved(Moved),
@@ -281,6 +290,9 @@ pub(crate) fn redirect(cmd: Command, target: &Moved, seq: u64) {
         }
         Command::Kick { reply, .. } => {
             let _ = reply.send(0);
+        }
+        Command::Invoke { reply, .. } => {
+            let _ = reply.send(Err(RoomError::Moved(target.clone())));
         }
         Command::Detach { .. } | Command::Frame { .. } | Command::Handoff { .. } => {}
     }
