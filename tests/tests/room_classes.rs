@@ -152,3 +152,48 @@ async fn a_class_room_keeps_its_sockets_and_storage_through_a_sigkill_of_its_own
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_move_of_a_class_room_loses_nothing_a_client_sends_and_closes_no_socket() {
+    let class = format!("--room-class=chat-*={}#ChatRoom", example("workerd-chat/worker.js"));
+    let mut cluster = TestCluster::new(3, 2).file_membership().roomhost_arg(&class).start().await;
+    let room = "chat-move";
+    let mut alice = Client::connect(&cluster.gateways[0].ws_url(room, "user=alice")).await.unwrap();
+    let mut bob = Client::connect(&cluster.gateways[1].ws_url(room, "user=bob")).await.unwrap();
+    alice.send_json(json!({"type": "name", "name": "Ann"})).await;
+    bob.send_json(json!({"type": "chat", "text": "before"})).await;
+    for client in [&mut alice, &mut bob] {
+        assert_eq!(client.json().await["text"], "before");
+    }
+    let owner = cluster.owner_of(room).await;
+    // Bob keeps sending while the owner hands the room over (SIGTERM).
+    const SENT: usize = 30;
+    let sender = tokio::spawn(async move {
+        for n in 0..SENT {
+            bob.send_json(json!({"type": "chat", "text": format!("m{n}")})).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bob
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        cluster.roomhosts[owner].process.terminate(Duration::from_secs(15)).await,
+        "clean exit"
+    );
+    let mut bob = sender.await.unwrap();
+    // Every message Bob sent comes back to him once, in order: held by his
+    // gateway during the move and sent to the next owner.
+    let mut echoed = Vec::new();
+    while echoed.len() < SENT {
+        let chat = bob.json().await;
+        echoed.push(chat["text"].as_str().unwrap_or_default().to_owned());
+    }
+    let expected: Vec<String> = (0..SENT).map(|n| format!("m{n}")).collect();
+    assert_eq!(echoed, expected);
+    // Alice's socket stayed open through it, with her name.
+    alice.send_json(json!({"type": "chat", "text": "after"})).await;
+    for client in [&mut alice, &mut bob] {
+        let chat = skip_until(client, "after").await;
+        assert_eq!(chat["userName"], "Ann");
+    }
+}
