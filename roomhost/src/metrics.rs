@@ -30,5 +30,10 @@ rooms_telemetry::metrics! {
             "Requests answered with the address of the room's real owner";
         gateways_dropped: Counter, "gateways_dropped",
             "Gateway streams dropped from a room because their queue was full";
+        class_events: Counter, "class_events", "Events run by room classes' instances";
+        class_exceptions: Counter, "class_exceptions",
+            "Events in which a room class threw (what it did before stands)";
+        class_resets: Counter, "class_resets",
+            "Room class instances discarded (over a limit, stalled, or writes not stored) and rebuilt from storage on the next event";
     }
 }

@@ -16,15 +16,18 @@ impl ClassRoom {
         &mut self,
         outcome: Result<Outcome<T>, PoolError>,
     ) -> Option<Result<T, String>> {
+        self.metrics.class_events.inc();
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::warn!(room.id = %self.id, %error, "the room's class failed; its instance starts again from storage");
+                self.metrics.class_resets.inc();
                 self.drop_instance("failed");
                 return None;
             }
         };
         if let Err(exception) = &outcome.result {
+            self.metrics.class_exceptions.inc();
             tracing::warn!(room.id = %self.id, %exception, "the room's class threw");
         }
         let writes: Vec<StorageWrite> = outcome
@@ -45,6 +48,7 @@ impl ClassRoom {
             if let Err(error) = stored {
                 tracing::warn!(room.id = %self.id, %error, "storing the class room's writes failed; nothing the event sent leaves");
                 self.metrics.commit_failures.inc();
+                self.metrics.class_resets.inc();
                 self.drop_instance("its writes were not stored");
                 return None;
             }

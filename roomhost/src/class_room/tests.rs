@@ -143,6 +143,9 @@ async fn a_class_room_answers_handshakes_stores_before_sending_and_sends_once_pe
     cluster.text(1, 10, r#"{"type":"chat","text":"after"}"#).await;
     let send = next_send(&mut one).await;
     assert_eq!(text_of(&send)["userName"], "Ann", "the refused name never took");
+    let metrics = cluster.registry.metrics();
+    assert_eq!(metrics.class_resets.get(), 1, "the instance went with the refused writes");
+    assert!(metrics.class_events.get() >= 6);
 }
 
 #[tokio::test]
