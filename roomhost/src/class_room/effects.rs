@@ -58,7 +58,7 @@ impl ClassRoom {
                 Effect::Send { sockets, payload } => self.deliver(&sockets, payload),
                 Effect::Close { socket, code, reason } => self.close_socket(socket, code, &reason),
                 Effect::Accept { socket, tags, hibernatable } => {
-                    if let Some((gateway, conn)) = self.conn_of(socket) {
+                    if let Some((_, gateway, conn)) = self.accepting.filter(|a| a.0 == socket) {
                         let state =
                             ClassSocket { tags: tags.clone(), attachment: None, hibernatable };
                         self.sockets.insert(
@@ -92,11 +92,6 @@ impl ClassRoom {
             }
         }
         Some(outcome.result)
-    }
-
-    /// The gateway connection of a socket the room knows or is accepting.
-    fn conn_of(&self, socket: u64) -> Option<(GatewayId, ConnId)> {
-        self.by_conn.iter().find(|(_, id)| **id == socket).map(|(key, _)| *key)
     }
 
     /// One frame per gateway with the payload and that gateway's sockets.

@@ -142,11 +142,14 @@ impl ClassRoom {
         };
         // Known while the class answers, so that its accept finds the socket.
         self.by_conn.insert((gateway, conn), socket);
+        self.accepting = Some((socket, gateway, conn));
         let outcome = match &self.instance {
             Some(instance) => instance.fetch(socket, request).await,
             None => Err(PoolError::Stopped),
         };
-        let reply = match self.apply(outcome).await {
+        let applied = self.apply(outcome).await;
+        self.accepting = None;
+        let reply = match applied {
             Some(Ok(response)) => HandshakeReply {
                 conn,
                 status: u32::from(response.status),

@@ -70,6 +70,8 @@ pub(crate) struct ClassRoom {
     gateways: HashMap<GatewayId, GatewayTx>,
     sockets: HashMap<u64, Socket>,
     by_conn: HashMap<(GatewayId, ConnId), u64>,
+    /// The socket whose handshake the class is answering, and its connection.
+    accepting: Option<(u64, GatewayId, ConnId)>,
     next_socket: u64,
     /// Gateways that have not answered `Moving` yet, where the room goes,
     /// until when; attaches that came meanwhile.
@@ -106,6 +108,7 @@ impl ClassRoom {
             gateways: HashMap::new(),
             sockets: HashMap::new(),
             by_conn: HashMap::new(),
+            accepting: None,
             next_socket: 1,
             moving: None,
         }
