@@ -35,3 +35,7 @@ pub use effect::{Effect, Payload};
 pub use instance::{ClassError, HttpRequest, HttpResponse, Instance, Limits, Outcome, Restored};
 pub use pool::{InstanceHandle, Pool, PoolError};
 pub use spec::{ClassSpec, SpecError};
+
+/// How an operator call to something that is not a public method of the
+/// class is refused (the prelude's wording).
+pub const NOT_A_METHOD: &str = "is not a public method of this room class";

@@ -10,6 +10,8 @@
   delete globalThis.__host;
 
   const KEY_LIMIT = 2048;
+  // Kept in step with `rooms_classes::NOT_A_METHOD`.
+  const NOT_A_METHOD = "is not a public method of this room class";
   const VALUE_LIMIT = 128 * 1024;
   const ATTACHMENT_LIMIT = 16 * 1024;
 
@@ -497,7 +499,7 @@
       const f = instance[method];
       if (typeof f !== "function" || method.startsWith("_") || method === "constructor" ||
           ["fetch", "webSocketMessage", "webSocketClose", "webSocketError", "alarm"].includes(method)) {
-        throw new TypeError(`${method} is not a public method of this room class`);
+        throw new TypeError(`${method} ${NOT_A_METHOD}`);
       }
       const result = await f.apply(instance, JSON.parse(argsJson));
       return result === undefined ? "null" : JSON.stringify(result);

@@ -93,6 +93,8 @@ impl From<RoomError> for Status {
             RoomError::Moved(target) => target.into_status(),
             RoomError::Unavailable(_) => Status::unavailable(e.to_string()),
             RoomError::Refused(message) => Status::invalid_argument(message),
+            // Not a move: no `Moved` rides on it.
+            RoomError::Threw(message) => Status::failed_precondition(message),
         }
     }
 }
@@ -276,5 +278,19 @@ impl RoomHost for RoomHostService {
             address: self.advertise.clone(),
             active_rooms: self.registry.active_count() as u32,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_that_threw_is_a_failed_precondition_never_taken_for_a_move() {
+        let status = Status::from(RoomError::Threw("boom".into()));
+        assert_eq!((status.code(), status.message()), (tonic::Code::FailedPrecondition, "boom"));
+        assert_eq!(Moved::from_status(&status), None);
+        let status = Status::from(RoomError::Refused("no".into()));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 }

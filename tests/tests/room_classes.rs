@@ -55,6 +55,12 @@ async fn the_workerd_chat_class_serves_clients_on_two_gateways_next_to_chat_room
     carol.chat("plain chat", "c1").await;
     let echoed = carol.until(|f| matches!(f, ServerFrame::Chat { .. })).await;
     assert_eq!(echoed.seq(), Some(1));
+    // A chat room has no methods to call: INVALID_ARGUMENT, roomctl exits 2.
+    let out = std::process::Command::new(binary("roomctl"))
+        .args(["--admin", &a.admin_url(), "invoke", "lobby", "publish"])
+        .output()
+        .expect("roomctl runs");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

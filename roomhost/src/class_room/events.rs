@@ -53,7 +53,10 @@ impl ClassRoom {
                         let outcome = instance.invoke(method, args_json).await;
                         match self.apply(outcome).await {
                             Some(Ok(result)) => Ok(result),
-                            Some(Err(exception)) => Err(RoomError::Refused(exception)),
+                            Some(Err(message)) if message.contains(rooms_classes::NOT_A_METHOD) => {
+                                Err(RoomError::Refused(message))
+                            }
+                            Some(Err(exception)) => Err(RoomError::Threw(exception)),
                             None => Err(RoomError::Unavailable("the room's class failed".into())),
                         }
                     }

@@ -141,9 +141,12 @@ pub struct RoomInfo {
 pub enum RoomError {
     #[error("storage unavailable: {0}")]
     Unavailable(String),
-    /// The room's class refused the call (not a method, or it threw).
+    /// The call makes no sense here (a chat room, or not a public method).
     #[error("{0}")]
     Refused(String),
+    /// The class's method threw.
+    #[error("{0}")]
+    Threw(String),
     /// The room is served by another roomhost.
     #[error("room moved to {}", .0.address.as_deref().unwrap_or("an unknown roomhost"))]
     Moved(Moved),
