@@ -111,7 +111,7 @@ async fn read(
             }
         }
         env.metrics.frames_in.inc();
-        let frame = SocketData { conn, data: Some(data) };
+        let frame = SocketData { conn, data: Some(data), ..SocketData::default() };
         let cmd = LinkCmd::Socket { conn, kind: gateway_frame::Kind::SocketData(frame) };
         if !Box::pin(link.send(cmd)).await {
             return None;

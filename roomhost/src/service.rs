@@ -23,6 +23,9 @@ use tracing::Instrument;
 use crate::registry::{LeaseWait, Registry, RegistryError};
 use crate::room::{Command, GATEWAY_QUEUE, RoomError, RoomInfo};
 
+/// The longest gateway name a room keeps (`Open.gateway_id`), in characters.
+const MAX_GATEWAY_NAME: usize = 64;
+
 pub struct RoomHostService {
     registry: Arc<Registry>,
     advertise: String,
@@ -131,7 +134,15 @@ impl RoomHost for RoomHostService {
         let kind = host_frame::Kind::RoomKind(self.registry.kind_of(&room));
         let _ = tx.try_send(HostFrame { kind: Some(kind), room_seq: 0 });
         let gateway = self.next_gateway.fetch_add(1, Ordering::Relaxed);
-        let attach = Command::Attach { gateway, tx, resume_after: open.resume_after };
+        let name: Arc<str> =
+            open.gateway_id.chars().take(MAX_GATEWAY_NAME).collect::<String>().into();
+        let attach = Command::Attach {
+            gateway,
+            name,
+            rejoins: open.rejoins,
+            tx,
+            resume_after: open.resume_after,
+        };
         let mut handle = self.registry.dispatch(&room, attach, wait).instrument(span).await?;
         tracing::debug!(room.id = %room, gateway, gateway.name = %open.gateway_id, "room stream attached");
         let registry = Arc::clone(&self.registry);

@@ -98,6 +98,14 @@ impl Process {
         self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// SIGSTOP: the process stays, its sockets stay open, nothing answers
+    /// (a hung or overloaded process, as its peers see it).
+    pub fn freeze(&self) {
+        if let Some(child) = self.child.lock().unwrap().as_ref() {
+            let _ = Command::new("kill").arg("-STOP").arg(child.id().to_string()).status();
+        }
+    }
+
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {

@@ -3,6 +3,8 @@
 //! clients: the workerd peer's `ChatRoom` across two gateways, and the
 //! Nuxflare tutorial's class with its base64 `room:user` subprotocol.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rooms_proto::server::ServerFrame;
@@ -12,17 +14,6 @@ use serde_json::json;
 
 fn example(file: &str) -> String {
     format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Reads this class's chats until the one with `text` (the ones before it
-/// are what the client got while the room moved).
-async fn skip_until(client: &mut Client, text: &str) -> serde_json::Value {
-    loop {
-        let chat = client.json().await;
-        if chat["text"] == text {
-            return chat;
-        }
-    }
 }
 
 fn user_name(frame: &ServerFrame) -> Option<String> {
@@ -113,8 +104,22 @@ async fn the_nuxflare_class_takes_its_subprotocol_credential_and_refuses_without
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_class_room_keeps_its_sockets_and_storage_through_a_sigkill_of_its_owner() {
+/// What happens to the class room's owner while a client sends.
+enum Fault {
+    /// SIGSTOP of the owner while messages go into its stream, then SIGKILL.
+    Kill,
+    /// SIGTERM of the owner: it hands the room over.
+    Terminate,
+    /// Every roomhost in turn stops (SIGTERM) and a new one takes its place
+    /// in the membership.
+    RollingRestart,
+}
+
+/// Alice (first gateway) and Bob (second) in a workerd `ChatRoom` room on
+/// three roomhosts; Bob keeps sending through `fault`. Both hear every
+/// message of his once and in order, no socket closes, and Alice's stored
+/// name and attachment come through.
+async fn nothing_lost_through(fault: Fault, room: &str) {
     let class = format!("--room-class=chat-*={}#ChatRoom", example("workerd-chat/worker.js"));
     let mut cluster = TestCluster::new(3, 2)
         .file_membership()
@@ -122,7 +127,6 @@ async fn a_class_room_keeps_its_sockets_and_storage_through_a_sigkill_of_its_own
         .roomhost_arg(&class)
         .start()
         .await;
-    let room = "chat-kill";
     let mut alice = Client::connect(&cluster.gateways[0].ws_url(room, "user=alice")).await.unwrap();
     let mut bob = Client::connect(&cluster.gateways[1].ws_url(room, "user=bob")).await.unwrap();
     alice.send_json(json!({"type": "name", "name": "Ann"})).await;
@@ -130,76 +134,85 @@ async fn a_class_room_keeps_its_sockets_and_storage_through_a_sigkill_of_its_own
     for client in [&mut alice, &mut bob] {
         assert_eq!(client.json().await["text"], "before");
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        async move {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) || sent < 10 {
+                bob.send_json(json!({"type": "chat", "text": format!("m{sent}")})).await;
+                sent += 1;
+                // Under the gateway's rate limit (20/s): nothing is dropped.
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+            (bob, sent)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let owner = cluster.owner_of(room).await;
-    cluster.roomhosts[owner].process.kill();
-    // A frame sent into the dead owner's stream before the gateway notices
-    // is lost, and the class's broadcasts reach a gateway's sockets once
-    // that gateway re-attached (class frames are delivered at most once and
-    // have no replay; see docs/room-classes.md). Bob sends until Alice, on
-    // the other gateway, hears him through the next owner, which serves
-    // once the dead one's lease is gone. No socket closes.
-    let mut heard = false;
-    for attempt in 0..20 {
-        bob.send_json(json!({"type": "chat", "text": format!("during-{attempt}")})).await;
-        if let Some(chat) = alice.json_within(Duration::from_millis(500)).await {
-            assert_eq!(chat["userName"], "bob");
-            heard = true;
-            break;
+    match fault {
+        Fault::Kill => {
+            // Frozen first, so that what Bob sends meanwhile goes into the
+            // owner's stream and is never answered.
+            cluster.roomhosts[owner].process.freeze();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cluster.roomhosts[owner].process.kill();
+        }
+        Fault::Terminate => assert!(
+            cluster.roomhosts[owner].process.terminate(Duration::from_secs(15)).await,
+            "clean exit"
+        ),
+        Fault::RollingRestart => {
+            for i in 0..cluster.roomhosts.len() {
+                assert!(
+                    cluster.roomhosts[i].process.terminate(Duration::from_secs(15)).await,
+                    "clean exit"
+                );
+                let fresh = cluster.spawn_roomhost().await;
+                drop(std::mem::replace(&mut cluster.roomhosts[i], fresh));
+                let members: Vec<String> =
+                    cluster.roomhosts.iter().map(|r| r.addr.clone()).collect();
+                cluster.set_members(&members).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
         }
     }
-    assert!(heard, "the room serves both gateways again after its owner's lease");
-    // Alice's socket and its attachment came through; her stored name too.
+    stop.store(true, Ordering::Relaxed);
+    let (mut bob, sent) = sender.await.unwrap();
+    let expected: Vec<String> = (0..sent).map(|n| format!("m{n}")).collect();
+    for (who, client) in [("bob", &mut bob), ("alice", &mut alice)] {
+        let mut heard = Vec::new();
+        while heard.len() < sent {
+            let Some(chat) = client.json_within(Duration::from_secs(15)).await else {
+                panic!("{who} heard only {heard:?} of {sent}");
+            };
+            assert_eq!(chat["userName"], "bob", "{who}: {chat}");
+            heard.push(chat["text"].as_str().unwrap_or_default().to_owned());
+        }
+        assert_eq!(heard, expected, "{who} hears every message once, in order");
+    }
     alice.send_json(json!({"type": "chat", "text": "after"})).await;
     for client in [&mut alice, &mut bob] {
-        let chat = skip_until(client, "after").await;
+        let chat = client.json().await;
         assert_eq!(
             (chat["text"].as_str(), chat["userName"].as_str()),
-            (Some("after"), Some("Ann"))
+            (Some("after"), Some("Ann")),
+            "the stored name and the attachment came through"
         );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_of_a_class_rooms_owner_loses_nothing_runs_nothing_twice_and_closes_no_socket() {
+    nothing_lost_through(Fault::Kill, "chat-kill").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_move_of_a_class_room_loses_nothing_a_client_sends_and_closes_no_socket() {
-    let class = format!("--room-class=chat-*={}#ChatRoom", example("workerd-chat/worker.js"));
-    let mut cluster = TestCluster::new(3, 2).file_membership().roomhost_arg(&class).start().await;
-    let room = "chat-move";
-    let mut alice = Client::connect(&cluster.gateways[0].ws_url(room, "user=alice")).await.unwrap();
-    let mut bob = Client::connect(&cluster.gateways[1].ws_url(room, "user=bob")).await.unwrap();
-    alice.send_json(json!({"type": "name", "name": "Ann"})).await;
-    bob.send_json(json!({"type": "chat", "text": "before"})).await;
-    for client in [&mut alice, &mut bob] {
-        assert_eq!(client.json().await["text"], "before");
-    }
-    let owner = cluster.owner_of(room).await;
-    // Bob keeps sending while the owner hands the room over (SIGTERM).
-    const SENT: usize = 30;
-    let sender = tokio::spawn(async move {
-        for n in 0..SENT {
-            bob.send_json(json!({"type": "chat", "text": format!("m{n}")})).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bob
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        cluster.roomhosts[owner].process.terminate(Duration::from_secs(15)).await,
-        "clean exit"
-    );
-    let mut bob = sender.await.unwrap();
-    // Every message Bob sent comes back to him once, in order: held by his
-    // gateway during the move and sent to the next owner.
-    let mut echoed = Vec::new();
-    while echoed.len() < SENT {
-        let chat = bob.json().await;
-        echoed.push(chat["text"].as_str().unwrap_or_default().to_owned());
-    }
-    let expected: Vec<String> = (0..SENT).map(|n| format!("m{n}")).collect();
-    assert_eq!(echoed, expected);
-    // Alice's socket stayed open through it, with her name.
-    alice.send_json(json!({"type": "chat", "text": "after"})).await;
-    for client in [&mut alice, &mut bob] {
-        let chat = skip_until(client, "after").await;
-        assert_eq!(chat["userName"], "Ann");
-    }
+    nothing_lost_through(Fault::Terminate, "chat-move").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_room_keeps_every_socket_and_message_through_a_rolling_restart() {
+    nothing_lost_through(Fault::RollingRestart, "chat-roll").await;
 }

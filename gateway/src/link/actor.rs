@@ -187,10 +187,7 @@ impl Link {
                     chat.tag = self.links.tag();
                 }
                 let message = frame(kind);
-                let tag = tag_of(&message);
-                if tag != 0 {
-                    self.unanswered.track(tag, received, &message);
-                }
+                self.track_at(&message, received);
                 self.forward(conn, message);
             }
             LinkCmd::Kind { reply } => self.ask_kind(reply),
@@ -198,6 +195,18 @@ impl Link {
                 self.handshake(handshake, handle, reply);
             }
             LinkCmd::Socket { conn, kind } => self.socket_frame(conn, kind),
+        }
+    }
+
+    /// Tracks a tagged frame until the room answers its tag.
+    pub(super) fn track(&mut self, message: &GatewayFrame) {
+        self.track_at(message, Instant::now());
+    }
+
+    fn track_at(&mut self, message: &GatewayFrame, received: Instant) {
+        let tag = tag_of(message);
+        if tag != 0 {
+            self.unanswered.track(tag, received, message);
         }
     }
 

@@ -113,11 +113,13 @@ impl Link {
     ) -> Result<Streaming<HostFrame>, OpenError> {
         let ring = self.links.router.ring();
         let mut client = self.links.router.client(address, &ring)?;
+        let rejoins: Vec<_> = self.class.rejoins().collect();
         let open = Open {
             room: self.room.to_string(),
             gateway_id: self.links.gateway_id.clone(),
             resume_after: self.last_seq,
             fallback,
+            rejoins: u32::try_from(rejoins.len()).unwrap_or(u32::MAX),
         };
         let mut first = vec![frame(gateway_frame::Kind::Open(open))];
         for (conn, local) in &self.conns {
@@ -132,7 +134,7 @@ impl Link {
             first.push(frame(gateway_frame::Kind::Join(join)));
         }
         // Class rooms: the sockets this gateway keeps, as the room left them.
-        for (conn, socket) in self.class.rejoins() {
+        for (conn, socket) in rejoins {
             let join = Join { conn, rejoin: true, socket: Some(socket), ..Join::default() };
             first.push(frame(gateway_frame::Kind::Join(join)));
         }

@@ -106,12 +106,20 @@ impl Link {
         self.forward(conn, frame(gateway_frame::Kind::Handshake(handshake)));
     }
 
-    /// A class socket's message or close goes to the room.
-    pub(super) fn socket_frame(&mut self, conn: ConnId, kind: gateway_frame::Kind) {
-        if let gateway_frame::Kind::SocketClosed(_) = &kind {
-            self.class.sockets.remove(&conn);
+    /// A class socket's message or close goes to the room. A message is
+    /// tagged and kept until the room answers its tag, to be sent again if
+    /// its stream breaks first.
+    pub(super) fn socket_frame(&mut self, conn: ConnId, mut kind: gateway_frame::Kind) {
+        match &mut kind {
+            gateway_frame::Kind::SocketClosed(_) => {
+                self.class.sockets.remove(&conn);
+            }
+            gateway_frame::Kind::SocketData(data) => data.tag = self.links.tag(),
+            _ => {}
         }
-        self.forward(conn, frame(kind));
+        let message = frame(kind);
+        self.track(&message);
+        self.forward(conn, message);
     }
 
     /// The class answered a handshake: 101 makes the socket the room's.

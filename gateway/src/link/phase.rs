@@ -173,8 +173,10 @@ impl Phase {
         *self = match self.take() {
             Self::Opened(_, mut held) => {
                 for frame in &mut held.frames {
-                    if let Some(gateway_frame::Kind::Chat(chat)) = &mut frame.kind {
-                        chat.resent = true;
+                    match &mut frame.kind {
+                        Some(gateway_frame::Kind::Chat(chat)) => chat.resent = true,
+                        Some(gateway_frame::Kind::SocketData(data)) => data.resent = true,
+                        _ => {}
                     }
                 }
                 held.since.get_or_insert_with(Instant::now);

@@ -1,9 +1,11 @@
-//! Chats a link sent upstream and has no answer for yet, by tag: when each
-//! was read off its socket (the end-to-end latency, measured when its stored
-//! event comes back), and — for chats with a client id — the frame itself,
-//! sent again if the stream it went on breaks before an answer (a crashed or
-//! partitioned roomhost answers nobody). The roomhost stores a client id
-//! once, so a resend never doubles a message.
+//! Chats and class socket messages a link sent upstream and has no answer
+//! for yet, by tag: when each was read off its socket (the end-to-end
+//! latency, measured when its answer comes back), and — for chats with a
+//! client id and every class socket message — the frame itself, sent again
+//! if the stream it went on breaks before an answer (a crashed or
+//! partitioned roomhost answers nobody). The roomhost stores a client id, or
+//! the last tag a class room ran per gateway, so a resend never doubles a
+//! message.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -43,6 +45,7 @@ impl Unanswered {
         }
         let resend = match &chat.kind {
             Some(gateway_frame::Kind::Chat(c)) if !c.id.is_empty() => Some(chat.clone()),
+            Some(gateway_frame::Kind::SocketData(_)) => Some(chat.clone()),
             _ => None,
         };
         self.by_tag.insert(tag, Entry { received, resend });
@@ -61,8 +64,10 @@ impl Unanswered {
             .values()
             .filter_map(|e| e.resend.clone())
             .map(|mut frame| {
-                if let Some(gateway_frame::Kind::Chat(chat)) = &mut frame.kind {
-                    chat.resent = true;
+                match &mut frame.kind {
+                    Some(gateway_frame::Kind::Chat(chat)) => chat.resent = true,
+                    Some(gateway_frame::Kind::SocketData(data)) => data.resent = true,
+                    _ => {}
                 }
                 frame
             })
@@ -70,10 +75,11 @@ impl Unanswered {
     }
 }
 
-/// The tag of a chat frame (0 for anything else).
+/// The tag of a chat or class socket message (0 for anything else).
 pub(super) fn tag_of(frame: &GatewayFrame) -> u64 {
     match &frame.kind {
         Some(gateway_frame::Kind::Chat(chat)) => chat.tag,
+        Some(gateway_frame::Kind::SocketData(data)) => data.tag,
         _ => 0,
     }
 }

@@ -30,16 +30,30 @@ impl ClassRoom {
             self.metrics.class_exceptions.inc();
             tracing::warn!(room.id = %self.id, %exception, "the room's class threw");
         }
-        let writes: Vec<StorageWrite> = outcome
-            .effects
-            .iter()
-            .filter_map(|effect| match effect {
-                Effect::Put { key, value } => Some(StorageWrite::Put(key.clone(), value.clone())),
-                Effect::Delete { key } => Some(StorageWrite::Delete(key.clone())),
-                Effect::DeleteAll => Some(StorageWrite::DeleteAll),
-                _ => None,
-            })
-            .collect();
+        let mut writes: Vec<StorageWrite> = Vec::new();
+        let mut seen = false;
+        for effect in &outcome.effects {
+            match effect {
+                Effect::Put { key, value } => {
+                    writes.push(StorageWrite::Put(key.clone(), value.clone()));
+                }
+                Effect::Delete { key } => writes.push(StorageWrite::Delete(key.clone())),
+                Effect::DeleteAll => writes.push(StorageWrite::DeleteAll),
+                Effect::Accept { socket, .. } => {
+                    seen = true;
+                    if let Some((_, gateway, _)) = self.accepting.filter(|a| a.0 == *socket) {
+                        self.book.has_sockets(gateway);
+                    }
+                }
+                Effect::Send { .. } | Effect::Close { .. } | Effect::Attach { .. } => seen = true,
+            }
+        }
+        // Before anything of the event is seen, the store knows which
+        // messages ran (so that none runs twice after a crash) and which
+        // gateways have sockets here.
+        if (seen || !writes.is_empty()) && self.book.is_dirty() {
+            writes.extend(self.book.writes());
+        }
         if !writes.is_empty() {
             let stored = self
                 .store
@@ -49,6 +63,7 @@ impl ClassRoom {
                 tracing::warn!(room.id = %self.id, %error, "storing the class room's writes failed; nothing the event sent leaves");
                 self.metrics.commit_failures.inc();
                 self.metrics.class_resets.inc();
+                self.book.forget_loaded();
                 self.drop_instance("its writes were not stored");
                 return None;
             }

@@ -4,8 +4,8 @@
 
 use rooms_classes::{HttpRequest, Payload, PoolError, Restored};
 use rooms_proto::host::{
-    Attached, ClassSocket, CloseConn, Handshake, HandshakeReply, gateway_frame, host_frame,
-    socket_data,
+    Attached, Broadcast, ClassSocket, CloseConn, Handshake, HandshakeReply, SocketData,
+    gateway_frame, host_frame, socket_data,
 };
 use rooms_proto::server::close_code;
 
@@ -15,11 +15,12 @@ use crate::room::{RoomError, RoomInfo};
 impl ClassRoom {
     pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Attach { gateway, tx, .. } => {
+            Command::Attach { gateway, name, rejoins, tx, .. } => {
                 if let Some(moving) = &mut self.moving {
                     moving.3.push(tx);
                     return;
                 }
+                self.book.attached(gateway, name, rejoins);
                 self.gateways.insert(gateway, tx);
                 self.send(gateway, host_frame::Kind::Attached(Attached {}));
             }
@@ -28,6 +29,7 @@ impl ClassRoom {
                     moving.0.retain(|g| *g != gateway);
                 }
                 self.gateways.remove(&gateway);
+                self.book.detached(gateway);
                 let gone: Vec<ConnId> =
                     self.by_conn.keys().filter(|(g, _)| *g == gateway).map(|(_, c)| *c).collect();
                 for conn in gone {
@@ -72,15 +74,16 @@ impl ClassRoom {
         match frame {
             Kind::Handshake(handshake) => self.handshake(gateway, handshake).await,
             Kind::SocketData(data) => {
-                let Some(socket) = self.by_conn.get(&(gateway, data.conn)).copied() else { return };
-                let payload = match data.data {
-                    Some(socket_data::Data::Text(text)) => Payload::Text(text),
-                    Some(socket_data::Data::Binary(bytes)) => Payload::Binary(bytes.to_vec()),
-                    None => return,
-                };
-                if let Some(instance) = self.instance().await {
-                    let outcome = instance.message(socket, payload).await;
-                    self.apply(outcome).await;
+                let tag = data.tag;
+                if self.instance().await.is_none() {
+                    return; // unanswered: the gateway sends it again if it must
+                }
+                if !(data.resent && self.book.already_ran(gateway, tag)) {
+                    self.message(gateway, data).await;
+                }
+                if tag != 0 {
+                    let answer = Broadcast { tags: vec![tag], ..Broadcast::default() };
+                    self.send(gateway, host_frame::Kind::Broadcast(answer));
                 }
             }
             Kind::SocketClosed(closed) => {
@@ -90,6 +93,7 @@ impl ClassRoom {
             Kind::Join(join) => match join.socket {
                 // Kept by the gateway across a move: the room knows it again.
                 Some(state) => {
+                    self.book.rejoined(gateway);
                     self.register(gateway, join.conn, state);
                     // A running instance does not know it: the next event
                     // starts one that does.
@@ -117,6 +121,22 @@ impl ClassRoom {
             | Kind::Typing(_)
             | Kind::History(_) => {}
         }
+    }
+
+    /// Runs the class's `webSocketMessage` for a socket's message.
+    async fn message(&mut self, gateway: GatewayId, data: SocketData) {
+        let Some(socket) = self.by_conn.get(&(gateway, data.conn)).copied() else { return };
+        let payload = match data.data {
+            Some(socket_data::Data::Text(text)) => Payload::Text(text),
+            Some(socket_data::Data::Binary(bytes)) => Payload::Binary(bytes.to_vec()),
+            None => return,
+        };
+        self.book.run(gateway, data.tag);
+        let outcome = match &self.instance {
+            Some(instance) => instance.message(socket, payload).await,
+            None => Err(PoolError::Stopped),
+        };
+        self.apply(outcome).await;
     }
 
     /// Runs the class's `fetch` for a client's handshake and answers it.
@@ -211,6 +231,9 @@ impl ClassRoom {
     /// there is none. None: it could not start (logged).
     pub(super) async fn instance(&mut self) -> Option<&InstanceHandle> {
         if self.instance.is_none() {
+            if !self.load_book().await {
+                return None;
+            }
             let storage = match self.store.load_storage(&self.id).await {
                 Ok(storage) => storage,
                 Err(error) => {

@@ -14,10 +14,13 @@
 //! handler over its CPU or memory limit and one that never finishes.
 //!
 //! Layout: this file holds the state and the turn loop; `events` one
-//! handler per command and frame; `effects` the output gate.
+//! handler per command and frame; `effects` the output gate; `gateways`
+//! the gateways by name (messages run once, the wait for them after a
+//! change of owner).
 
 mod effects;
 mod events;
+mod gateways;
 #[cfg(test)]
 mod tests;
 
@@ -68,6 +71,8 @@ pub(crate) struct ClassRoom {
     renewer: Renewer,
     instance: Option<InstanceHandle>,
     gateways: HashMap<GatewayId, GatewayTx>,
+    /// The gateways by name: what the room ran of each, who it waits for.
+    book: gateways::Gateways,
     sockets: HashMap<u64, Socket>,
     by_conn: HashMap<(GatewayId, ConnId), u64>,
     /// The socket whose handshake the class is answering, and its connection.
@@ -106,6 +111,7 @@ impl ClassRoom {
             renewer,
             instance: None,
             gateways: HashMap::new(),
+            book: gateways::Gateways::default(),
             sockets: HashMap::new(),
             by_conn: HashMap::new(),
             accepting: None,
@@ -118,8 +124,10 @@ impl ClassRoom {
         tracing::debug!(room.id = %self.id, class = %self.class.bundle.spec.class, bundle = %self.class.bundle.hash, "class room started");
         let idle = self.settings.idle_timeout;
         let mut last_event = Instant::now();
+        self.load_book().await;
         loop {
             let move_at = self.moving.as_ref().map(|m| m.2);
+            let settle_at = self.book.settle_deadline();
             tokio::select! {
                 biased;
                 check = self.renewer.next() => match check {
@@ -138,7 +146,7 @@ impl ClassRoom {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => {
                         last_event = Instant::now();
-                        self.command(cmd).await;
+                        self.take(cmd).await;
                     }
                     None => break,
                 },
@@ -150,6 +158,7 @@ impl ClassRoom {
                     self.drop_instance("idle");
                     last_event = Instant::now();
                 }
+                () = sleep_until(settle_at), if settle_at.is_some() => self.settled(true).await,
                 () = sleep_until(move_at), if move_at.is_some() => {
                     tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
                     let target = self.moving.as_ref().map_or_else(Moved::unknown, |m| m.1.clone());
@@ -199,6 +208,9 @@ impl ClassRoom {
         for tx in self.gateways.values().chain(deferred.iter()) {
             let _ = tx.try_send(moved.clone());
         }
+        for cmd in self.book.take_deferred() {
+            redirect(cmd, &target, 0);
+        }
         while let Ok(cmd) = rx.try_recv() {
             redirect(cmd, &target, 0);
         }
@@ -208,12 +220,20 @@ impl ClassRoom {
     }
 
     /// No gateway for the idle timeout: leave memory, release the lease.
-    async fn hibernate(self, mut rx: mpsc::Receiver<Command>) -> Ended {
+    async fn hibernate(mut self, mut rx: mpsc::Receiver<Command>) -> Ended {
+        // No gateway has a socket here: none is to be waited for next time.
+        let forget = self.book.forget_all();
+        if !forget.is_empty() {
+            let me = &self.settings.owner;
+            if let Err(error) = self.store.commit_storage(&self.id, me, self.lease, &forget).await {
+                tracing::debug!(room.id = %self.id, %error, "forgetting the room's gateways failed");
+            }
+        }
         self.release_lease().await;
         self.slot.vacate();
         self.metrics.rooms_evicted.inc();
         rx.close();
-        let mut leftover = Vec::new();
+        let mut leftover: Vec<Command> = self.book.take_deferred().into();
         while let Ok(cmd) = rx.try_recv() {
             leftover.push(cmd);
         }
@@ -223,6 +243,59 @@ impl ClassRoom {
     async fn release_lease(&self) {
         if let Err(error) = self.store.release(&self.id, &self.settings.owner, self.lease).await {
             tracing::warn!(room.id = %self.id, %error, "releasing the lease failed; it will expire");
+        }
+    }
+
+    /// Takes a command, or holds it while the room waits for its gateways.
+    async fn take(&mut self, cmd: Command) {
+        use rooms_proto::host::gateway_frame::Kind;
+        let runs_class = match &cmd {
+            Command::Frame { frame, .. } => !matches!(frame, Kind::Join(_) | Kind::Drained(_)),
+            Command::Detach { .. } | Command::Invoke { .. } => true,
+            _ => false,
+        };
+        if !runs_class || !self.book.settling() {
+            self.command(cmd).await;
+            return self.settled(false).await;
+        }
+        if let Command::Detach { gateway } = &cmd {
+            self.book.stream_ended(*gateway);
+        }
+        if let Some(cmd) = self.book.defer(cmd) {
+            tracing::warn!(room.id = %self.id, "too many events while waiting for the room's gateways; running them");
+            self.settled(true).await;
+            self.command(cmd).await;
+        }
+        self.settled(false).await;
+    }
+
+    /// Ends the wait for gateways once nothing is awaited (or `force`d), and
+    /// runs what it held.
+    async fn settled(&mut self, force: bool) {
+        let missing = self.book.settle(force);
+        if !missing.is_empty() {
+            tracing::warn!(room.id = %self.id, gateways = ?missing, "gateways that had sockets in the room did not come back");
+        }
+        while let Some(cmd) = self.book.next_deferred() {
+            self.command(cmd).await;
+        }
+    }
+
+    /// Loads what the room ran per gateway (once per instance start at
+    /// most; a failure is retried by the next event that runs the class).
+    pub(super) async fn load_book(&mut self) -> bool {
+        if self.book.is_loaded() {
+            return true;
+        }
+        match self.store.load_ran(&self.id).await {
+            Ok(ran) => {
+                self.book.loaded(ran);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(room.id = %self.id, %error, "loading the class room's gateways failed");
+                false
+            }
         }
     }
 

@@ -21,26 +21,36 @@ struct Cluster {
     registry: Arc<Registry>,
     store: MemoryStore,
     room: RoomId,
+    owner: Owner,
 }
 
 impl Cluster {
     fn new() -> Self {
+        Self::on(MemoryStore::new(1000), "here:1")
+    }
+
+    /// Another roomhost over the same store.
+    fn beside(other: &Cluster, owner: &str) -> Self {
+        Self::on(other.store.clone(), owner)
+    }
+
+    fn on(store: MemoryStore, owner: &str) -> Self {
+        let owner = Owner::new(owner);
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/workerd-chat/worker.js");
         let spec: ClassSpec = format!("chat-*={path}#ChatRoom").parse().unwrap();
         let bundle = Arc::new(Bundle::load(&spec).unwrap());
         let pool = Pool::new(1, Limits::default()).unwrap();
         let class = Arc::new(ClassSetup { bundle, env: "{}".into(), pool });
-        let store = MemoryStore::new(1000);
         let settings = RoomSettings {
             idle_timeout: Duration::from_secs(60),
             history_limit: 1000,
             lease_ttl: Duration::from_secs(5),
-            owner: Owner::new("here:1"),
+            owner: owner.clone(),
         };
         let metrics = Arc::new(Metrics::new());
         let registry =
             Registry::new(Store::Memory(store.clone()), settings, 10, None, metrics, vec![class]);
-        Self { registry, store, room: RoomId::parse("chat-1").unwrap() }
+        Self { registry, store, room: RoomId::parse("chat-1").unwrap(), owner }
     }
 
     async fn send(&self, cmd: Command) {
@@ -55,9 +65,27 @@ impl Cluster {
     }
 
     async fn attach(&self, gateway: GatewayId) -> mpsc::Receiver<HostFrame> {
+        self.rejoin(gateway, &[]).await
+    }
+
+    /// Attaches, re-announcing these sockets (conn, user) as kept.
+    async fn rejoin(
+        &self,
+        gateway: GatewayId,
+        sockets: &[(u64, &str)],
+    ) -> mpsc::Receiver<HostFrame> {
         let (tx, mut rx) = mpsc::channel(GATEWAY_QUEUE);
-        self.send(Command::Attach { gateway, tx, resume_after: None }).await;
-        assert!(matches!(next(&mut rx).await, host_frame::Kind::Attached(_)));
+        let name = format!("gw{gateway}").into();
+        let rejoins = u32::try_from(sockets.len()).unwrap();
+        self.send(Command::Attach { gateway, name, rejoins, tx, resume_after: None }).await;
+        for (conn, user) in sockets {
+            let attachment = Some(format!(r#"{{"userId":"{user}","userName":null}}"#));
+            let socket = ClassSocket { tags: vec![], attachment, hibernatable: true };
+            let join = Join { conn: *conn, socket: Some(socket), ..Join::default() };
+            self.frame(gateway, gateway_frame::Kind::Join(join)).await;
+        }
+        let first = next(&mut rx).await;
+        assert!(matches!(first, host_frame::Kind::Attached(_)), "{first:?}");
         rx
     }
 
@@ -72,9 +100,17 @@ impl Cluster {
         self.frame(gateway, gateway_frame::Kind::Handshake(handshake)).await;
     }
 
+    /// A tagged message, maybe sent again.
+    async fn tagged(&self, gateway: GatewayId, conn: u64, (tag, resent): (u64, bool), text: &str) {
+        let data = Some(socket_data::Data::Text(text.into()));
+        let data = SocketData { conn, data, tag, resent };
+        self.frame(gateway, gateway_frame::Kind::SocketData(data)).await;
+    }
+
     async fn text(&self, gateway: GatewayId, conn: u64, text: &str) {
         let data = Some(socket_data::Data::Text(text.into()));
-        self.frame(gateway, gateway_frame::Kind::SocketData(SocketData { conn, data })).await;
+        let data = SocketData { conn, data, ..SocketData::default() };
+        self.frame(gateway, gateway_frame::Kind::SocketData(data)).await;
     }
 }
 
@@ -88,6 +124,18 @@ async fn next_send(rx: &mut mpsc::Receiver<HostFrame>) -> SocketSend {
     loop {
         if let host_frame::Kind::SocketSend(send) = next(rx).await {
             return send;
+        }
+    }
+}
+
+/// Frames until the answer to a tagged message; the sends before it.
+async fn until_answered(rx: &mut mpsc::Receiver<HostFrame>, tag: u64) -> Vec<SocketSend> {
+    let mut sends = Vec::new();
+    loop {
+        match next(rx).await {
+            host_frame::Kind::Broadcast(answer) if answer.tags.contains(&tag) => return sends,
+            host_frame::Kind::SocketSend(send) => sends.push(send),
+            _ => {}
         }
     }
 }
@@ -175,4 +223,47 @@ async fn sockets_kept_by_gateways_come_back_to_a_new_instance_with_their_attachm
         host_frame::Kind::Close(close) => assert_eq!((close.conn, close.code), (8, 1011)),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_message_sent_again_runs_once_even_on_a_new_owner_that_waits_for_its_gateways() {
+    let first = Cluster::new();
+    let mut one = first.attach(1).await;
+    let mut two = first.attach(2).await;
+    first.handshake(1, 10, "alice").await;
+    first.handshake(2, 20, "bob").await;
+    first.tagged(1, 10, (5, false), r#"{"type":"chat","text":"once"}"#).await;
+    let sends = until_answered(&mut one, 5).await;
+    assert_eq!(sends.iter().map(|s| text_of(s)["text"].clone()).collect::<Vec<_>>(), ["once"]);
+    assert_eq!(text_of(&next_send(&mut two).await)["text"], "once");
+    // Its stream broke before the answer: sent again, it is answered, not run.
+    first.tagged(1, 10, (5, true), r#"{"type":"chat","text":"once"}"#).await;
+    assert!(until_answered(&mut one, 5).await.is_empty(), "ran once");
+    let mut ran = first.store.load_ran(&first.room);
+    ran.sort();
+    assert_eq!(ran, [("gw1".to_owned(), 5), ("gw2".to_owned(), 0)], "stored before the send");
+
+    // Its owner dies; a new one takes the room. Gateway 1 comes back first,
+    // sends the message again and a new one: nothing runs until gateway 2,
+    // which the store names, re-announced its socket.
+    let second = Cluster::beside(&first, "here:2");
+    first.store.steal_lease(&first.room, &second.owner, Duration::from_secs(30));
+    let mut one = second.rejoin(1, &[(10, "alice")]).await;
+    second.tagged(1, 10, (5, true), r#"{"type":"chat","text":"once"}"#).await;
+    second.tagged(1, 10, (6, false), r#"{"type":"chat","text":"after"}"#).await;
+    second.processed().await;
+    while let Ok(frame) = one.try_recv() {
+        assert!(
+            !matches!(
+                frame.kind,
+                Some(host_frame::Kind::SocketSend(_) | host_frame::Kind::Broadcast(_))
+            ),
+            "ran before gateway 2 came back: {frame:?}"
+        );
+    }
+    let mut two = second.rejoin(2, &[(20, "bob")]).await;
+    assert!(until_answered(&mut one, 5).await.is_empty(), "not run again by the new owner");
+    let sends = until_answered(&mut one, 6).await;
+    assert_eq!(text_of(&sends[0])["text"], "after");
+    assert_eq!(next_send(&mut two).await.conns, [20], "gateway 2's socket heard it");
 }

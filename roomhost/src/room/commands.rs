@@ -7,7 +7,7 @@ use super::*;
 impl Room {
     pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Attach { gateway, tx, resume_after } => {
+            Command::Attach { gateway, tx, resume_after, .. } => {
                 if let Some(moving) = &mut self.moving {
                     moving.deferred.push(tx);
                     return;

@@ -92,6 +92,10 @@ pub enum Command {
     /// move, `resume_after` asks for the persisted events it missed.
     Attach {
         gateway: GatewayId,
+        /// The gateway process's name (`Open.gateway_id`).
+        name: Arc<str>,
+        /// Class rooms: sockets the stream re-announces next.
+        rejoins: u32,
         tx: GatewayTx,
         resume_after: Option<u64>,
     },

@@ -51,7 +51,8 @@ impl Cluster {
     /// replay of what followed `resume_after`, returned).
     async fn attach(&self, id: GatewayId, resume_after: Option<u64>) -> (Gateway, Vec<Bytes>) {
         let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
-        self.send(Command::Attach { gateway: id, tx, resume_after }).await;
+        self.send(Command::Attach { gateway: id, name: "gw".into(), rejoins: 0, tx, resume_after })
+            .await;
         let mut gateway = Gateway { id, rx };
         let mut replayed = Vec::new();
         loop {
@@ -298,7 +299,15 @@ async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new
     assert_eq!(seqs(&two.broadcast().await.0), [1]);
     // A gateway arriving mid-move is sent on with the others.
     let (tx, mut late) = mpsc::channel(GATEWAY_QUEUE);
-    cluster.send(Command::Attach { gateway: 3, tx, resume_after: None }).await;
+    cluster
+        .send(Command::Attach {
+            gateway: 3,
+            name: "gw3".into(),
+            rejoins: 0,
+            tx,
+            resume_after: None,
+        })
+        .await;
     one.quiet().await;
     cluster.frame(&two, gateway_frame::Kind::Drained(Drained {})).await;
     let moved = |kind| matches!(kind, host_frame::Kind::Moved(Moved { address: Some(a) }) if a == "there:1");
@@ -316,7 +325,15 @@ async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new
     // The room is gone from this roomhost: what comes now starts it again,
     // and the store (the new owner holds the lease) sends it there.
     let (tx, mut again) = mpsc::channel(GATEWAY_QUEUE);
-    cluster.send(Command::Attach { gateway: 4, tx, resume_after: None }).await;
+    cluster
+        .send(Command::Attach {
+            gateway: 4,
+            name: "gw4".into(),
+            rejoins: 0,
+            tx,
+            resume_after: None,
+        })
+        .await;
     let frame = tokio::time::timeout(WAIT, again.recv()).await.unwrap().unwrap();
     assert!(moved(frame.kind.unwrap()));
 }

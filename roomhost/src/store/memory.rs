@@ -33,6 +33,8 @@ struct MemRoom {
     claim: Option<(String, Instant)>,
     /// A room class's storage.
     storage: std::collections::BTreeMap<String, String>,
+    /// The last socket message a class room ran, per gateway.
+    ran: HashMap<String, u64>,
 }
 
 impl MemRoom {
@@ -72,6 +74,7 @@ impl MemoryStore {
             lease: None,
             claim: None,
             storage: std::collections::BTreeMap::new(),
+            ran: HashMap::new(),
         });
         f(entry)
     }
@@ -91,6 +94,10 @@ impl MemoryStore {
 
     pub fn load_storage(&self, room: &RoomId) -> Vec<(String, String)> {
         self.with_room(room, |r| r.storage.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    pub fn load_ran(&self, room: &RoomId) -> Vec<(String, u64)> {
+        self.with_room(room, |r| r.ran.iter().map(|(k, v)| (k.clone(), *v)).collect())
     }
 
     pub fn commit_storage(
@@ -117,6 +124,12 @@ impl MemoryStore {
                         r.storage.remove(key);
                     }
                     StorageWrite::DeleteAll => r.storage.clear(),
+                    StorageWrite::Ran(gateway, tag) => {
+                        r.ran.insert(gateway.clone(), *tag);
+                    }
+                    StorageWrite::Forget(gateway) => {
+                        r.ran.remove(gateway);
+                    }
                 }
             }
             Ok(())

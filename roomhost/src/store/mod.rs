@@ -53,6 +53,11 @@ pub enum StorageWrite {
     Put(String, String),
     Delete(String),
     DeleteAll,
+    /// The room ran the socket messages of this gateway up to this tag
+    /// (kept beside the storage, so that a message sent again runs once).
+    Ran(String, u64),
+    /// Forget what the room ran of this gateway (gone for good).
+    Forget(String),
 }
 
 /// One group commit: events with consecutive seqs and the name changes among them.
@@ -167,6 +172,14 @@ impl Store {
         match self {
             Self::Memory(s) => Ok(s.load_storage(room)),
             Self::Redis(s) => s.load_storage(room).await,
+        }
+    }
+
+    /// The last tag a class room ran per gateway ([`StorageWrite::Ran`]).
+    pub async fn load_ran(&self, room: &RoomId) -> Result<Vec<(String, u64)>, StoreError> {
+        match self {
+            Self::Memory(s) => Ok(s.load_ran(room)),
+            Self::Redis(s) => s.load_ran(room).await,
         }
     }
 

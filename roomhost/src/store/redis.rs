@@ -12,6 +12,8 @@
 //!   could not reach its owner (expires after a lease TTL); the owner sees
 //!   it when renewing and hands the room over.
 //! * `rooms:{R}:storage`: a room class's storage, a hash key -> encoded value.
+//! * `rooms:{R}:ran`: a class room's last socket message run, per gateway:
+//!   a hash gateway name -> tag, written with the storage.
 //!
 //! Keys are built only from validated [`RoomId`]s; user input is only ever a
 //! command argument, never part of a command.
@@ -124,8 +126,9 @@ impl Scripts {
                 return 1
                 ",
             ),
-            // KEYS: lease, storage. ARGV: me, fence, then writes:
-            // 'p' key value | 'd' key | 'c' (delete all). -> 1 | 0
+            // KEYS: lease, storage, ran. ARGV: me, fence, then writes:
+            // 'p' key value | 'd' key | 'c' (delete all) | 'r' gateway tag
+            // | 'f' gateway. -> 1 | 0
             commit_storage: Script::new(
                 r"
                 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1]
@@ -139,6 +142,12 @@ impl Scripts {
                     i = i + 3
                   elseif ARGV[i] == 'd' then
                     redis.call('HDEL', KEYS[2], ARGV[i + 1])
+                    i = i + 2
+                  elseif ARGV[i] == 'r' then
+                    redis.call('HSET', KEYS[3], ARGV[i + 1], ARGV[i + 2])
+                    i = i + 3
+                  elseif ARGV[i] == 'f' then
+                    redis.call('HDEL', KEYS[3], ARGV[i + 1])
                     i = i + 2
                   else
                     redis.call('DEL', KEYS[2])
@@ -159,6 +168,7 @@ struct Keys {
     lease: String,
     claim: String,
     storage: String,
+    ran: String,
 }
 
 impl Keys {
@@ -170,6 +180,7 @@ impl Keys {
             lease: format!("rooms:{{{room}}}:lease"),
             claim: format!("rooms:{{{room}}}:claim"),
             storage: format!("rooms:{{{room}}}:storage"),
+            ran: format!("rooms:{{{room}}}:ran"),
         }
     }
 }
@@ -235,6 +246,11 @@ impl RedisStore {
         Ok(cmd("HGETALL").arg(Keys::of(room).storage).query_async(&mut conn).await?)
     }
 
+    pub async fn load_ran(&self, room: &RoomId) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(cmd("HGETALL").arg(Keys::of(room).ran).query_async(&mut conn).await?)
+    }
+
     /// One script per turn of a class room: checks the lease and fencing
     /// token, then applies the writes in order, all or nothing.
     pub async fn commit_storage(
@@ -249,12 +265,14 @@ impl RedisStore {
         }
         let keys = Keys::of(room);
         let mut call = self.scripts.commit_storage.prepare_invoke();
-        call.key(&keys.lease).key(&keys.storage).arg(&me.0).arg(lease.fence);
+        call.key(&keys.lease).key(&keys.storage).key(&keys.ran).arg(&me.0).arg(lease.fence);
         for write in writes {
             match write {
                 StorageWrite::Put(key, value) => call.arg("p").arg(key).arg(value),
                 StorageWrite::Delete(key) => call.arg("d").arg(key),
                 StorageWrite::DeleteAll => call.arg("c"),
+                StorageWrite::Ran(gateway, tag) => call.arg("r").arg(gateway).arg(tag),
+                StorageWrite::Forget(gateway) => call.arg("f").arg(gateway),
             };
         }
         let mut conn = self.conn.clone();

@@ -24,9 +24,15 @@ async fn class_storage_writes_apply_in_order_only_under_the_lease() {
     let writes = [put("a", "j1"), put("b", "j2"), StorageWrite::Delete("a".into())];
     store.commit_storage(&room, &me, lease, &writes).await.unwrap();
     assert_eq!(store.load_storage(&room).await.unwrap(), [("b".to_owned(), "j2".to_owned())]);
-    let writes = [StorageWrite::DeleteAll, put("c", "b AQI=")];
+    let ran = |gateway: &str, tag| StorageWrite::Ran(gateway.into(), tag);
+    let writes = [StorageWrite::DeleteAll, put("c", "b AQI="), ran("gw-a", 7), ran("gw-b", 0)];
     store.commit_storage(&room, &me, lease, &writes).await.unwrap();
     assert_eq!(store.load_storage(&room).await.unwrap(), [("c".to_owned(), "b AQI=".to_owned())]);
+    // What the room ran per gateway lives beside the storage: deleting
+    // every key leaves it.
+    let writes = [StorageWrite::DeleteAll, put("c", "b AQI="), StorageWrite::Forget("gw-b".into())];
+    store.commit_storage(&room, &me, lease, &writes).await.unwrap();
+    assert_eq!(store.load_ran(&room).await.unwrap(), [("gw-a".to_owned(), 7)]);
     // A stale fence writes nothing.
     let stale = Lease { fence: lease.fence + 1 };
     let refused = store.commit_storage(&room, &me, stale, &[put("d", "j4")]).await;
@@ -34,5 +40,8 @@ async fn class_storage_writes_apply_in_order_only_under_the_lease() {
     let other = Owner::new("b:1");
     let refused = store.commit_storage(&room, &other, lease, &[put("d", "j4")]).await;
     assert!(matches!(refused, Err(StoreError::LeaseLost)));
+    let refused = store.commit_storage(&room, &other, lease, &[ran("gw-a", 9)]).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)));
     assert_eq!(store.load_storage(&room).await.unwrap().len(), 1);
+    assert_eq!(store.load_ran(&room).await.unwrap(), [("gw-a".to_owned(), 7)]);
 }
