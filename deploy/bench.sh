@@ -10,6 +10,7 @@
 #   deploy/bench.sh                                  # rooms + the peers in ../shared/peers
 #   deploy/bench.sh rust-min=/path/to/start.sh       # peers given as NAME=START_COMMAND
 #   ROUNDS=1 DURATION=5s SCENARIOS="fanout latency" deploy/bench.sh
+#   TARGETS="rooms-class rust-min" deploy/bench.sh rust-min=…   # some targets only
 #
 # A peer's start command must serve the chat subset of the client protocol
 # on 127.0.0.1:$PORT in the foreground (see ../shared/peers/README.md).
@@ -17,6 +18,8 @@
 # Targets: rooms          the local cluster (Redis + 3 roomhosts + 2 gateways,
 #                         deploy/local-cluster.sh), CPU and memory summed over
 #                         all its processes;
+#          rooms-class    the same cluster running the workerd peer's ChatRoom
+#                         class (examples/workerd-chat/worker.js) on every room;
 #          rooms-cluster  the same on a 3-master Redis Cluster (many-rooms and
 #                         cold-room scenarios only);
 #          each peer.
@@ -53,7 +56,7 @@ else
     [ -x "$start" ] && PEERS[$name]="$start"
   done
 fi
-TARGETS="rooms ${!PEERS[*]} ${ROOMS_CLUSTER_TARGET-rooms-cluster}"
+TARGETS="${TARGETS:-rooms ${ROOMS_CLASS_TARGET-rooms-class} ${!PEERS[*]} ${ROOMS_CLUSTER_TARGET-rooms-cluster}}"
 
 cd "$ROOT"
 echo "==> building release binaries" >&2
@@ -131,12 +134,15 @@ PIDS=() GATEWAY_PIDS=() ROOMHOST_PIDS=() URLS="" METRICS=""
 NEXT_PEER_PORT=19100
 start_target() {
   case "$1" in
-    rooms | rooms-cluster)
+    rooms | rooms-cluster | rooms-class)
       export ROOMS_LOCAL_DIR="$WORK/$1" REDIS_PORT=16390 ROOMHOST_PORTS="15051 15052 15053" \
         METRICS_PORTS="15101 15102 15103" GATEWAY_PORTS="18080 18081" ADMIN_PORTS="19090 19091" \
         GATEWAY_ARGS="--rate-limit=1000000 --rate-burst=1000000 --send-queue=4096" \
         ROOMHOST_ARGS="--room-idle-timeout=${IDLE_TIMEOUT}s" REDIS_CLUSTER=0
       [ "$1" = rooms-cluster ] && export REDIS_CLUSTER=1
+      # The workerd peer's own class file, unmodified, on every room.
+      [ "$1" = rooms-class ] &&
+        ROOMHOST_ARGS+=" --room-class=*=$ROOT/examples/workerd-chat/worker.js#ChatRoom"
       deploy/local-cluster.sh up >/dev/null
       mapfile -t PIDS < <(deploy/local-cluster.sh pids | awk '{print $2}')
       mapfile -t GATEWAY_PIDS < <(deploy/local-cluster.sh pids | awk '/^gateway/{print $2}')
@@ -190,6 +196,7 @@ applies() {  # target scenario
   case "$1:$2" in
     rooms-cluster:rooms | rooms-cluster:cold | rooms:*) return 0 ;;
     rooms-cluster:*) return 1 ;;
+    rooms-class:cold) return 1 ;;  # a class keeps its own history, if any
     *:cold) return 1 ;;   # peers keep no history
     # workerd holds 2 descriptors per WebSocket: 10,000 clients exceed the
     # 20,000-descriptor limit of this machine.

@@ -30,6 +30,8 @@ rooms_telemetry::metrics! {
             "Requests answered with the address of the room's real owner";
         gateways_dropped: Counter, "gateways_dropped",
             "Gateway streams dropped from a room because their queue was full";
+        class_instances: Gauge, "class_instances",
+            "Room class instances in memory (a hibernated room keeps its sockets at the gateways, without one)";
         class_events: Counter, "class_events", "Events run by room classes' instances";
         class_exceptions: Counter, "class_exceptions",
             "Events in which a room class threw (what it did before stands)";

@@ -1,15 +1,18 @@
 //! Durable Object classes from `examples/`, unmodified, running as rooms on
 //! a real cluster (Redis, roomhosts, gateways), reached by real WebSocket
 //! clients: the workerd peer's `ChatRoom` across two gateways, and the
-//! Nuxflare tutorial's class with its base64 `room:user` subprotocol.
+//! Nuxflare tutorial's class with its base64 `room:user` subprotocol;
+//! messages through crashes, moves and rolling restarts; hibernation and
+//! exceptions (with a test class from `tests/fixtures/`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rooms_proto::server::ServerFrame;
+use rooms_tests::client::metric;
 use rooms_tests::process::binary;
-use rooms_tests::{Client, TestCluster};
+use rooms_tests::{Client, TestCluster, eventually};
 use serde_json::json;
 
 fn example(file: &str) -> String {
@@ -215,4 +218,56 @@ async fn a_planned_move_of_a_class_room_loses_nothing_a_client_sends_and_closes_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_class_room_keeps_every_socket_and_message_through_a_rolling_restart() {
     nothing_lost_through(Fault::RollingRestart, "chat-roll").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernated_class_room_keeps_sockets_storage_attachments_and_a_throw_closes_nothing() {
+    let fixture = format!("{}/fixtures/echo-or-throw.js", env!("CARGO_MANIFEST_DIR"));
+    let cluster = TestCluster::new(1, 1)
+        .roomhost_arg("--room-idle-timeout=1s")
+        .roomhost_arg(&format!("--room-class=*={fixture}#EchoOrThrow"))
+        .start()
+        .await;
+    let gateway = &cluster.gateways[0];
+    let roomhost = &cluster.roomhosts[0];
+    let mut a = Client::connect(&gateway.ws_url("echo", "user=a")).await.unwrap();
+    let mut b = Client::connect(&gateway.ws_url("echo", "user=b")).await.unwrap();
+    a.send_text("one").await;
+    for client in [&mut a, &mut b] {
+        let echo = client.json().await;
+        assert_eq!((echo["count"].as_u64(), echo["message"].as_str()), (Some(1), Some("one")));
+    }
+    // A second without events: the instance leaves memory, the sockets stay.
+    let instances = "rooms_roomhost_class_instances";
+    assert_eq!(metric(&roomhost.metrics, instances).await, 1.0);
+    eventually("the instance hibernated", || async {
+        (metric(&roomhost.metrics, instances).await == 0.0).then_some(())
+    })
+    .await;
+    // The next message builds it again: the stored count, the sockets with
+    // their tags (getWebSockets("echo")) and attachments (the sender's URL).
+    b.send_text("two").await;
+    for client in [&mut a, &mut b] {
+        let echo = client.json().await;
+        assert_eq!(echo["count"], 2, "storage survived hibernation: {echo}");
+        assert!(echo["from"].as_str().is_some_and(|url| url.contains("user=b")), "{echo}");
+    }
+    assert_eq!(metric(&roomhost.metrics, instances).await, 1.0);
+    // A handler that throws: logged with the room, what it stored before
+    // the throw stands, and no socket closes.
+    a.send_text("throw").await;
+    a.send_text("three").await;
+    for client in [&mut a, &mut b] {
+        let echo = client.json().await;
+        assert_eq!((echo["count"].as_u64(), echo["message"].as_str()), (Some(4), Some("three")));
+    }
+    assert_eq!(metric(&roomhost.metrics, "rooms_roomhost_class_exceptions_total").await, 1.0);
+    let logs = roomhost.process.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("class threw") && l.contains("room.id=echo")),
+        "the exception is logged with its room"
+    );
+    // The class closes a socket with its own code.
+    b.send_text("close").await;
+    assert_eq!(b.closed().await, Some(4000));
 }

@@ -264,7 +264,7 @@ impl ClassRoom {
                 .await;
             match started {
                 Ok((instance, effects)) => {
-                    self.instance = Some(instance);
+                    self.instance = Some(Live::new(instance, &self.metrics));
                     let outcome = Ok(rooms_classes::Outcome { result: Ok(()), effects });
                     self.apply(outcome).await;
                 }
@@ -274,6 +274,6 @@ impl ClassRoom {
                 }
             }
         }
-        self.instance.as_ref()
+        self.instance.as_deref()
     }
 }

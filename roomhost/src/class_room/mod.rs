@@ -60,6 +60,31 @@ pub(super) struct Socket {
     hibernatable: bool,
 }
 
+/// A running instance, counted in the `class_instances` gauge while it
+/// lives.
+pub(super) struct Live(InstanceHandle, Arc<Metrics>);
+
+impl Live {
+    fn new(instance: InstanceHandle, metrics: &Arc<Metrics>) -> Self {
+        metrics.class_instances.inc();
+        Self(instance, Arc::clone(metrics))
+    }
+}
+
+impl std::ops::Deref for Live {
+    type Target = InstanceHandle;
+
+    fn deref(&self) -> &InstanceHandle {
+        &self.0
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.1.class_instances.dec();
+    }
+}
+
 pub(crate) struct ClassRoom {
     id: RoomId,
     slot: RoomSlot,
@@ -69,7 +94,7 @@ pub(crate) struct ClassRoom {
     class: Arc<ClassSetup>,
     lease: Lease,
     renewer: Renewer,
-    instance: Option<InstanceHandle>,
+    instance: Option<Live>,
     gateways: HashMap<GatewayId, GatewayTx>,
     /// The gateways by name: what the room ran of each, who it waits for.
     book: gateways::Gateways,
