@@ -77,6 +77,8 @@ pub struct HttpRequest {
     pub url: String,
     pub method: String,
     pub headers: Vec<(String, String)>,
+    /// The request's body, if it has one (text only).
+    pub body: Option<String>,
 }
 
 /// The class's answer to a handshake: 101 (with `socket` accepted) or any
@@ -200,7 +202,9 @@ impl Instance {
     ) -> Result<Outcome<HttpResponse>, ClassError> {
         let headers = serde_json::to_string(&request.headers)
             .map_err(|e| ClassError::Engine(e.to_string()))?;
-        let args = (socket as f64, request.url.as_str(), request.method.as_str(), headers.as_str());
+        let body = request.body.as_deref();
+        let args =
+            (socket as f64, request.url.as_str(), request.method.as_str(), headers.as_str(), body);
         self.run(
             "fetch",
             |ctx, f| call(ctx, f, args, &self.limits),

@@ -455,12 +455,12 @@
       const state = makeState(name, makeStorage(JSON.parse(entriesJson), storageLimit));
       instance = new Class(state, JSON.parse(envJson));
     },
-    async fetch(id, url, method, headersJson) {
+    async fetch(id, url, method, headersJson, requestBody) {
       const headers = JSON.parse(headersJson);
       if (typeof instance.fetch !== "function") return { status: 501, headers: [], body: "this room class has no fetch handler" };
       handshake = id;
       try {
-        const response = await instance.fetch(new Request(url, { method, headers }));
+        const response = await instance.fetch(new Request(url, { method, headers, body: requestBody }));
         if (!(response instanceof Response)) throw new TypeError("fetch must return a Response");
         const accepted = response.status === 101 && response.webSocket?._peer?._id === id;
         if (response.status === 101 && !accepted) {

@@ -33,7 +33,7 @@ fn start(bundle: &Bundle, storage: &[(String, String)], restored: &[Restored]) -
 fn upgrade(url: &str, headers: &[(&str, &str)]) -> HttpRequest {
     let mut all = vec![("upgrade".to_owned(), "websocket".to_owned())];
     all.extend(headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    HttpRequest { url: url.into(), method: "GET".into(), headers: all }
+    HttpRequest { url: url.into(), method: "GET".into(), headers: all, body: None }
 }
 
 /// An event that answered, with its effects.
@@ -193,6 +193,7 @@ fn cloudflares_docs_example_runs_with_accept_and_event_listeners() {
         url: "http://gw/getCurrentConnections".into(),
         method: "GET".into(),
         headers: vec![],
+        body: None,
     };
     let (response, _) = answered(room.fetch(2, &plain));
     assert_eq!(response.status, 200);
@@ -298,6 +299,31 @@ fn a_bad_bundle_is_an_error_naming_the_file_and_line() {
     let error = Bundle::load(&spec).unwrap_err().to_string();
     assert!(error.contains("Missing"), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_plain_request_reaches_fetch_with_its_method_headers_and_body() {
+    let source = r#"
+        export class Api {
+          async fetch(request) {
+            const { n } = await request.json();
+            const who = request.headers.get("x-who");
+            return Response.json({ method: request.method, doubled: n * 2, who }, { status: 201 });
+          }
+        }"#;
+    let room = start(&inline(source, "Api"), &[], &[]);
+    let request = HttpRequest {
+        url: "http://gw/rooms/lobby/api".into(),
+        method: "POST".into(),
+        headers: vec![("X-Who".into(), "ops".into())],
+        body: Some(r#"{"n":21}"#.into()),
+    };
+    let (response, effects) = answered(room.fetch(1, &request));
+    assert_eq!(response.status, 201);
+    assert!(effects.is_empty(), "no socket: {effects:?}");
+    assert!(response.headers.contains(&("content-type".into(), "application/json".into())));
+    let body: serde_json::Value = serde_json::from_str(response.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body, serde_json::json!({"method": "POST", "doubled": 42, "who": "ops"}));
 }
 
 #[test]

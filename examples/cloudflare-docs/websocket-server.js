@@ -1,7 +1,9 @@
 // Cloudflare's docs example "Build a WebSocket server" (Durable Objects), as
 // published: a Worker that forwards to one Durable Object, and the class.
-// rooms runs the class with:
-//   --room-class '*=examples/cloudflare-docs/websocket-server.js#WebSocketServer'
+// rooms runs the class (the Worker above it is not needed) with:
+//   --room-class 'foo=examples/cloudflare-docs/websocket-server.js#WebSocketServer'
+// and its endpoints are under the room: ws://GATEWAY/rooms/foo/websocket,
+// http://GATEWAY/rooms/foo/getCurrentConnections.
 // Worker
 export default {
   async fetch(request, env) {

@@ -1,6 +1,7 @@
 //! The gateway's HTTP surface: WebSocket upgrades on `/rooms/{room}/ws`
-//! (and the Nuxflare-compatible `/` and `/ws`), the demo page, health,
-//! metrics and room info. Every check happens before the upgrade.
+//! (and the Nuxflare-compatible `/` and `/ws`), any request under
+//! `/rooms/{room}/` of a class room (its class answers), the demo page,
+//! health, metrics and room info. Every check happens before the upgrade.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -128,9 +129,10 @@ pub(crate) async fn respond(state: Arc<HttpState>, req: Request<Incoming>) -> Re
                     Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
                 }
             } else {
-                text(StatusCode::NOT_FOUND, "not found")
+                class_path(state, req).await
             }
         }
+        (_, p) if p.starts_with("/rooms/") => class_path(state, req).await,
         (_, "/" | "/healthz" | "/readyz" | "/metrics" | "/ws") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
@@ -165,6 +167,25 @@ fn explicit_token(headers: &HeaderMap, params: &HashMap<String, String>) -> Opti
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned)
     })
+}
+
+/// Anything else under `/rooms/{room}/`: a class room's class answers it
+/// (WebSocket or not); a chat room has nothing there.
+async fn class_path(state: Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {
+    let rest = &req.uri().path()["/rooms/".len()..];
+    let Some((room, _)) = rest.split_once('/') else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
+    let room = match RoomId::parse(room) {
+        Ok(room) => room,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match state.env.links.kind(&room).await {
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "room unavailable; retry"),
+        Some(kind) if kind.class.is_none() => text(StatusCode::NOT_FOUND, "not found"),
+        Some(_) if wants_websocket(req.headers()) => websocket(state, req, Some(room)).await,
+        Some(_) => class_handshake::request(state, req, room).await,
+    }
 }
 
 /// A plain GET of a WebSocket endpoint: 426. When it carries a token that

@@ -142,16 +142,18 @@ impl Client {
     /// The next text message as JSON, if one comes within `wait`; panics
     /// if the socket closes.
     pub async fn json_within(&mut self, wait: Duration) -> Option<Value> {
+        let text = self.text_within(wait).await?;
+        Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON: {text}: {e}")))
+    }
+
+    /// The next text message as it came, if one comes within `wait`;
+    /// panics if the socket closes.
+    pub async fn text_within(&mut self, wait: Duration) -> Option<String> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let message = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
             match message {
-                Some(Ok(Message::Text(text))) => {
-                    return Some(
-                        serde_json::from_str(&text)
-                            .unwrap_or_else(|e| panic!("not JSON: {text}: {e}")),
-                    );
-                }
+                Some(Ok(Message::Text(text))) => return Some(text.as_str().to_owned()),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 other => panic!("expected a text message, got {other:?}"),
             }

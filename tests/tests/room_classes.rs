@@ -271,3 +271,37 @@ async fn a_hibernated_class_room_keeps_sockets_storage_attachments_and_a_throw_c
     b.send_text("close").await;
     assert_eq!(b.closed().await, Some(4000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflares_docs_example_serves_its_websocket_and_http_endpoints_under_the_room() {
+    let class = format!(
+        "--room-class=foo={}#WebSocketServer",
+        example("cloudflare-docs/websocket-server.js")
+    );
+    let cluster = TestCluster::new(1, 1).roomhost_arg(&class).start().await;
+    let gateway = &cluster.gateways[0];
+    // The example's Worker sends every request to the object named "foo";
+    // here the room is in the path, the rest of the path is the class's.
+    let url = format!("ws://{}/rooms/foo/websocket", gateway.http);
+    let mut client = Client::connect(&url).await.unwrap();
+    client.send_text("hi").await;
+    let echo = client.text_within(Duration::from_secs(5)).await;
+    assert_eq!(echo.as_deref(), Some("[Durable Object]: hi"));
+    let get = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", gateway.http)
+    };
+    let (status, response) =
+        rooms_tests::client::http(&gateway.http, &get("/rooms/foo/getCurrentConnections")).await;
+    assert_eq!(status, 200, "{response}");
+    assert!(
+        response
+            .ends_with("There is 1 WebSocket client connected to this Durable Object instance."),
+        "{response}"
+    );
+    let (status, response) = rooms_tests::client::http(&gateway.http, &get("/rooms/foo/")).await;
+    assert_eq!(status, 200, "{response}");
+    assert!(response.contains("/getCurrentConnections"), "the usage text: {response}");
+    // A chat room has nothing under its path but `ws`.
+    let (status, _) = rooms_tests::client::http(&gateway.http, &get("/rooms/lobby/other")).await;
+    assert_eq!(status, 404);
+}

@@ -162,6 +162,7 @@ impl ClassRoom {
             url: handshake.url,
             method: handshake.method,
             headers: handshake.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            body: handshake.body,
         };
         // Known while the class answers, so that its accept finds the socket.
         self.by_conn.insert((gateway, conn), socket);

@@ -96,7 +96,7 @@ impl Cluster {
     async fn handshake(&self, gateway: GatewayId, conn: u64, user: &str) {
         let headers = vec![Header { name: "upgrade".into(), value: "websocket".into() }];
         let url = format!("http://gw/rooms/chat-1/ws?user={user}");
-        let handshake = Handshake { conn, url, method: "GET".into(), headers };
+        let handshake = Handshake { conn, url, method: "GET".into(), headers, body: None };
         self.frame(gateway, gateway_frame::Kind::Handshake(handshake)).await;
     }
 
