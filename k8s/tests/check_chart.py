@@ -7,6 +7,7 @@ Exits non-zero on the first failure, saying what failed.
 """
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "k8s", "rooms")
 PRODUCTION = os.path.join(ROOT, "k8s", "values-production.yaml")
+CLASSES = os.path.join(ROOT, "k8s", "tests", "values-classes.yaml")
 BAD = os.path.join(ROOT, "k8s", "tests", "bad-values.yaml")
 LOCAL_CLUSTER = os.path.join(ROOT, "deploy", "local-cluster.sh")
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a recent one.
@@ -53,13 +55,12 @@ def run(cmd, **kwargs):
     return subprocess.run(cmd, capture_output=True, text=True, **kwargs)
 
 
-def render(helm, values, kube_version):
+def render(helm, values, kube_version, *extra):
     cmd = [helm, "template", "rooms", CHART, "--namespace", "chat",
            "--kube-version", kube_version]
     if values:
         cmd += ["-f", values]
-    result = run(cmd)
-    return result
+    return run(cmd + list(extra))
 
 
 def lint(helm, values):
@@ -151,6 +152,51 @@ def flag_name(arg):
     return arg[2:].split("=", 1)[0] if arg.startswith("--") else None
 
 
+def mounted_files(docs, pod, volume_name):
+    """The files a volume of `pod` holds, when the chart renders its source."""
+    volume = next((v for v in pod.get("volumes", []) if v["name"] == volume_name), {})
+    if "configMap" in volume:
+        kind, name = "ConfigMap", volume["configMap"]["name"]
+    elif "secret" in volume:
+        kind, name = "Secret", volume["secret"]["secretName"]
+    else:
+        return {}
+    for doc in docs:
+        if doc["kind"] == kind and doc["metadata"]["name"] == name:
+            files = dict(doc.get("data") or {})
+            if kind == "Secret":
+                files = {k: base64.b64decode(v).decode() for k, v in files.items()}
+                files.update(doc.get("stringData") or {})
+            return files
+    return {}
+
+
+def local_arguments(docs, container, pod, env, scratch):
+    """The container's arguments, its mounted files made real under `scratch`:
+    what ConfigMaps and Secrets the chart renders hold, or else a public key."""
+    args = [expand(a, env) for a in container["args"]]
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    for mount_path, volume in mounts.items():
+        local = os.path.join(scratch, mount_path.strip("/").replace("/", "_"))
+        os.makedirs(local)
+        files = mounted_files(docs, pod, volume)
+        for name, content in files.items():
+            with open(os.path.join(local, name), "w") as f:
+                f.write(content)
+        for i, arg in enumerate(args):
+            if files and mount_path + "/" in arg:
+                args[i] = arg.replace(mount_path + "/", local + "/")
+            elif "=" in arg and arg.split("=", 1)[1].startswith(mount_path + "/"):
+                flag, path = arg.split("=", 1)
+                target = os.path.join(local, os.path.relpath(path, mount_path))
+                algorithm = next((a.split("=", 1)[1] for a in args
+                                  if a.startswith("--jwt-algorithm=")), "RS256")
+                with open(target, "w") as f:
+                    f.write(public_key(scratch, algorithm))
+                args[i] = f"{flag}={target}"
+    return args
+
+
 def check_arguments(docs, label, bin_dir):
     for component, container, pod in workloads(docs):
         binary = os.path.join(bin_dir, os.path.basename(container["command"][0]))
@@ -158,22 +204,8 @@ def check_arguments(docs, label, bin_dir):
             fail(f"{binary} is missing: build the binaries first")
             continue
         env = placeholder_env(container)
-        args = [expand(a, env) for a in container["args"]]
         with tempfile.TemporaryDirectory() as scratch:
-            # Files mounted from Secrets: real content at a scratch path.
-            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
-            for mount_path in mounts:
-                local = os.path.join(scratch, mount_path.strip("/").replace("/", "_"))
-                os.makedirs(local)
-                for i, arg in enumerate(args):
-                    if "=" in arg and arg.split("=", 1)[1].startswith(mount_path + "/"):
-                        flag, path = arg.split("=", 1)
-                        target = os.path.join(local, os.path.relpath(path, mount_path))
-                        algorithm = next((a.split("=", 1)[1] for a in args
-                                          if a.startswith("--jwt-algorithm=")), "RS256")
-                        with open(target, "w") as f:
-                            f.write(public_key(scratch, algorithm))
-                        args[i] = f"{flag}={target}"
+            args = local_arguments(docs, container, pod, env, scratch)
             clean_env = {"PATH": os.environ.get("PATH", ""), **env}
             result = run([binary, "--check-config", *args], env=clean_env)
             if result.returncode == 0:
@@ -186,6 +218,34 @@ def check_arguments(docs, label, bin_dir):
             if control.returncode == 0:
                 fail(f"{label}: {component} accepted --no-such-flag; the check proves nothing")
         check_ports(component, container, pod, args, label)
+
+
+def check_broken_bundle(helm, bin_dir):
+    """A bundle with a syntax error: the roomhost's --check-config on what the
+    chart mounts refuses it, naming the file and line."""
+    broken = "export class Echo {\n  webSocketMessage(ws, m) { ws.send( }\n}\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".js") as source:
+        source.write(broken)
+        source.flush()
+        result = render(helm, CLASSES, KUBE_VERSIONS[-1],
+                         "--set-file", f"roomClasses.bundles.echo\\.js={source.name}")
+    if result.returncode != 0:
+        return fail(f"helm template with a broken bundle failed:\n{result.stderr}")
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    for component, container, pod in workloads(docs):
+        if component != "roomhost":
+            continue
+        env = placeholder_env(container)
+        with tempfile.TemporaryDirectory() as scratch:
+            args = local_arguments(docs, container, pod, env, scratch)
+            binary = os.path.join(bin_dir, "roomhost")
+            result = run([binary, "--check-config", *args],
+                         env={"PATH": os.environ.get("PATH", ""), **env})
+        output = result.stdout + result.stderr
+        if result.returncode != 0 and re.search(r"echo\.js:2", output):
+            ok("a bundle with a syntax error fails --check-config, naming echo.js line 2")
+        else:
+            fail(f"a broken bundle was not refused with its file and line:\n{output}")
 
 
 def check_ports(component, container, pod, args, label):
@@ -237,7 +297,8 @@ def check_bad_values(helm):
         return fail(f"bad values refused, but not by the schema:\n{output}")
     # Each wrong value is named in the error.
     for needle in ("auth.mode", "gateway.replicas", "gateway.shutdownGrace",
-                   "roomhost.historyLimit", "roomhost.leaseTtl", "redis.url", "replicas"):
+                   "roomhost.historyLimit", "roomhost.leaseTtl", "redis.url", "replicas",
+                   "roomClasses.classes.0.bundle", "roomClasses.classes.0.class"):
         if needle not in output:
             fail(f"the schema error does not mention {needle}:\n{output}")
     ok("values.schema.json refuses bad-values.yaml, naming every bad value")
@@ -255,7 +316,7 @@ def main():
     for values in (None, PRODUCTION):
         lint(opts.helm, values)
     rendered = {}
-    for values, label in ((None, "default"), (PRODUCTION, "production")):
+    for values, label in ((None, "default"), (PRODUCTION, "production"), (CLASSES, "classes")):
         for kube_version in KUBE_VERSIONS:
             result = render(opts.helm, values, kube_version)
             if result.returncode != 0:
@@ -274,6 +335,7 @@ def main():
     if "default" in rendered:
         check_local_cluster(rendered["default"])
     check_bad_values(opts.helm)
+    check_broken_bundle(opts.helm, opts.bin_dir)
     if failures:
         print(f"\n{len(failures)} chart check(s) failed")
         sys.exit(1)

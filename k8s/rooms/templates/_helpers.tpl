@@ -133,3 +133,21 @@ capabilities:
   value: {{ .Values.otlpEndpoint | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* The ConfigMap with the room classes' bundles, if any. */}}
+{{- define "rooms.classBundles" -}}
+{{- if .Values.roomClasses.existingConfigMap -}}
+{{ .Values.roomClasses.existingConfigMap }}
+{{- else if .Values.roomClasses.bundles -}}
+{{ include "rooms.fullname" . }}-room-classes
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with the room classes' secret env, if any. */}}
+{{- define "rooms.classSecret" -}}
+{{- if .Values.roomClasses.existingSecret -}}
+{{ .Values.roomClasses.existingSecret }}
+{{- else if .Values.roomClasses.secretEnv -}}
+{{ include "rooms.fullname" . }}-room-classes-env
+{{- end -}}
+{{- end -}}
