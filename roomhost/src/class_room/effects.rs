@@ -1,18 +1,20 @@
-//! The output gate of a class room: an event's storage writes are committed
-//! (fenced by the lease, in one round trip) before anything it sent leaves;
-//! then its sends, closes and socket states go to the gateways, in order,
-//! each payload once per gateway.
+//! What a class room does with an event's effects: its storage writes go
+//! to the next group commit (fenced by the lease), and its sends, closes and
+//! socket states to the gateways — each payload once per gateway — through
+//! the output gate (`gate`), so that they leave once the writes before them
+//! are stored.
 
 use rooms_classes::{Effect, Outcome, Payload, PoolError};
-use rooms_proto::host::{ClassSocket, CloseConn, SocketSend, SocketState, socket_data};
+use rooms_proto::host::{Broadcast, ClassSocket, CloseConn, SocketSend, SocketState, socket_data};
 
+use super::gate::Output;
 use super::*;
-use crate::store::StorageWrite;
+use crate::store::{StorageWrite, StoreError};
 
 impl ClassRoom {
     /// Applies what an event did. None: nothing of it stands (its instance
-    /// failed or its writes were not stored; the instance is dropped).
-    pub(super) async fn apply<T>(
+    /// failed and is dropped). Its writes are stored by the next commit.
+    pub(super) fn apply<T>(
         &mut self,
         outcome: Result<Outcome<T>, PoolError>,
     ) -> Option<Result<T, String>> {
@@ -54,20 +56,7 @@ impl ClassRoom {
         if (seen || !writes.is_empty()) && self.book.is_dirty() {
             writes.extend(self.book.writes());
         }
-        if !writes.is_empty() {
-            let stored = self
-                .store
-                .commit_storage(&self.id, &self.settings.owner, self.lease, &writes)
-                .await;
-            if let Err(error) = stored {
-                tracing::warn!(room.id = %self.id, %error, "storing the class room's writes failed; nothing the event sent leaves");
-                self.metrics.commit_failures.inc();
-                self.metrics.class_resets.inc();
-                self.book.forget_loaded();
-                self.drop_instance("its writes were not stored");
-                return None;
-            }
-        }
+        self.gate.write(writes);
         for effect in outcome.effects {
             match effect {
                 Effect::Send { sockets, payload } => self.deliver(&sockets, payload),
@@ -80,7 +69,7 @@ impl ClassRoom {
                             socket,
                             Socket { gateway, conn, tags, attachment: None, hibernatable },
                         );
-                        self.send(
+                        self.send_class(
                             gateway,
                             host_frame::Kind::SocketState(SocketState {
                                 conn,
@@ -90,15 +79,17 @@ impl ClassRoom {
                     }
                 }
                 Effect::Attach { socket, value } => {
-                    let Some(known) = self.sockets.get_mut(&socket) else { continue };
-                    known.attachment = value;
+                    // The room takes the attachment when it leaves (after the
+                    // writes before it are stored): a failed commit leaves
+                    // the socket as it was.
+                    let Some(known) = self.sockets.get(&socket) else { continue };
                     let state = ClassSocket {
                         tags: known.tags.clone(),
-                        attachment: known.attachment.clone(),
+                        attachment: value,
                         hibernatable: known.hibernatable,
                     };
                     let (gateway, conn) = (known.gateway, known.conn);
-                    self.send(
+                    self.send_class(
                         gateway,
                         host_frame::Kind::SocketState(SocketState { conn, socket: Some(state) }),
                     );
@@ -128,7 +119,7 @@ impl ClassRoom {
                     rooms_proto::host::socket_send::Data::Binary(b.clone())
                 }
             });
-            self.send(gateway, host_frame::Kind::SocketSend(SocketSend { conns, data }));
+            self.send_class(gateway, host_frame::Kind::SocketSend(SocketSend { conns, data }));
         }
     }
 
@@ -137,6 +128,107 @@ impl ClassRoom {
         let Some(known) = self.sockets.remove(&socket) else { return };
         self.by_conn.remove(&(known.gateway, known.conn));
         let close = CloseConn { conn: known.conn, code: code.into(), reason: reason.to_owned() };
-        self.send(known.gateway, host_frame::Kind::Close(close));
+        self.send_class(known.gateway, host_frame::Kind::Close(close));
+    }
+}
+
+impl ClassRoom {
+    /// A frame of the room itself (never dropped), through the gate.
+    pub(super) fn send(&mut self, gateway: GatewayId, kind: host_frame::Kind) {
+        self.emit(Output::Room(gateway, kind));
+    }
+
+    /// A frame the class caused, through the gate.
+    fn send_class(&mut self, gateway: GatewayId, kind: host_frame::Kind) {
+        self.emit(Output::Class(gateway, kind));
+    }
+
+    /// Sends now if nothing waits for a commit, else after what waits.
+    pub(super) fn emit(&mut self, output: Output) {
+        if self.gate.is_open() {
+            self.output(output);
+        } else {
+            self.gate.hold(output);
+        }
+    }
+
+    fn output(&mut self, output: Output) {
+        let (gateway, kind) = match output {
+            Output::Room(gateway, kind) | Output::Class(gateway, kind) => (gateway, kind),
+            Output::Handshake(gateway, reply) => (gateway, host_frame::Kind::HandshakeReply(reply)),
+            Output::Ran(gateway, tag) => {
+                let answer = Broadcast { tags: vec![tag], ..Broadcast::default() };
+                (gateway, host_frame::Kind::Broadcast(answer))
+            }
+            Output::Reply(reply, result) => {
+                let _ = reply.send(result);
+                return;
+            }
+        };
+        if let host_frame::Kind::SocketState(SocketState { conn, socket: Some(state) }) = &kind
+            && let Some(socket) = self.by_conn.get(&(gateway, *conn))
+            && let Some(known) = self.sockets.get_mut(socket)
+        {
+            known.attachment.clone_from(&state.attachment);
+        }
+        let Some(tx) = self.gateways.get(&gateway) else { return };
+        if tx.try_send(HostFrame { kind: Some(kind), room_seq: 0 }).is_err() {
+            tracing::warn!(room.id = %self.id, gateway, "gateway too slow or gone; detaching it");
+            self.metrics.gateways_dropped.inc();
+            self.gateways.remove(&gateway);
+        }
+    }
+
+    /// Starts the next group commit if none is in flight; sends what no
+    /// longer waits.
+    pub(super) fn kick(&mut self) {
+        let (store, id, owner, lease) =
+            (self.store.clone(), self.id.clone(), self.settings.owner.clone(), self.lease);
+        let free = self.gate.start(|writes| {
+            tokio::spawn(async move { store.commit_storage(&id, &owner, lease, &writes).await })
+        });
+        for output in free {
+            self.output(output);
+        }
+    }
+
+    /// A commit returned: what waited for it leaves, or, if it failed, the
+    /// instance goes and nothing the class said since leaves.
+    pub(super) fn committed(&mut self, result: Result<(), StoreError>) {
+        match result {
+            Ok(()) => {
+                for output in self.gate.finish() {
+                    self.output(output);
+                }
+                self.kick();
+            }
+            Err(error) => {
+                tracing::warn!(room.id = %self.id, %error, "storing the class room's writes failed; nothing its events sent since leaves");
+                self.metrics.commit_failures.inc();
+                self.metrics.class_resets.inc();
+                self.book.forget_loaded();
+                for output in self.gate.fail() {
+                    if let Output::Handshake(gateway, reply) = &output
+                        && let Some(socket) = self.by_conn.remove(&(*gateway, reply.conn))
+                    {
+                        self.sockets.remove(&socket);
+                    }
+                    self.output(output);
+                }
+                self.drop_instance("its writes were not stored");
+            }
+        }
+    }
+
+    /// Waits until every write is stored and every output sent (or dropped).
+    pub(super) async fn flush(&mut self) {
+        loop {
+            self.kick();
+            if !self.gate.in_flight() {
+                return;
+            }
+            let result = self.gate.committed().await;
+            self.committed(result);
+        }
     }
 }

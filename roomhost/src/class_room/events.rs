@@ -4,11 +4,12 @@
 
 use rooms_classes::{HttpRequest, Payload, PoolError, Restored};
 use rooms_proto::host::{
-    Attached, Broadcast, ClassSocket, CloseConn, Handshake, HandshakeReply, SocketData,
-    gateway_frame, host_frame, socket_data,
+    Attached, ClassSocket, CloseConn, Handshake, HandshakeReply, SocketData, gateway_frame,
+    host_frame, socket_data,
 };
 use rooms_proto::server::close_code;
 
+use super::gate::Output;
 use super::*;
 use crate::room::{RoomError, RoomInfo};
 
@@ -53,7 +54,7 @@ impl ClassRoom {
                 let answer = match self.instance().await {
                     Some(instance) => {
                         let outcome = instance.invoke(method, args_json).await;
-                        match self.apply(outcome).await {
+                        match self.apply(outcome) {
                             Some(Ok(result)) => Ok(result),
                             Some(Err(message)) if message.contains(rooms_classes::NOT_A_METHOD) => {
                                 Err(RoomError::Refused(message))
@@ -64,7 +65,8 @@ impl ClassRoom {
                     }
                     None => Err(RoomError::Unavailable("the room's class did not start".into())),
                 };
-                let _ = reply.send(answer);
+                // After what the call sent, once its writes are stored.
+                self.emit(Output::Reply(reply, answer));
             }
         }
     }
@@ -82,8 +84,7 @@ impl ClassRoom {
                     self.message(gateway, data).await;
                 }
                 if tag != 0 {
-                    let answer = Broadcast { tags: vec![tag], ..Broadcast::default() };
-                    self.send(gateway, host_frame::Kind::Broadcast(answer));
+                    self.emit(Output::Ran(gateway, tag));
                 }
             }
             Kind::SocketClosed(closed) => {
@@ -136,7 +137,7 @@ impl ClassRoom {
             Some(instance) => instance.message(socket, payload).await,
             None => Err(PoolError::Stopped),
         };
-        self.apply(outcome).await;
+        self.apply(outcome);
     }
 
     /// Runs the class's `fetch` for a client's handshake and answers it.
@@ -150,11 +151,11 @@ impl ClassRoom {
         };
         if self.sockets.len() >= MAX_SOCKETS {
             let reply = answer(503, "room is full");
-            return self.send(gateway, host_frame::Kind::HandshakeReply(reply));
+            return self.emit(Output::Handshake(gateway, reply));
         }
         if self.instance().await.is_none() {
             let reply = answer(503, "room unavailable; retry");
-            return self.send(gateway, host_frame::Kind::HandshakeReply(reply));
+            return self.emit(Output::Handshake(gateway, reply));
         }
         let socket = self.next_socket;
         self.next_socket += 1;
@@ -171,7 +172,7 @@ impl ClassRoom {
             Some(instance) => instance.fetch(socket, request).await,
             None => Err(PoolError::Stopped),
         };
-        let applied = self.apply(outcome).await;
+        let applied = self.apply(outcome);
         self.accepting = None;
         let reply = match applied {
             Some(Ok(response)) => HandshakeReply {
@@ -190,7 +191,7 @@ impl ClassRoom {
         if !self.sockets.contains_key(&socket) {
             self.by_conn.remove(&(gateway, conn));
         }
-        self.send(gateway, host_frame::Kind::HandshakeReply(reply));
+        self.emit(Output::Handshake(gateway, reply));
     }
 
     /// A socket closed: the class hears it, the room forgets it.
@@ -209,7 +210,7 @@ impl ClassRoom {
         let code = u16::try_from(code).unwrap_or(1006);
         if let Some(instance) = self.instance().await {
             let outcome = instance.close(socket, code, reason.to_owned(), clean).await;
-            self.apply(outcome).await;
+            self.apply(outcome);
         }
     }
 
@@ -232,6 +233,8 @@ impl ClassRoom {
     /// there is none. None: it could not start (logged).
     pub(super) async fn instance(&mut self) -> Option<&InstanceHandle> {
         if self.instance.is_none() {
+            // What the last instance wrote is stored before storage loads.
+            self.flush().await;
             if !self.load_book().await {
                 return None;
             }
@@ -267,7 +270,7 @@ impl ClassRoom {
                 Ok((instance, effects)) => {
                     self.instance = Some(Live::new(instance, &self.metrics));
                     let outcome = Ok(rooms_classes::Outcome { result: Ok(()), effects });
-                    self.apply(outcome).await;
+                    self.apply(outcome);
                 }
                 Err(error) => {
                     tracing::error!(room.id = %self.id, %error, "the room's class did not start");

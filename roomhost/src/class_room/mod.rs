@@ -9,17 +9,20 @@
 //! `--room-idle-timeout` without events (the sockets stay open).
 //!
 //! Each event's storage writes are committed, fenced by the lease, before
-//! anything it sent leaves (the output gate). A write that fails drops the
-//! event's sends and the instance, which starts again from storage; so do a
-//! handler over its CPU or memory limit and one that never finishes.
+//! anything it sent leaves (the output gate); the writes of events that ran
+//! while a commit was in flight share the next one. A write that fails
+//! drops what the class sent since and the instance, which starts again
+//! from storage; so do a handler over its CPU or memory limit and one that
+//! never finishes.
 //!
 //! Layout: this file holds the state and the turn loop; `events` one
-//! handler per command and frame; `effects` the output gate; `gateways`
-//! the gateways by name (messages run once, the wait for them after a
-//! change of owner).
+//! handler per command and frame; `effects` what an event's effects do;
+//! `gate` the output gate and its group commits; `gateways` the gateways by
+//! name (messages run once, the wait for them after a change of owner).
 
 mod effects;
 mod events;
+mod gate;
 mod gateways;
 #[cfg(test)]
 mod tests;
@@ -98,6 +101,8 @@ pub(crate) struct ClassRoom {
     gateways: HashMap<GatewayId, GatewayTx>,
     /// The gateways by name: what the room ran of each, who it waits for.
     book: gateways::Gateways,
+    /// Writes on their way to the store, and what waits for them.
+    gate: gate::Gate,
     sockets: HashMap<u64, Socket>,
     by_conn: HashMap<(GatewayId, ConnId), u64>,
     /// The socket whose handshake the class is answering, and its connection.
@@ -137,6 +142,7 @@ impl ClassRoom {
             instance: None,
             gateways: HashMap::new(),
             book: gateways::Gateways::default(),
+            gate: gate::Gate::default(),
             sockets: HashMap::new(),
             by_conn: HashMap::new(),
             accepting: None,
@@ -183,6 +189,7 @@ impl ClassRoom {
                     self.drop_instance("idle");
                     last_event = Instant::now();
                 }
+                result = self.gate.committed() => self.committed(result),
                 () = sleep_until(settle_at), if settle_at.is_some() => self.settled(true).await,
                 () = sleep_until(move_at), if move_at.is_some() => {
                     tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
@@ -222,6 +229,7 @@ impl ClassRoom {
         target: Moved,
         release: bool,
     ) -> Ended {
+        self.flush().await;
         self.instance = None;
         if release {
             self.release_lease().await;
@@ -246,6 +254,7 @@ impl ClassRoom {
 
     /// No gateway for the idle timeout: leave memory, release the lease.
     async fn hibernate(mut self, mut rx: mpsc::Receiver<Command>) -> Ended {
+        self.flush().await;
         // No gateway has a socket here: none is to be waited for next time.
         let forget = self.book.forget_all();
         if !forget.is_empty() {
@@ -273,6 +282,16 @@ impl ClassRoom {
 
     /// Takes a command, or holds it while the room waits for its gateways.
     async fn take(&mut self, cmd: Command) {
+        // Too much waits for the store: no more until the commit returns.
+        while self.gate.is_full() && self.gate.in_flight() {
+            let result = self.gate.committed().await;
+            self.committed(result);
+        }
+        self.take_now(cmd).await;
+        self.kick();
+    }
+
+    async fn take_now(&mut self, cmd: Command) {
         use rooms_proto::host::gateway_frame::Kind;
         let runs_class = match &cmd {
             Command::Frame { frame, .. } => !matches!(frame, Kind::Join(_) | Kind::Drained(_)),
@@ -334,15 +353,6 @@ impl ClassRoom {
             self.sockets.iter().filter(|(_, s)| !s.hibernatable).map(|(id, _)| *id).collect();
         for socket in plain {
             self.close_socket(socket, rooms_proto::server::close_code::RESTART, "room restarted");
-        }
-    }
-
-    fn send(&mut self, gateway: GatewayId, kind: host_frame::Kind) {
-        let Some(tx) = self.gateways.get(&gateway) else { return };
-        if tx.try_send(HostFrame { kind: Some(kind), room_seq: 0 }).is_err() {
-            tracing::warn!(room.id = %self.id, gateway, "gateway too slow or gone; detaching it");
-            self.metrics.gateways_dropped.inc();
-            self.gateways.remove(&gateway);
         }
     }
 }

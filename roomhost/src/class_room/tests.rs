@@ -186,7 +186,15 @@ async fn a_class_room_answers_handshakes_stores_before_sending_and_sends_once_pe
     // The store refuses: nothing the event sent leaves.
     cluster.store.refuse_commits(true);
     cluster.text(1, 10, r#"{"type":"name","name":"Lost"}"#).await;
-    cluster.processed().await;
+    // The commit runs beside the room: wait for its failure.
+    let resets = &cluster.registry.metrics().class_resets;
+    tokio::time::timeout(WAIT, async {
+        while resets.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the refused commit resets the instance");
     cluster.store.refuse_commits(false);
     cluster.text(1, 10, r#"{"type":"chat","text":"after"}"#).await;
     let send = next_send(&mut one).await;
