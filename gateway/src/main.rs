@@ -1,6 +1,9 @@
 use anyhow::Context;
 use clap::Parser;
-use rooms_server::{check::check_config, shutdown};
+use rooms_server::{
+    check::{check_config, config_or_exit},
+    shutdown,
+};
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -11,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let telemetry = rooms_telemetry::init(args.log_format, "rooms-gateway");
     let (listen, admin_listen) = (args.listen, args.admin_listen);
-    let config = args.into_config()?;
+    let config = config_or_exit("gateway", args.into_config());
     let listeners = gateway::Listeners {
         http: TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?,
         admin: TcpListener::bind(admin_listen)

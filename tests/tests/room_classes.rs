@@ -29,7 +29,7 @@ fn user_name(frame: &ServerFrame) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workerd_chat_class_serves_clients_on_two_gateways_next_to_chat_rooms() {
     let class = format!("--room-class=chat-*={}#ChatRoom", example("workerd-chat/worker.js"));
-    let cluster = TestCluster::new(2, 2).roomhost_arg(&class).start().await;
+    let cluster = TestCluster::new(3, 2).roomhost_arg(&class).start().await;
     let (a, b) = (&cluster.gateways[0], &cluster.gateways[1]);
     let mut alice = Client::connect(&a.ws_url("chat-1", "user=alice")).await.unwrap();
     let mut bob = Client::connect(&b.ws_url("chat-1", "user=bob")).await.unwrap();
@@ -60,13 +60,15 @@ async fn the_workerd_chat_class_serves_clients_on_two_gateways_next_to_chat_room
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nuxflare_class_takes_its_subprotocol_credential_and_refuses_without_it() {
     let class = format!("--room-class=*={}#WebSockets", example("nuxflare/websockets.js"));
-    let cluster = TestCluster::new(1, 1).roomhost_arg(&class).start().await;
+    let cluster = TestCluster::new(3, 2).roomhost_arg(&class).start().await;
     let gateway = &cluster.gateways[0];
-    let url = format!("ws://{}/", gateway.http);
     // base64("lobby:alice") without padding, then the protocol the app speaks.
+    let url = format!("ws://{}/", gateway.http);
     let (mut alice, selected) =
         Client::connect_with_protocols(&url, "bG9iYnk6YWxpY2U, chat").await.unwrap();
     assert_eq!(selected.as_deref(), Some("chat"), "the class chose the subprotocol");
+    // Bob on the other gateway.
+    let url = format!("ws://{}/", cluster.gateways[1].http);
     let (mut bob, _) = Client::connect_with_protocols(&url, "bG9iYnk6Ym9i, chat").await.unwrap();
     alice.send_json(json!({"type": "name", "name": "Ann"})).await;
     for client in [&mut alice, &mut bob] {
@@ -278,11 +280,11 @@ async fn cloudflares_docs_example_serves_its_websocket_and_http_endpoints_under_
         "--room-class=foo={}#WebSocketServer",
         example("cloudflare-docs/websocket-server.js")
     );
-    let cluster = TestCluster::new(1, 1).roomhost_arg(&class).start().await;
-    let gateway = &cluster.gateways[0];
+    let cluster = TestCluster::new(3, 2).roomhost_arg(&class).start().await;
+    let gateway = &cluster.gateways[1];
     // The example's Worker sends every request to the object named "foo";
     // here the room is in the path, the rest of the path is the class's.
-    let url = format!("ws://{}/rooms/foo/websocket", gateway.http);
+    let url = format!("ws://{}/rooms/foo/websocket", cluster.gateways[0].http);
     let mut client = Client::connect(&url).await.unwrap();
     client.send_text("hi").await;
     let echo = client.text_within(Duration::from_secs(5)).await;
@@ -290,6 +292,7 @@ async fn cloudflares_docs_example_serves_its_websocket_and_http_endpoints_under_
     let get = |path: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", gateway.http)
     };
+    // Asked through the other gateway: the same instance counts the socket.
     let (status, response) =
         rooms_tests::client::http(&gateway.http, &get("/rooms/foo/getCurrentConnections")).await;
     assert_eq!(status, 200, "{response}");
@@ -304,4 +307,31 @@ async fn cloudflares_docs_example_serves_its_websocket_and_http_endpoints_under_
     // A chat room has nothing under its path but `ws`.
     let (status, _) = rooms_tests::client::http(&gateway.http, &get("/rooms/lobby/other")).await;
     assert_eq!(status, 404);
+}
+
+#[test]
+fn a_bad_bundle_stops_the_roomhost_at_startup_naming_its_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("rooms-bad-bundle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle = dir.join("game.js");
+    std::fs::write(&bundle, "export class Game {\n  webSocketMessage(ws, m) { ws.send( }\n}\n")
+        .unwrap();
+    let class = format!("--room-class=game-*={}#Game", bundle.display());
+    let out = std::process::Command::new(binary("roomhost"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", &class])
+        .output()
+        .expect("roomhost runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{}:2", bundle.display())), "file and line: {stderr}");
+    // A class the bundle does not export is as clear.
+    let class = format!("--room-class=game-*={}#Missing", example("workerd-chat/worker.js"));
+    let out = std::process::Command::new(binary("roomhost"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", &class])
+        .output()
+        .expect("roomhost runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("Missing"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
