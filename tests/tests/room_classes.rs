@@ -309,6 +309,18 @@ async fn cloudflares_docs_example_serves_its_websocket_and_http_endpoints_under_
     assert_eq!(status, 404);
 }
 
+/// Starts a roomhost with `class`, which it must refuse at once (exit 2);
+/// what it said.
+fn refused_at_startup(class: &str) -> String {
+    let out = std::process::Command::new(binary("roomhost"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", class])
+        .output()
+        .expect("roomhost runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_bad_bundle_stops_the_roomhost_at_startup_naming_its_file_and_line() {
     let dir = std::env::temp_dir().join(format!("rooms-bad-bundle-{}", std::process::id()));
@@ -316,22 +328,11 @@ fn a_bad_bundle_stops_the_roomhost_at_startup_naming_its_file_and_line() {
     let bundle = dir.join("game.js");
     std::fs::write(&bundle, "export class Game {\n  webSocketMessage(ws, m) { ws.send( }\n}\n")
         .unwrap();
-    let class = format!("--room-class=game-*={}#Game", bundle.display());
-    let out = std::process::Command::new(binary("roomhost"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", &class])
-        .output()
-        .expect("roomhost runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_at_startup(&format!("--room-class=game-*={}#Game", bundle.display()));
     assert!(stderr.contains(&format!("{}:2", bundle.display())), "file and line: {stderr}");
     // A class the bundle does not export is as clear.
-    let class = format!("--room-class=game-*={}#Missing", example("workerd-chat/worker.js"));
-    let out = std::process::Command::new(binary("roomhost"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", &class])
-        .output()
-        .expect("roomhost runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let missing = format!("--room-class=game-*={}#Missing", example("workerd-chat/worker.js"));
+    let stderr = refused_at_startup(&missing);
     assert!(stderr.contains("Missing"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
