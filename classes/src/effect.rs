@@ -43,11 +43,20 @@ pub enum Effect {
         key: String,
     },
     DeleteAll,
+    /// The room's alarm (`name` empty) or a named timer is set to fire at
+    /// `at` (ms since the epoch), or deleted (None).
+    Alarm {
+        name: String,
+        at: Option<u64>,
+    },
 }
 
 impl Effect {
     /// Whether this is a storage write (the output gate waits for those).
     pub fn is_write(&self) -> bool {
-        matches!(self, Self::Put { .. } | Self::Delete { .. } | Self::DeleteAll)
+        matches!(
+            self,
+            Self::Put { .. } | Self::Delete { .. } | Self::DeleteAll | Self::Alarm { .. }
+        )
     }
 }

@@ -72,6 +72,14 @@ pub struct Restored {
 }
 
 /// The client's handshake, as the class's `fetch` sees it.
+/// What a room has stored: its keys and encoded values, and its alarm
+/// (name empty) and named timers with when they fire (ms since the epoch).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub entries: Vec<(String, String)>,
+    pub alarms: Vec<(String, u64)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
     pub url: String,
@@ -161,15 +169,15 @@ impl Instance {
         bundle: &Bundle,
         room: &str,
         env_json: &str,
-        storage: &[(String, String)],
+        stored: &Stored,
         restored: &[Restored],
         limits: Limits,
     ) -> Result<(Self, Vec<Effect>), ClassError> {
         let deadline = Rc::new(Cell::new(None));
         let (runtime, context) = engine(&limits, room, &deadline)?;
         let instance = Self { runtime, context, limits, deadline };
-        let entries =
-            serde_json::to_string(storage).map_err(|e| ClassError::Engine(e.to_string()))?;
+        let entries = serde_json::to_string(&(&stored.entries, &stored.alarms))
+            .map_err(|e| ClassError::Engine(e.to_string()))?;
         let sockets: Vec<(u64, &[String], Option<&str>)> = restored
             .iter()
             .map(|r| (r.socket, r.tags.as_slice(), r.attachment.as_deref()))
@@ -279,6 +287,13 @@ impl Instance {
             |ctx, f| call(ctx, f, (method, args_json), &self.limits),
             |_, answer| answer.get().map_err(engine_error),
         )
+    }
+
+    /// Fires the room's alarm (`name` empty: the class's `alarm`) or a
+    /// named timer (`timer(name)`); it is deleted first, so that one the
+    /// handler sets again stands. `retry`: how many times it failed before.
+    pub fn alarm(&self, name: &str, retry: u32) -> Result<Outcome<()>, ClassError> {
+        self.run("alarm", |ctx, f| call(ctx, f, (name, retry), &self.limits), |_, _| Ok(()))
     }
 
     /// Bytes of JavaScript heap in use.
@@ -400,6 +415,10 @@ fn effect_of(item: &Object<'_>) -> rquickjs::Result<Effect> {
     }
     if let Some(key) = item.get::<_, Option<String>>("delete")? {
         return Ok(Effect::Delete { key });
+    }
+    if let Some(name) = item.get::<_, Option<String>>("alarm")? {
+        let at = item.get::<_, Option<f64>>("at")?.map(|ms| ms.max(0.0) as u64);
+        return Ok(Effect::Alarm { name, at });
     }
     Ok(Effect::DeleteAll)
 }

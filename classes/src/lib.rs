@@ -32,7 +32,9 @@ pub mod spec;
 
 pub use bundle::{Bundle, BundleError};
 pub use effect::{Effect, Payload};
-pub use instance::{ClassError, HttpRequest, HttpResponse, Instance, Limits, Outcome, Restored};
+pub use instance::{
+    ClassError, HttpRequest, HttpResponse, Instance, Limits, Outcome, Restored, Stored,
+};
 pub use pool::{InstanceHandle, Pool, PoolError};
 pub use spec::{ClassSpec, SpecError};
 

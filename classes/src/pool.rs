@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bundle::Bundle;
 use crate::effect::{Effect, Payload};
-use crate::instance::{ClassError, HttpRequest, HttpResponse, Instance, Limits, Outcome, Restored};
+use crate::instance::{
+    ClassError, HttpRequest, HttpResponse, Instance, Limits, Outcome, Restored, Stored,
+};
 
 /// Jobs queued per thread.
 pub const QUEUE: usize = 1024;
@@ -28,7 +30,7 @@ enum Job {
         bundle: Arc<Bundle>,
         room: String,
         env_json: Arc<str>,
-        storage: Vec<(String, String)>,
+        stored: Stored,
         restored: Vec<Restored>,
         reply: oneshot::Sender<Result<Vec<Effect>, ClassError>>,
     },
@@ -52,6 +54,11 @@ enum Job {
     Error {
         socket: u64,
         message: String,
+        reply: oneshot::Sender<Result<Outcome<()>, ClassError>>,
+    },
+    Alarm {
+        name: String,
+        retry: u32,
         reply: oneshot::Sender<Result<Outcome<()>, ClassError>>,
     },
     Invoke {
@@ -105,7 +112,7 @@ impl Pool {
         bundle: Arc<Bundle>,
         room: &str,
         env_json: Arc<str>,
-        storage: Vec<(String, String)>,
+        stored: Stored,
         restored: Vec<Restored>,
     ) -> Result<(InstanceHandle, Vec<Effect>), PoolError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -116,7 +123,7 @@ impl Pool {
                 bundle,
                 room: room.to_owned(),
                 env_json,
-                storage,
+                stored,
                 restored,
                 reply,
             })
@@ -164,6 +171,10 @@ impl InstanceHandle {
         Ok(self.ask(|reply| Job::Error { socket, message, reply }).await??)
     }
 
+    pub async fn alarm(&self, name: String, retry: u32) -> Result<Outcome<()>, PoolError> {
+        Ok(self.ask(|reply| Job::Alarm { name, retry, reply }).await??)
+    }
+
     pub async fn invoke(
         &self,
         method: String,
@@ -192,9 +203,9 @@ fn serve(mut rx: mpsc::Receiver<(u64, Job)>, limits: Limits) {
     while let Some((id, job)) = rx.blocking_recv() {
         let missing = || ClassError::Engine("the instance is gone".into());
         match job {
-            Job::Start { bundle, room, env_json, storage, restored, reply } => {
+            Job::Start { bundle, room, env_json, stored, restored, reply } => {
                 let started =
-                    Instance::start(&bundle, &room, &env_json, &storage, &restored, limits.clone());
+                    Instance::start(&bundle, &room, &env_json, &stored, &restored, limits.clone());
                 let _ = reply.send(started.map(|(instance, effects)| {
                     instances.insert(id, instance);
                     effects
@@ -224,6 +235,11 @@ fn serve(mut rx: mpsc::Receiver<(u64, Job)>, limits: Limits) {
             Job::Error { socket, message, reply } => {
                 let _ = reply.send(
                     instances.get(&id).ok_or_else(missing).and_then(|i| i.error(socket, &message)),
+                );
+            }
+            Job::Alarm { name, retry, reply } => {
+                let _ = reply.send(
+                    instances.get(&id).ok_or_else(missing).and_then(|i| i.alarm(&name, retry)),
                 );
             }
             Job::Invoke { method, args_json, reply } => {

@@ -14,6 +14,8 @@
   const NOT_A_METHOD = "is not a public method of this room class";
   const VALUE_LIMIT = 128 * 1024;
   const ATTACHMENT_LIMIT = 16 * 1024;
+  const TIMER_LIMIT = 1000;       // alarm + named timers per room
+  const TIMER_NAME_LIMIT = 256;
 
   let effects = [];
   const effect = (e) => { effects.push(e); };
@@ -411,11 +413,47 @@
       },
       async transaction(f) { return f(this); },
       async sync() {},
-      // Alarms come with the runtime's durable timers; until then they are refused.
-      async getAlarm() { return null; },
-      async setAlarm() { throw new Error("alarms are not available yet on rooms"); },
-      async deleteAlarm() {},
+      // The room's alarm (Cloudflare's), kept by the room's owner in Redis.
+      async getAlarm() { return alarms.get("") ?? null; },
+      async setAlarm(time) { setAlarm1("", time); },
+      async deleteAlarm() { deleteAlarm1(""); },
+      // rooms' extension: named timers, each firing the class's timer(name).
+      async setTimer(name, time) { setAlarm1(checkTimer(name), time); },
+      async getTimer(name) { return alarms.get(checkTimer(name)) ?? null; },
+      async deleteTimer(name) { return deleteAlarm1(checkTimer(name)); },
+      async listTimers() {
+        return new Map([...alarms].filter(([name]) => name !== "").sort((a, b) => a[1] - b[1]));
+      },
     };
+  };
+
+  // ---- alarms and timers ------------------------------------------------------
+  // name -> when it fires (ms since the epoch); "" is the room's alarm.
+  let alarms = new Map();
+  const timeOf = (time) => {
+    const ms = time instanceof Date ? time.getTime() : Number(time);
+    if (!Number.isFinite(ms)) throw new TypeError("an alarm's time is a Date or milliseconds since the epoch");
+    return Math.max(0, Math.floor(ms));
+  };
+  const checkTimer = (name) => {
+    if (typeof name !== "string" || name === "") throw new TypeError("a timer's name is a non-empty string");
+    if (host.utf8Encode(name).byteLength > TIMER_NAME_LIMIT) {
+      throw new RangeError(`timer name longer than ${TIMER_NAME_LIMIT} bytes`);
+    }
+    return name;
+  };
+  const setAlarm1 = (name, time) => {
+    const at = timeOf(time);
+    if (!alarms.has(name) && alarms.size >= TIMER_LIMIT) {
+      throw new RangeError(`at most ${TIMER_LIMIT} timers per room`);
+    }
+    alarms.set(name, at);
+    effect({ alarm: name, at });
+  };
+  const deleteAlarm1 = (name) => {
+    if (!alarms.delete(name)) return false;
+    effect({ alarm: name, at: null });
+    return true;
   };
 
   // ---- the class's context ----------------------------------------------------
@@ -450,9 +488,11 @@
   // ---- what the host calls ----------------------------------------------------
   let instance = null;
   const rooms = {
-    async start(Class, name, envJson, entriesJson, restoredJson, storageLimit) {
+    async start(Class, name, envJson, storedJson, restoredJson, storageLimit) {
       for (const [id, tags, attachment] of JSON.parse(restoredJson)) restoreSocket(id, tags, attachment);
-      const state = makeState(name, makeStorage(JSON.parse(entriesJson), storageLimit));
+      const [entries, stored] = JSON.parse(storedJson);
+      alarms = new Map(stored);
+      const state = makeState(name, makeStorage(entries, storageLimit));
       instance = new Class(state, JSON.parse(envJson));
     },
     async fetch(id, url, method, headersJson, requestBody) {
@@ -495,10 +535,19 @@
       if (ws._listeners !== null) await notify(ws, "error", { type: "error", error: new Error(message) });
       else if (typeof instance.webSocketError === "function") await instance.webSocketError(ws, new Error(message));
     },
+    async alarm(name, retryCount) {
+      // Deleted as it fires: one the handler sets again stands.
+      deleteAlarm1(name);
+      if (name === "") {
+        if (typeof instance.alarm === "function") await instance.alarm({ retryCount, isRetry: retryCount > 0 });
+      } else if (typeof instance.timer === "function") {
+        await instance.timer(name);
+      }
+    },
     async invoke(method, argsJson) {
       const f = instance[method];
       if (typeof f !== "function" || method.startsWith("_") || method === "constructor" ||
-          ["fetch", "webSocketMessage", "webSocketClose", "webSocketError", "alarm"].includes(method)) {
+          ["fetch", "webSocketMessage", "webSocketClose", "webSocketError", "alarm", "timer"].includes(method)) {
         throw new TypeError(`${method} ${NOT_A_METHOD}`);
       }
       const result = await f.apply(instance, JSON.parse(argsJson));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use rooms_classes::{
     Bundle, ClassError, ClassSpec, Effect, HttpRequest, Instance, Limits, Outcome, Payload, Pool,
-    Restored,
+    Restored, Stored,
 };
 
 fn example(file: &str, class: &str) -> Bundle {
@@ -25,7 +25,12 @@ fn inline(source: &str, class: &str) -> Bundle {
 }
 
 fn start(bundle: &Bundle, storage: &[(String, String)], restored: &[Restored]) -> Instance {
-    Instance::start(bundle, "lobby", "{}", storage, restored, Limits::default())
+    let stored = Stored { entries: storage.to_vec(), alarms: Vec::new() };
+    start_with(bundle, &stored, restored)
+}
+
+fn start_with(bundle: &Bundle, stored: &Stored, restored: &[Restored]) -> Instance {
+    Instance::start(bundle, "lobby", "{}", stored, restored, Limits::default())
         .unwrap_or_else(|e| panic!("{e}"))
         .0
 }
@@ -265,7 +270,8 @@ fn a_failing_handler_reports_its_error_and_none_of_its_effects() {
         }"#;
     let limits = Limits { memory: 16 << 20, cpu: Duration::from_millis(100), ..Limits::default() };
     let (room, _) =
-        Instance::start(&inline(source, "Bad"), "lobby", "{}", &[], &[], limits).unwrap();
+        Instance::start(&inline(source, "Bad"), "lobby", "{}", &Stored::default(), &[], limits)
+            .unwrap();
     answered(room.fetch(1, &upgrade("http://gw/", &[])));
     // An exception fails the handler; what it did before stands, as on
     // Cloudflare.
@@ -327,6 +333,54 @@ fn a_plain_request_reaches_fetch_with_its_method_headers_and_body() {
 }
 
 #[test]
+fn alarms_and_named_timers_are_set_read_fired_once_and_deleted_as_they_fire() {
+    let source = r#"
+        export class Clock {
+          constructor(ctx) { this.ctx = ctx; }
+          async arm(at) {
+            await this.ctx.storage.setAlarm(new Date(at));
+            await this.ctx.storage.setTimer("tick", at + 5);
+            await this.ctx.storage.setTimer("tock", at + 1);
+            return [await this.ctx.storage.getAlarm(), [...await this.ctx.storage.listTimers()]];
+          }
+          async alarm(info) {
+            await this.ctx.storage.put("fired", { retry: info.retryCount, next: await this.ctx.storage.getAlarm() });
+            if (info.retryCount === 0) await this.ctx.storage.setAlarm(2000); // set again: it stands
+          }
+          async timer(name) { await this.ctx.storage.put("timer", name); }
+          async state() { return [await this.ctx.storage.getAlarm(), await this.ctx.storage.getTimer("tick")]; }
+        }"#;
+    let bundle = inline(source, "Clock");
+    let room = start(&bundle, &[], &[]);
+    let (result, effects) = answered(room.invoke("arm", "[1000]"));
+    assert_eq!(result, r#"[1000,[["tock",1001],["tick",1005]]]"#);
+    let alarm = |name: &str, at| Effect::Alarm { name: name.into(), at };
+    assert_eq!(
+        effects,
+        [alarm("", Some(1000)), alarm("tick", Some(1005)), alarm("tock", Some(1001))]
+    );
+    // Fired: deleted first, so what the handler sets again stands.
+    let effects = done(room.alarm("", 0));
+    assert_eq!(effects[0], alarm("", None));
+    assert_eq!(stored(&effects), [("fired".to_owned(), r#"j{"retry":0,"next":null}"#.to_owned())]);
+    assert_eq!(effects.last(), Some(&alarm("", Some(2000))));
+    let effects = done(room.alarm("tick", 0));
+    assert_eq!(effects[0], alarm("tick", None));
+    assert_eq!(stored(&effects), [("timer".to_owned(), r#"j"tick""#.to_owned())]);
+    let (state, _) = answered(room.invoke("state", "[]"));
+    assert_eq!(state, "[2000,null]");
+    // A new instance starts with the stored alarms; handlers are not methods.
+    let stored =
+        Stored { entries: Vec::new(), alarms: vec![(String::new(), 7), ("tick".into(), 9)] };
+    let again = start_with(&bundle, &stored, &[]);
+    assert_eq!(answered(again.invoke("state", "[]")).0, "[7,9]");
+    for handler in ["alarm", "timer"] {
+        let refused = again.invoke(handler, "[]").unwrap().result.unwrap_err();
+        assert!(refused.contains(rooms_classes::NOT_A_METHOD), "{refused}");
+    }
+}
+
+#[test]
 fn the_runtime_gives_the_globals_classes_use() {
     let source = r#"
         export class Globals {
@@ -362,8 +416,10 @@ fn the_runtime_gives_the_globals_classes_use() {
 async fn instances_run_on_the_pools_threads_not_the_callers() {
     let pool = Pool::new(2, Limits::default()).unwrap();
     let bundle = Arc::new(example("workerd-chat/worker.js", "ChatRoom"));
-    let (room, _) =
-        pool.start(Arc::clone(&bundle), "lobby", "{}".into(), vec![], vec![]).await.unwrap();
+    let (room, _) = pool
+        .start(Arc::clone(&bundle), "lobby", "{}".into(), Stored::default(), vec![])
+        .await
+        .unwrap();
     let outcome = room.fetch(1, upgrade("http://gw/rooms/lobby/ws?user=al", &[])).await.unwrap();
     assert_eq!(outcome.result.unwrap().status, 101);
     let outcome = room.message(1, text(r#"{"type":"chat","text":"hi"}"#)).await.unwrap();

@@ -17,6 +17,7 @@
 //! * `embedded`: the roomhost a gateway runs in-process when given none.
 #![forbid(unsafe_code)]
 
+mod alarm_scan;
 mod class_room;
 mod config;
 mod dedup;
@@ -155,6 +156,8 @@ pub async fn run(
             }
         })
     });
+    let alarm_scan = (!config.classes.is_empty())
+        .then(|| tokio::spawn(alarm_scan::run(Arc::clone(&registry), config.lease_ttl)));
     let service = service::RoomHostService::new(Arc::clone(&registry), advertise.clone());
     let metrics_addr = http_addr.map_or_else(|| "none".to_owned(), |a| a.to_string());
     tracing::info!(listen = %local, advertise = %advertise, metrics = %metrics_addr, "roomhost serving");
@@ -169,7 +172,7 @@ pub async fn run(
         .add_service(RoomHostServer::new(service).max_decoding_message_size(MAX_GATEWAY_MESSAGE))
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;
-    if let Some(task) = rebalancer {
+    for task in [rebalancer, alarm_scan].into_iter().flatten() {
         task.abort();
     }
     stop_http.stop();

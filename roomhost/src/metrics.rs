@@ -33,6 +33,9 @@ rooms_telemetry::metrics! {
         class_instances: Gauge, "class_instances",
             "Room class instances in memory (a hibernated room keeps its sockets at the gateways, without one)";
         class_events: Counter, "class_events", "Events run by room classes' instances";
+        class_alarms_fired: Counter, "class_alarms_fired", "Alarms and timers of room classes fired";
+        class_alarm_retries: Counter, "class_alarm_retries",
+            "Alarms and timers of room classes whose handler failed, scheduled again with a backoff";
         class_exceptions: Counter, "class_exceptions",
             "Events in which a room class threw (what it did before stands)";
         class_resets: Counter, "class_resets",

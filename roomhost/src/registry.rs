@@ -100,6 +100,11 @@ impl Registry {
         self.classes.iter().find(|class| class.bundle.spec.matches(room.as_str()))
     }
 
+    /// Whether `room` runs a room class here.
+    pub fn runs_class(&self, room: &RoomId) -> bool {
+        self.class_of(room).is_some()
+    }
+
     /// What kind of room `room` is here, as its streams announce it.
     pub fn kind_of(&self, room: &RoomId) -> RoomKind {
         match self.class_of(room) {

@@ -28,6 +28,12 @@ struct ClassLocal {
     state: Option<ClassSocket>,
 }
 
+struct Pending {
+    handle: ConnHandle,
+    reply: oneshot::Sender<HandshakeReply>,
+    state: Option<ClassSocket>,
+}
+
 #[derive(Default)]
 pub(super) struct ClassSide {
     /// The room's kind, once its owner said.
@@ -35,8 +41,9 @@ pub(super) struct ClassSide {
     /// Asked for the kind before it was known (bounded by the handshakes in
     /// flight, one per connecting client).
     waiting: Vec<oneshot::Sender<RoomKind>>,
-    /// Handshakes sent to the room, by connection.
-    pending: HashMap<ConnId, (ConnHandle, oneshot::Sender<HandshakeReply>)>,
+    /// Handshakes sent to the room, by connection, with the state the room
+    /// gave the socket while answering (it comes before the answer).
+    pending: HashMap<ConnId, Pending>,
     sockets: HashMap<ConnId, ClassLocal>,
 }
 
@@ -57,8 +64,8 @@ impl ClassSide {
             local.handle.close(close_code::RESTART, "room unavailable; reconnect");
         }
         self.sockets.clear();
-        for (conn, (_, reply)) in self.pending.drain() {
-            let _ = reply.send(refusal(conn, 503, "room unavailable; retry"));
+        for (conn, pending) in self.pending.drain() {
+            let _ = pending.reply.send(refusal(conn, 503, "room unavailable; retry"));
         }
         self.waiting.clear();
     }
@@ -102,7 +109,7 @@ impl Link {
             let _ = reply.send(refusal(conn, 503, "too many handshakes in flight; retry"));
             return;
         }
-        self.class.pending.insert(conn, (handle, reply));
+        self.class.pending.insert(conn, Pending { handle, reply, state: None });
         self.forward(conn, frame(gateway_frame::Kind::Handshake(handshake)));
     }
 
@@ -124,16 +131,23 @@ impl Link {
 
     /// The class answered a handshake: 101 makes the socket the room's.
     pub(super) fn handshake_answered(&mut self, reply: HandshakeReply) {
-        let Some((handle, answer)) = self.class.pending.remove(&reply.conn) else { return };
+        let Some(Pending { handle, reply: answer, state }) = self.class.pending.remove(&reply.conn)
+        else {
+            return;
+        };
         if reply.status == 101 {
-            self.class.sockets.insert(reply.conn, ClassLocal { handle, state: None });
+            self.class.sockets.insert(reply.conn, ClassLocal { handle, state });
         }
         let _ = answer.send(reply);
     }
 
+    /// What the room says of a socket: kept, to re-announce it on the next
+    /// stream (also when it comes while the handshake is being answered).
     pub(super) fn socket_state(&mut self, state: SocketState) {
         if let Some(local) = self.class.sockets.get_mut(&state.conn) {
             local.state = state.socket;
+        } else if let Some(pending) = self.class.pending.get_mut(&state.conn) {
+            pending.state = state.socket;
         }
     }
 

@@ -41,6 +41,10 @@ impl ClassRoom {
                 }
                 Effect::Delete { key } => writes.push(StorageWrite::Delete(key.clone())),
                 Effect::DeleteAll => writes.push(StorageWrite::DeleteAll),
+                Effect::Alarm { name, at } => {
+                    self.alarms.set(name, *at);
+                    writes.push(StorageWrite::Alarm(name.clone(), *at));
+                }
                 Effect::Accept { socket, .. } => {
                     seen = true;
                     if let Some((_, gateway, _)) = self.accepting.filter(|a| a.0 == *socket) {
@@ -94,7 +98,10 @@ impl ClassRoom {
                         host_frame::Kind::SocketState(SocketState { conn, socket: Some(state) }),
                     );
                 }
-                Effect::Put { .. } | Effect::Delete { .. } | Effect::DeleteAll => {}
+                Effect::Put { .. }
+                | Effect::Delete { .. }
+                | Effect::DeleteAll
+                | Effect::Alarm { .. } => {}
             }
         }
         Some(outcome.result)
@@ -184,8 +191,30 @@ impl ClassRoom {
     pub(super) fn kick(&mut self) {
         let (store, id, owner, lease) =
             (self.store.clone(), self.id.clone(), self.settings.owner.clone(), self.lease);
+        let next_alarm = self.alarms.next();
         let free = self.gate.start(|writes| {
-            tokio::spawn(async move { store.commit_storage(&id, &owner, lease, &writes).await })
+            // The alarm index is a hint beside the commit: lowered before it
+            // (a stored alarm is never missing from it), exact after.
+            let lowered = writes
+                .iter()
+                .filter_map(|w| match w {
+                    StorageWrite::Alarm(_, at) => Some(*at),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            tokio::spawn(async move {
+                if let Some(at) = lowered.iter().flatten().min() {
+                    store.lower_alarm(&id, *at).await?;
+                }
+                store.commit_storage(&id, &owner, lease, &writes).await?;
+                if !lowered.is_empty() {
+                    // Best effort: a stale entry only wakes the room early.
+                    if let Err(error) = store.index_alarm(&id, next_alarm).await {
+                        tracing::debug!(room.id = %id, %error, "updating the alarm index failed");
+                    }
+                }
+                Ok(())
+            })
         });
         for output in free {
             self.output(output);
@@ -207,6 +236,7 @@ impl ClassRoom {
                 self.metrics.commit_failures.inc();
                 self.metrics.class_resets.inc();
                 self.book.forget_loaded();
+                self.alarms.forget();
                 for output in self.gate.fail() {
                     if let Output::Handshake(gateway, reply) = &output
                         && let Some(socket) = self.by_conn.remove(&(*gateway, reply.conn))

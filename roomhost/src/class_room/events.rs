@@ -50,6 +50,8 @@ impl ClassRoom {
                 let _ = reply.send(0);
             }
             Command::Handoff { target } => self.begin_move(target),
+            // The alarm index says something is due: the turn loop fires it.
+            Command::Wake => {}
             Command::Invoke { method, args_json, reply } => {
                 let answer = match self.instance().await {
                     Some(instance) => {
@@ -262,7 +264,7 @@ impl ClassRoom {
                     Arc::clone(&class.bundle),
                     self.id.as_str(),
                     Arc::clone(&class.env),
-                    storage,
+                    rooms_classes::Stored { entries: storage, alarms: self.alarms.list() },
                     restored,
                 )
                 .await;

@@ -20,6 +20,7 @@
 //! `gate` the output gate and its group commits; `gateways` the gateways by
 //! name (messages run once, the wait for them after a change of owner).
 
+mod alarms;
 mod effects;
 mod events;
 mod gate;
@@ -42,6 +43,8 @@ use crate::room::{
     Command, ConnId, Ended, GatewayId, GatewayTx, MOVE_DRAIN, RoomSettings, RoomSlot, redirect,
 };
 use crate::store::{Acquired, IfHeld, Lease, Store};
+
+pub(crate) use alarms::now_ms;
 
 /// Most sockets one class room holds; a handshake past it gets 503.
 pub const MAX_SOCKETS: usize = 50_000;
@@ -103,6 +106,8 @@ pub(crate) struct ClassRoom {
     book: gateways::Gateways,
     /// Writes on their way to the store, and what waits for them.
     gate: gate::Gate,
+    /// The room's alarm and timers.
+    alarms: alarms::Alarms,
     sockets: HashMap<u64, Socket>,
     by_conn: HashMap<(GatewayId, ConnId), u64>,
     /// The socket whose handshake the class is answering, and its connection.
@@ -143,6 +148,7 @@ impl ClassRoom {
             gateways: HashMap::new(),
             book: gateways::Gateways::default(),
             gate: gate::Gate::default(),
+            alarms: alarms::Alarms::default(),
             sockets: HashMap::new(),
             by_conn: HashMap::new(),
             accepting: None,
@@ -159,6 +165,13 @@ impl ClassRoom {
         loop {
             let move_at = self.moving.as_ref().map(|m| m.2);
             let settle_at = self.book.settle_deadline();
+            let alarm_at = match self.alarms.next() {
+                Some(at) if self.moving.is_none() && settle_at.is_none() => {
+                    let wait = at.saturating_sub(alarms::now_ms());
+                    Some(Instant::now() + std::time::Duration::from_millis(wait))
+                }
+                _ => None,
+            };
             tokio::select! {
                 biased;
                 check = self.renewer.next() => match check {
@@ -190,6 +203,10 @@ impl ClassRoom {
                     last_event = Instant::now();
                 }
                 result = self.gate.committed() => self.committed(result),
+                () = sleep_until(alarm_at), if alarm_at.is_some() => {
+                    last_event = Instant::now();
+                    self.fire_alarms().await;
+                }
                 () = sleep_until(settle_at), if settle_at.is_some() => self.settled(true).await,
                 () = sleep_until(move_at), if move_at.is_some() => {
                     tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
@@ -325,22 +342,61 @@ impl ClassRoom {
         }
     }
 
-    /// Loads what the room ran per gateway (once per instance start at
-    /// most; a failure is retried by the next event that runs the class).
+    /// Loads what the room ran per gateway and its alarms (once, and again
+    /// after a failed commit; a failure is retried by the next event that
+    /// runs the class).
     pub(super) async fn load_book(&mut self) -> bool {
-        if self.book.is_loaded() {
-            return true;
-        }
-        match self.store.load_ran(&self.id).await {
-            Ok(ran) => {
-                self.book.loaded(ran);
-                true
-            }
-            Err(error) => {
-                tracing::warn!(room.id = %self.id, %error, "loading the class room's gateways failed");
-                false
+        if !self.book.is_loaded() {
+            match self.store.load_ran(&self.id).await {
+                Ok(ran) => self.book.loaded(ran),
+                Err(error) => {
+                    tracing::warn!(room.id = %self.id, %error, "loading the class room's gateways failed");
+                    return false;
+                }
             }
         }
+        if !self.alarms.is_loaded() {
+            match self.store.load_alarms(&self.id).await {
+                Ok(alarms) => {
+                    tracing::debug!(room.id = %self.id, alarms = alarms.len(), "class room alarms loaded");
+                    self.alarms.loaded(alarms);
+                }
+                Err(error) => {
+                    tracing::warn!(room.id = %self.id, %error, "loading the class room's alarms failed");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Fires every alarm and timer that is due, each once; a failure is
+    /// retried later with a backoff.
+    async fn fire_alarms(&mut self) {
+        let now = alarms::now_ms();
+        for (name, retry) in self.alarms.take_due(now) {
+            tracing::debug!(room.id = %self.id, alarm = %name, retry, sockets = self.sockets.len(), gateways = self.gateways.len(), "firing the room's alarm");
+            let outcome = match self.instance().await {
+                Some(instance) => instance.alarm(name.clone(), retry).await,
+                None => Err(rooms_classes::PoolError::Stopped),
+            };
+            self.metrics.class_alarms_fired.inc();
+            if let Some(Ok(())) = self.apply(outcome) {
+                self.alarms.succeeded(&name);
+                continue;
+            }
+            match self.alarms.failed(&name, now) {
+                Some(at) => {
+                    self.metrics.class_alarm_retries.inc();
+                    tracing::warn!(room.id = %self.id, alarm = %name, retry = retry + 1, "the room's alarm failed; retrying");
+                    self.gate.write(vec![crate::store::StorageWrite::Alarm(name, Some(at))]);
+                }
+                None => {
+                    tracing::error!(room.id = %self.id, alarm = %name, "the room's alarm failed every retry; given up");
+                }
+            }
+        }
+        self.kick();
     }
 
     /// Drops the instance; sockets accepted without hibernation die with it.

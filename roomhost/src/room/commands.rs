@@ -68,6 +68,8 @@ impl Room {
                 let refusal = format!("room {} runs no room class", self.id);
                 let _ = reply.send(Err(RoomError::Refused(refusal)));
             }
+            // A chat room has no alarms.
+            Command::Wake => {}
             Command::Handoff { target } => {
                 self.flush().await;
                 self.begin_move(target, Drain::Gateways);

@@ -126,6 +126,9 @@ pub enum Command {
     Handoff {
         target: Moved,
     },
+    /// A class room's alarm is due (the alarm index said so); a room in
+    /// memory fires it on its own, one that was not starts for it.
+    Wake,
     /// An operator calls a method of the room's class.
     Invoke {
         method: String,
@@ -301,7 +304,10 @@ pub(crate) fn redirect(cmd: Command, target: &Moved, seq: u64) {
         Command::Invoke { reply, .. } => {
             let _ = reply.send(Err(RoomError::Moved(target.clone())));
         }
-        Command::Detach { .. } | Command::Frame { .. } | Command::Handoff { .. } => {}
+        Command::Detach { .. }
+        | Command::Frame { .. }
+        | Command::Handoff { .. }
+        | Command::Wake => {}
     }
 }
 

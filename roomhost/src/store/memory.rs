@@ -16,6 +16,8 @@ use super::{
 #[derive(Clone)]
 pub struct MemoryStore {
     rooms: Arc<Mutex<HashMap<RoomId, MemRoom>>>,
+    /// Rooms by their earliest alarm (ms since the epoch).
+    alarm_index: Arc<Mutex<HashMap<String, u64>>>,
     history_limit: usize,
     /// Tests make commits fail, as a store that does not answer would.
     #[cfg(test)]
@@ -35,6 +37,8 @@ struct MemRoom {
     storage: std::collections::BTreeMap<String, String>,
     /// The last socket message a class room ran, per gateway.
     ran: HashMap<String, u64>,
+    /// A class room's alarm and timers.
+    alarms: HashMap<String, u64>,
 }
 
 impl MemRoom {
@@ -51,6 +55,7 @@ impl MemoryStore {
     pub fn new(history_limit: usize) -> Self {
         Self {
             rooms: Arc::default(),
+            alarm_index: Arc::default(),
             history_limit: history_limit.max(1),
             #[cfg(test)]
             refuse_commits: Arc::default(),
@@ -75,6 +80,7 @@ impl MemoryStore {
             claim: None,
             storage: std::collections::BTreeMap::new(),
             ran: HashMap::new(),
+            alarms: HashMap::new(),
         });
         f(entry)
     }
@@ -98,6 +104,40 @@ impl MemoryStore {
 
     pub fn load_ran(&self, room: &RoomId) -> Vec<(String, u64)> {
         self.with_room(room, |r| r.ran.iter().map(|(k, v)| (k.clone(), *v)).collect())
+    }
+
+    pub fn load_alarms(&self, room: &RoomId) -> Vec<(String, u64)> {
+        self.with_room(room, |r| r.alarms.iter().map(|(k, v)| (k.clone(), *v)).collect())
+    }
+
+    fn with_index<T>(&self, f: impl FnOnce(&mut HashMap<String, u64>) -> T) -> T {
+        f(&mut self.alarm_index.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn index_alarm(&self, room: &RoomId, at: Option<u64>) {
+        self.with_index(|index| match at {
+            Some(at) => index.insert(room.to_string(), at),
+            None => index.remove(room.as_str()),
+        });
+    }
+
+    pub fn lower_alarm(&self, room: &RoomId, at: u64) {
+        self.with_index(|index| {
+            let entry = index.entry(room.to_string()).or_insert(at);
+            *entry = (*entry).min(at);
+        });
+    }
+
+    pub fn due_alarms(&self, now: u64, limit: usize) -> Vec<(String, u64)> {
+        self.with_index(|index| {
+            let mut due: Vec<(u64, String)> = index
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(r, at)| (*at, r.clone()))
+                .collect();
+            due.sort();
+            due.into_iter().take(limit).map(|(at, room)| (room, at)).collect()
+        })
     }
 
     pub fn commit_storage(
@@ -129,6 +169,12 @@ impl MemoryStore {
                     }
                     StorageWrite::Forget(gateway) => {
                         r.ran.remove(gateway);
+                    }
+                    StorageWrite::Alarm(name, Some(at)) => {
+                        r.alarms.insert(name.clone(), *at);
+                    }
+                    StorageWrite::Alarm(name, None) => {
+                        r.alarms.remove(name);
                     }
                 }
             }

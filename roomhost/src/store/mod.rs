@@ -10,6 +10,7 @@
 
 mod memory;
 mod redis;
+mod redis_class;
 mod redis_conn;
 #[cfg(test)]
 mod redis_tests;
@@ -58,6 +59,9 @@ pub enum StorageWrite {
     Ran(String, u64),
     /// Forget what the room ran of this gateway (gone for good).
     Forget(String),
+    /// The room's alarm (name empty) or a named timer: when it fires (ms
+    /// since the epoch), or deleted.
+    Alarm(String, Option<u64>),
 }
 
 /// One group commit: events with consecutive seqs and the name changes among them.
@@ -181,6 +185,53 @@ impl Store {
             Self::Memory(s) => Ok(s.load_ran(room)),
             Self::Redis(s) => s.load_ran(room).await,
         }
+    }
+
+    /// A class room's alarm and timers: name -> when (ms since the epoch).
+    pub async fn load_alarms(&self, room: &RoomId) -> Result<Vec<(String, u64)>, StoreError> {
+        match self {
+            Self::Memory(s) => Ok(s.load_alarms(room)),
+            Self::Redis(s) => s.load_alarms(room).await,
+        }
+    }
+
+    /// Sets (or, with None, removes) the room's entry in the alarm index.
+    pub async fn index_alarm(&self, room: &RoomId, at: Option<u64>) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => {
+                s.index_alarm(room, at);
+                Ok(())
+            }
+            Self::Redis(s) => s.index_alarm(room, at).await,
+        }
+    }
+
+    /// Lowers the room's entry in the alarm index to `at`, adding it if none.
+    pub async fn lower_alarm(&self, room: &RoomId, at: u64) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => {
+                s.lower_alarm(room, at);
+                Ok(())
+            }
+            Self::Redis(s) => s.lower_alarm(room, at).await,
+        }
+    }
+
+    /// Up to `limit` rooms with an alarm due at `now` (ms since the epoch),
+    /// earliest first, with when it was due.
+    pub async fn due_alarms(
+        &self,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<(RoomId, u64)>, StoreError> {
+        let due = match self {
+            Self::Memory(s) => s.due_alarms(now, limit),
+            Self::Redis(s) => s.due_alarms(now, limit).await?,
+        };
+        Ok(due
+            .into_iter()
+            .filter_map(|(name, at)| Some((RoomId::parse(&name).ok()?, at)))
+            .collect())
     }
 
     /// Applies a room class's writes, in order and all or nothing, if

@@ -11,9 +11,8 @@
 //! * `rooms:{R}:claim`: the roomhost that wants the room because gateways
 //!   could not reach its owner (expires after a lease TTL); the owner sees
 //!   it when renewing and hands the room over.
-//! * `rooms:{R}:storage`: a room class's storage, a hash key -> encoded value.
-//! * `rooms:{R}:ran`: a class room's last socket message run, per gateway:
-//!   a hash gateway name -> tag, written with the storage.
+//! * `rooms:{R}:storage`, `rooms:{R}:ran`, `rooms:{R}:alarms` and the
+//!   `rooms:alarm-index`: a class room's, see `redis_class`.
 //!
 //! Keys are built only from validated [`RoomId`]s; user input is only ever a
 //! command argument, never part of a command.
@@ -35,13 +34,13 @@ use super::redis_conn::Conn;
 pub use super::redis_conn::cluster_seeds;
 
 use super::{
-    Acquired, Commit, Event, IfHeld, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal,
-    StorageWrite, StoreError, new_epoch,
+    Acquired, Commit, Event, IfHeld, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, StoreError,
+    new_epoch,
 };
 
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: Conn,
+    pub(super) conn: Conn,
     history_limit: usize,
     scripts: Arc<Scripts>,
 }
@@ -53,7 +52,6 @@ struct Scripts {
     renew: Script,
     release: Script,
     commit: Script,
-    commit_storage: Script,
 }
 
 impl Scripts {
@@ -126,53 +124,23 @@ impl Scripts {
                 return 1
                 ",
             ),
-            // KEYS: lease, storage, ran. ARGV: me, fence, then writes:
-            // 'p' key value | 'd' key | 'c' (delete all) | 'r' gateway tag
-            // | 'f' gateway. -> 1 | 0
-            commit_storage: Script::new(
-                r"
-                if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1]
-                   or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then
-                  return 0
-                end
-                local i = 3
-                while i <= #ARGV do
-                  if ARGV[i] == 'p' then
-                    redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
-                    i = i + 3
-                  elseif ARGV[i] == 'd' then
-                    redis.call('HDEL', KEYS[2], ARGV[i + 1])
-                    i = i + 2
-                  elseif ARGV[i] == 'r' then
-                    redis.call('HSET', KEYS[3], ARGV[i + 1], ARGV[i + 2])
-                    i = i + 3
-                  elseif ARGV[i] == 'f' then
-                    redis.call('HDEL', KEYS[3], ARGV[i + 1])
-                    i = i + 2
-                  else
-                    redis.call('DEL', KEYS[2])
-                    i = i + 1
-                  end
-                end
-                return 1
-                ",
-            ),
         }
     }
 }
 
-struct Keys {
+pub(super) struct Keys {
     history: String,
     names: String,
     meta: String,
-    lease: String,
+    pub(super) lease: String,
     claim: String,
-    storage: String,
-    ran: String,
+    pub(super) storage: String,
+    pub(super) ran: String,
+    pub(super) alarms: String,
 }
 
 impl Keys {
-    fn of(room: &RoomId) -> Self {
+    pub(super) fn of(room: &RoomId) -> Self {
         Self {
             history: format!("rooms:{{{room}}}:history"),
             names: format!("rooms:{{{room}}}:names"),
@@ -181,6 +149,7 @@ impl Keys {
             claim: format!("rooms:{{{room}}}:claim"),
             storage: format!("rooms:{{{room}}}:storage"),
             ran: format!("rooms:{{{room}}}:ran"),
+            alarms: format!("rooms:{{{room}}}:alarms"),
         }
     }
 }
@@ -239,47 +208,6 @@ impl RedisStore {
         // The stream is the ground truth should `seq` ever lag behind it.
         let seq = seq.unwrap_or(0).max(recent.last().map_or(0, |e| e.seq));
         Ok(LoadedRoom { seq, epoch, names, recent, first_seq })
-    }
-
-    pub async fn load_storage(&self, room: &RoomId) -> Result<Vec<(String, String)>, StoreError> {
-        let mut conn = self.conn.clone();
-        Ok(cmd("HGETALL").arg(Keys::of(room).storage).query_async(&mut conn).await?)
-    }
-
-    pub async fn load_ran(&self, room: &RoomId) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut conn = self.conn.clone();
-        Ok(cmd("HGETALL").arg(Keys::of(room).ran).query_async(&mut conn).await?)
-    }
-
-    /// One script per turn of a class room: checks the lease and fencing
-    /// token, then applies the writes in order, all or nothing.
-    pub async fn commit_storage(
-        &self,
-        room: &RoomId,
-        me: &Owner,
-        lease: Lease,
-        writes: &[StorageWrite],
-    ) -> Result<(), StoreError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let keys = Keys::of(room);
-        let mut call = self.scripts.commit_storage.prepare_invoke();
-        call.key(&keys.lease).key(&keys.storage).key(&keys.ran).arg(&me.0).arg(lease.fence);
-        for write in writes {
-            match write {
-                StorageWrite::Put(key, value) => call.arg("p").arg(key).arg(value),
-                StorageWrite::Delete(key) => call.arg("d").arg(key),
-                StorageWrite::DeleteAll => call.arg("c"),
-                StorageWrite::Ran(gateway, tag) => call.arg("r").arg(gateway).arg(tag),
-                StorageWrite::Forget(gateway) => call.arg("f").arg(gateway),
-            };
-        }
-        let mut conn = self.conn.clone();
-        match call.invoke_async::<i64>(&mut conn).await? {
-            1 => Ok(()),
-            _ => Err(StoreError::LeaseLost),
-        }
     }
 
     /// One script per group commit: checks the lease and fencing token,

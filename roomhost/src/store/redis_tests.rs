@@ -45,3 +45,37 @@ async fn class_storage_writes_apply_in_order_only_under_the_lease() {
     assert_eq!(store.load_storage(&room).await.unwrap().len(), 1);
     assert_eq!(store.load_ran(&room).await.unwrap(), [("gw-a".to_owned(), 7)]);
 }
+
+#[tokio::test]
+async fn alarms_are_stored_under_the_lease_and_the_index_finds_rooms_due() {
+    let redis = Redis::start().await;
+    let store = RedisStore::connect(&redis.url(), 100).await.unwrap();
+    let room = RoomId::parse("game-2").unwrap();
+    let me = Owner::new("a:1");
+    let Acquired::Ours(lease) =
+        store.acquire(&room, &me, Duration::from_secs(5), IfHeld::Report).await.unwrap()
+    else {
+        panic!("the lease is free");
+    };
+    let alarm = |name: &str, at| StorageWrite::Alarm(name.into(), at);
+    let writes = [alarm("", Some(1_000)), alarm("tick", Some(500)), alarm("tock", Some(9))];
+    store.commit_storage(&room, &me, lease, &writes).await.unwrap();
+    store.commit_storage(&room, &me, lease, &[alarm("tock", None)]).await.unwrap();
+    let mut stored = store.load_alarms(&room).await.unwrap();
+    stored.sort();
+    assert_eq!(stored, [(String::new(), 1_000), ("tick".to_owned(), 500)]);
+    let stale = Lease { fence: lease.fence + 1 };
+    let refused = store.commit_storage(&room, &me, stale, &[alarm("", None)]).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)));
+    // The index: lowered before a commit, exact after; due rooms earliest first.
+    let other = RoomId::parse("game-3").unwrap();
+    store.lower_alarm(&room, 700).await.unwrap();
+    store.lower_alarm(&room, 900).await.unwrap(); // never raises
+    store.index_alarm(&other, Some(600)).await.unwrap();
+    let due = store.due_alarms(800, 10).await.unwrap();
+    assert_eq!(due, [("game-3".to_owned(), 600), ("game-2".to_owned(), 700)]);
+    store.index_alarm(&room, Some(500)).await.unwrap();
+    store.index_alarm(&other, None).await.unwrap();
+    assert_eq!(store.due_alarms(800, 10).await.unwrap(), [("game-2".to_owned(), 500)]);
+    assert!(store.due_alarms(499, 10).await.unwrap().is_empty());
+}
