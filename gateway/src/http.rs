@@ -355,13 +355,17 @@ async fn room_info(state: &HttpState, room: RoomId) -> Response<Body> {
         })
         .await;
     match reply {
-        Ok(r) => json(
-            StatusCode::OK,
-            &serde_json::json!({
+        Ok(r) => {
+            let mut info = serde_json::json!({
                 "room": r.room, "owner": r.owner, "connections": r.connections,
                 "users": r.users, "seq": r.seq,
-            }),
-        ),
+            });
+            if let Some(class) = r.class {
+                info["class"] = serde_json::json!(class);
+                info["bundle"] = serde_json::json!(r.bundle);
+            }
+            json(StatusCode::OK, &info)
+        }
         Err(status) => text(StatusCode::SERVICE_UNAVAILABLE, status.message().to_owned()),
     }
 }

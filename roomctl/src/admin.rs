@@ -109,18 +109,26 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
                 .get_room(request(cli, GetRoomRequest { room: room.clone() })?)
                 .await?
                 .into_inner();
+            let kind = r.class.as_ref().map(|class| (class.clone(), r.bundle.clone()));
             if cli.json {
-                json!({"room": r.room, "owner": r.owner, "connections": r.connections, "users": r.users, "seq": r.seq})
-                    .to_string()
+                let mut info = json!({"room": r.room, "owner": r.owner, "connections": r.connections, "users": r.users, "seq": r.seq});
+                if let Some((class, bundle)) = kind {
+                    info["class"] = json!(class);
+                    info["bundle"] = json!(bundle);
+                }
+                info.to_string()
             } else {
+                let (class, bundle) = kind.unwrap_or_else(|| ("chat".into(), "-".into()));
                 table(
-                    &["ROOM", "OWNER", "CONNECTIONS", "USERS", "SEQ"],
+                    &["ROOM", "OWNER", "CONNECTIONS", "USERS", "SEQ", "CLASS", "BUNDLE"],
                     vec![vec![
                         r.room,
                         r.owner,
                         r.connections.to_string(),
                         r.users.to_string(),
                         r.seq.to_string(),
+                        class,
+                        bundle,
                     ]],
                 )
             }

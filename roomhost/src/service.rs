@@ -205,12 +205,15 @@ impl RoomHost for RoomHostService {
                 RoomInfo { connections: 0, users: 0, seq }
             }
         };
+        let kind = self.registry.kind_of(&room);
         Ok(Response::new(GetRoomReply {
             room: room.to_string(),
             owner: self.advertise.clone(),
             connections: info.connections,
             users: info.users,
             seq: info.seq,
+            class: kind.class,
+            bundle: kind.bundle,
         }))
     }
 

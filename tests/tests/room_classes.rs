@@ -336,3 +336,68 @@ fn a_bad_bundle_stops_the_roomhost_at_startup_naming_its_file_and_line() {
     assert!(stderr.contains("Missing"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A class whose replies say which version of the code answered.
+fn versioned(version: &str) -> String {
+    format!(
+        r#"export class Versioned {{
+  constructor(ctx) {{ this.ctx = ctx; }}
+  async fetch() {{
+    const [client, server] = Object.values(new WebSocketPair());
+    this.ctx.acceptWebSocket(server);
+    return new Response(null, {{ status: 101, webSocket: client }});
+  }}
+  async webSocketMessage(ws, message) {{
+    const count = ((await this.ctx.storage.get("count")) ?? 0) + 1;
+    await this.ctx.storage.put("count", count);
+    ws.send(JSON.stringify({{ version: "{version}", count, message }}));
+  }}
+}}
+"#
+    )
+}
+
+fn roomctl_json(admin: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(binary("roomctl"))
+        .args(["--admin", admin, "--json"])
+        .args(args)
+        .output()
+        .expect("roomctl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_to_new_code_moves_rooms_onto_it_without_closing_a_socket() {
+    let dir = std::env::temp_dir().join(format!("rooms-update-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle = dir.join("versioned.js");
+    std::fs::write(&bundle, versioned("v1")).unwrap();
+    let class = format!("--room-class=v-*={}#Versioned", bundle.display());
+    let mut cluster = TestCluster::new(3, 2).file_membership().roomhost_arg(&class).start().await;
+    let admin = cluster.gateways[0].admin_url();
+    let mut client = Client::connect(&cluster.gateways[1].ws_url("v-1", "")).await.unwrap();
+    client.send_text("a").await;
+    assert_eq!(client.json().await["version"], "v1");
+    let before = roomctl_json(&admin, &["room", "v-1"]);
+    assert_eq!(before["class"], "Versioned");
+    // New code: every roomhost in turn is replaced by one that loads it.
+    std::fs::write(&bundle, versioned("v2")).unwrap();
+    for i in 0..cluster.roomhosts.len() {
+        assert!(cluster.roomhosts[i].process.terminate(Duration::from_secs(15)).await);
+        let fresh = cluster.spawn_roomhost().await;
+        drop(std::mem::replace(&mut cluster.roomhosts[i], fresh));
+        let members: Vec<String> = cluster.roomhosts.iter().map(|r| r.addr.clone()).collect();
+        cluster.set_members(&members).await;
+    }
+    // The same socket, the new code, the stored count.
+    client.send_text("b").await;
+    let reply = client.json().await;
+    assert_eq!((reply["version"].as_str(), reply["count"].as_u64()), (Some("v2"), Some(2)));
+    let after = roomctl_json(&admin, &["room", "v-1"]);
+    assert_eq!(after["class"], "Versioned");
+    assert_ne!(after["bundle"], before["bundle"], "the owner reports the new bundle");
+    let chat = roomctl_json(&admin, &["room", "lobby"]);
+    assert!(chat.get("class").is_none(), "a chat room has no class: {chat}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
