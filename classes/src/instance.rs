@@ -104,6 +104,10 @@ pub struct HttpResponse {
 pub struct Outcome<T> {
     pub result: Result<T, String>,
     pub effects: Vec<Effect>,
+    /// How long the handler ran (its share of the CPU limit).
+    pub elapsed: Duration,
+    /// The room's stored bytes (keys and encoded values) after the event.
+    pub stored_bytes: u64,
 }
 
 pub struct Instance {
@@ -172,7 +176,7 @@ impl Instance {
         stored: &Stored,
         restored: &[Restored],
         limits: Limits,
-    ) -> Result<(Self, Vec<Effect>), ClassError> {
+    ) -> Result<(Self, Outcome<()>), ClassError> {
         let deadline = Rc::new(Cell::new(None));
         let (runtime, context) = engine(&limits, room, &deadline)?;
         let instance = Self { runtime, context, limits, deadline };
@@ -197,7 +201,7 @@ impl Instance {
             |_, _| Ok(()),
         )?;
         match outcome.result {
-            Ok(()) => Ok((instance, outcome.effects)),
+            Ok(()) => Ok((instance, outcome)),
             Err(message) => Err(ClassError::Exception { message }),
         }
     }
@@ -313,7 +317,8 @@ impl Instance {
         start: impl for<'js> FnOnce(&Ctx<'js>, &Function<'js>) -> Result<Promise<'js>, ClassError>,
         read: impl for<'js> FnOnce(&Ctx<'js>, Value<'js>) -> Result<T, ClassError>,
     ) -> Result<Outcome<T>, ClassError> {
-        self.deadline.set(Some(Instant::now() + self.limits.cpu));
+        let started = Instant::now();
+        self.deadline.set(Some(started + self.limits.cpu));
         let outcome = self.context.with(|ctx| {
             let rooms: Object = ctx.globals().get("__rooms").map_err(engine_error)?;
             let function: Function = rooms.get(entry).map_err(engine_error)?;
@@ -336,7 +341,10 @@ impl Instance {
                     return Err(fatal);
                 }
             };
-            Ok(Outcome { result, effects: take_effects(&ctx, &rooms)? })
+            let effects = take_effects(&ctx, &rooms)?;
+            let bytes: Function = rooms.get("storedBytes").map_err(engine_error)?;
+            let stored_bytes = bytes.call::<_, f64>(()).map_err(engine_error)? as u64;
+            Ok(Outcome { result, effects, elapsed: started.elapsed(), stored_bytes })
         });
         self.deadline.set(None);
         outcome

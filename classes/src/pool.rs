@@ -16,7 +16,7 @@ use std::thread;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bundle::Bundle;
-use crate::effect::{Effect, Payload};
+use crate::effect::Payload;
 use crate::instance::{
     ClassError, HttpRequest, HttpResponse, Instance, Limits, Outcome, Restored, Stored,
 };
@@ -32,7 +32,7 @@ enum Job {
         env_json: Arc<str>,
         stored: Stored,
         restored: Vec<Restored>,
-        reply: oneshot::Sender<Result<Vec<Effect>, ClassError>>,
+        reply: oneshot::Sender<Result<Outcome<()>, ClassError>>,
     },
     Fetch {
         socket: u64,
@@ -114,11 +114,11 @@ impl Pool {
         env_json: Arc<str>,
         stored: Stored,
         restored: Vec<Restored>,
-    ) -> Result<(InstanceHandle, Vec<Effect>), PoolError> {
+    ) -> Result<(InstanceHandle, Outcome<()>), PoolError> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let thread = self.threads[(id % self.threads.len() as u64) as usize].clone();
         let handle = InstanceHandle { id, thread };
-        let effects = handle
+        let outcome = handle
             .ask(|reply| Job::Start {
                 bundle,
                 room: room.to_owned(),
@@ -128,7 +128,7 @@ impl Pool {
                 reply,
             })
             .await??;
-        Ok((handle, effects))
+        Ok((handle, outcome))
     }
 }
 
@@ -206,9 +206,9 @@ fn serve(mut rx: mpsc::Receiver<(u64, Job)>, limits: Limits) {
             Job::Start { bundle, room, env_json, stored, restored, reply } => {
                 let started =
                     Instance::start(&bundle, &room, &env_json, &stored, &restored, limits.clone());
-                let _ = reply.send(started.map(|(instance, effects)| {
+                let _ = reply.send(started.map(|(instance, outcome)| {
                     instances.insert(id, instance);
-                    effects
+                    outcome
                 }));
             }
             Job::Fetch { socket, request, reply } => {

@@ -352,10 +352,13 @@
     if (host.utf8Encode(key).byteLength > KEY_LIMIT) throw new RangeError(`key longer than ${KEY_LIMIT} bytes`);
   };
 
+  // The room's stored bytes (keys and encoded values), for the host.
+  let storedBytes = () => 0;
   const makeStorage = (entries, limit) => {
     const data = new Map(entries);
     let size = 0;
     for (const [k, v] of data) size += k.length + v.length;
+    storedBytes = () => size;
     const put1 = (key, value) => {
       checkKey(key);
       const encoded = encodeValue(value);
@@ -554,6 +557,7 @@
       return result === undefined ? "null" : JSON.stringify(result);
     },
     takeEffects() { const taken = effects; effects = []; return taken; },
+    storedBytes() { return storedBytes(); },
     dropEffects() { effects = []; },
   };
 

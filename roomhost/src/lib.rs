@@ -38,7 +38,7 @@ use rooms_server::{Stop, http2};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use class_room::ClassSetup;
+use class_room::{ClassMetrics, ClassSetup};
 pub use config::{Args, Config, ConfigError};
 pub use embedded::Embedded;
 pub use metrics::Metrics;
@@ -76,7 +76,7 @@ async fn open_store(config: &Config) -> Result<Store, StoreError> {
 
 /// The room classes of `config`, sharing one pool of threads (one per
 /// core) that runs their JavaScript.
-fn class_setups(config: &Config) -> Result<Vec<Arc<ClassSetup>>, RoomhostError> {
+fn class_setups(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<ClassSetup>>, RoomhostError> {
     if config.classes.is_empty() {
         return Ok(Vec::new());
     }
@@ -91,6 +91,7 @@ fn class_setups(config: &Config) -> Result<Vec<Arc<ClassSetup>>, RoomhostError> 
                 bundle: Arc::clone(bundle),
                 env: Arc::clone(&config.class_env),
                 pool: Arc::clone(&pool),
+                metrics: ClassMetrics::of(metrics, &bundle.spec.class),
             })
         })
         .collect())
@@ -134,7 +135,7 @@ pub async fn run(
         None => None,
     };
     let ring = membership.as_ref().map(MembershipWatch::subscribe);
-    let classes = class_setups(&config)?;
+    let classes = class_setups(&config, &metrics)?;
     let registry = Registry::new(
         store,
         settings,

@@ -1,6 +1,7 @@
 //! Prometheus metrics of the roomhost, served as text on `/metrics` of
 //! `--metrics-listen`.
 
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use rooms_telemetry::prometheus::{Counter, Gauge, latency_histogram, size_histogram};
 
@@ -30,15 +31,22 @@ rooms_telemetry::metrics! {
             "Requests answered with the address of the room's real owner";
         gateways_dropped: Counter, "gateways_dropped",
             "Gateway streams dropped from a room because their queue was full";
-        class_instances: Gauge, "class_instances",
-            "Room class instances in memory (a hibernated room keeps its sockets at the gateways, without one)";
-        class_events: Counter, "class_events", "Events run by room classes' instances";
-        class_alarms_fired: Counter, "class_alarms_fired", "Alarms and timers of room classes fired";
-        class_alarm_retries: Counter, "class_alarm_retries",
-            "Alarms and timers of room classes whose handler failed, scheduled again with a backoff";
-        class_exceptions: Counter, "class_exceptions",
-            "Events in which a room class threw (what it did before stands)";
-        class_resets: Counter, "class_resets",
-            "Room class instances discarded (over a limit, stalled, or writes not stored) and rebuilt from storage on the next event";
+        class_instances: PerClass<Gauge>, "class_instances",
+            "Room class instances in memory (a hibernated room keeps its sockets at the gateways, without one), per class";
+        class_events: PerClass<Counter>, "class_events", "Events run by room classes' instances, per class";
+        class_event_seconds: PerClass<Histogram, fn() -> Histogram> = Family::new_with_constructor(latency_histogram),
+            "class_event_seconds", "How long room class handlers ran, per class";
+        class_exceptions: PerClass<Counter>, "class_exceptions",
+            "Events in which a room class threw (what it did before stands), per class";
+        class_resets: PerClass<Counter>, "class_resets",
+            "Room class instances discarded (over a limit, stalled, or writes not stored) and rebuilt from storage on the next event, per class";
+        class_alarms_fired: PerClass<Counter>, "class_alarms_fired", "Alarms and timers of room classes fired, per class";
+        class_alarm_retries: PerClass<Counter>, "class_alarm_retries",
+            "Alarms and timers of room classes whose handler failed, scheduled again with a backoff, per class";
+        class_storage_bytes: PerClass<Gauge>, "class_storage_bytes",
+            "Stored bytes (keys and values) of the class rooms this roomhost holds, per class";
     }
 }
+
+/// A metric per room class, labelled `class`.
+pub type PerClass<M, C = fn() -> M> = Family<Vec<(String, String)>, M, C>;

@@ -18,18 +18,20 @@ impl ClassRoom {
         &mut self,
         outcome: Result<Outcome<T>, PoolError>,
     ) -> Option<Result<T, String>> {
-        self.metrics.class_events.inc();
+        self.class.metrics.events.inc();
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::warn!(room.id = %self.id, %error, "the room's class failed; its instance starts again from storage");
-                self.metrics.class_resets.inc();
+                self.class.metrics.resets.inc();
                 self.drop_instance("failed");
                 return None;
             }
         };
+        self.class.metrics.event_seconds.observe(outcome.elapsed.as_secs_f64());
+        self.stored.set(outcome.stored_bytes);
         if let Err(exception) = &outcome.result {
-            self.metrics.class_exceptions.inc();
+            self.class.metrics.exceptions.inc();
             tracing::warn!(room.id = %self.id, %exception, "the room's class threw");
         }
         let mut writes: Vec<StorageWrite> = Vec::new();
@@ -234,7 +236,7 @@ impl ClassRoom {
             Err(error) => {
                 tracing::warn!(room.id = %self.id, %error, "storing the class room's writes failed; nothing its events sent since leaves");
                 self.metrics.commit_failures.inc();
-                self.metrics.class_resets.inc();
+                self.class.metrics.resets.inc();
                 self.book.forget_loaded();
                 self.alarms.forget();
                 for output in self.gate.fail() {

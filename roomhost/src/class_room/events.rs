@@ -269,10 +269,9 @@ impl ClassRoom {
                 )
                 .await;
             match started {
-                Ok((instance, effects)) => {
-                    self.instance = Some(Live::new(instance, &self.metrics));
-                    let outcome = Ok(rooms_classes::Outcome { result: Ok(()), effects });
-                    self.apply(outcome);
+                Ok((instance, outcome)) => {
+                    self.instance = Some(Live::new(instance, &self.class.metrics));
+                    self.apply(Ok(outcome));
                 }
                 Err(error) => {
                     tracing::error!(room.id = %self.id, %error, "the room's class did not start");

@@ -25,6 +25,7 @@ mod effects;
 mod events;
 mod gate;
 mod gateways;
+mod metrics;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +46,7 @@ use crate::room::{
 use crate::store::{Acquired, IfHeld, Lease, Store};
 
 pub(crate) use alarms::now_ms;
+pub(crate) use metrics::ClassMetrics;
 
 /// Most sockets one class room holds; a handshake past it gets 503.
 pub const MAX_SOCKETS: usize = 50_000;
@@ -54,6 +56,7 @@ pub(crate) struct ClassSetup {
     pub(crate) bundle: Arc<Bundle>,
     pub(crate) env: Arc<str>,
     pub(crate) pool: Arc<Pool>,
+    pub(crate) metrics: ClassMetrics,
 }
 
 /// A socket of the room.
@@ -66,14 +69,14 @@ pub(super) struct Socket {
     hibernatable: bool,
 }
 
-/// A running instance, counted in the `class_instances` gauge while it
-/// lives.
-pub(super) struct Live(InstanceHandle, Arc<Metrics>);
+/// A running instance, counted in its class's `class_instances` gauge
+/// while it lives.
+pub(super) struct Live(InstanceHandle, ClassMetrics);
 
 impl Live {
-    fn new(instance: InstanceHandle, metrics: &Arc<Metrics>) -> Self {
-        metrics.class_instances.inc();
-        Self(instance, Arc::clone(metrics))
+    fn new(instance: InstanceHandle, metrics: &ClassMetrics) -> Self {
+        metrics.instances.inc();
+        Self(instance, metrics.clone())
     }
 }
 
@@ -87,7 +90,29 @@ impl std::ops::Deref for Live {
 
 impl Drop for Live {
     fn drop(&mut self) {
-        self.1.class_instances.dec();
+        self.1.instances.dec();
+    }
+}
+
+/// A room's share of its class's `class_storage_bytes`, given back when
+/// the room leaves memory.
+pub(super) struct StoredBytes {
+    gauge: rooms_telemetry::prometheus::Gauge,
+    bytes: u64,
+}
+
+impl StoredBytes {
+    pub(super) fn set(&mut self, bytes: u64) {
+        let delta = i64::try_from(bytes).unwrap_or(i64::MAX)
+            - i64::try_from(self.bytes).unwrap_or(i64::MAX);
+        self.gauge.inc_by(delta);
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for StoredBytes {
+    fn drop(&mut self) {
+        self.set(0);
     }
 }
 
@@ -108,6 +133,8 @@ pub(crate) struct ClassRoom {
     gate: gate::Gate,
     /// The room's alarm and timers.
     alarms: alarms::Alarms,
+    /// Its stored bytes, as its class's `class_storage_bytes` counts them.
+    stored: StoredBytes,
     sockets: HashMap<u64, Socket>,
     by_conn: HashMap<(GatewayId, ConnId), u64>,
     /// The socket whose handshake the class is answering, and its connection.
@@ -128,6 +155,7 @@ impl ClassRoom {
         (lease, until): (Lease, Instant),
     ) -> Self {
         let id = slot.key().clone();
+        let storage_bytes = class.metrics.storage_bytes.clone();
         let renewer = Renewer::start(
             id.clone(),
             store.clone(),
@@ -149,6 +177,7 @@ impl ClassRoom {
             book: gateways::Gateways::default(),
             gate: gate::Gate::default(),
             alarms: alarms::Alarms::default(),
+            stored: StoredBytes { gauge: storage_bytes, bytes: 0 },
             sockets: HashMap::new(),
             by_conn: HashMap::new(),
             accepting: None,
@@ -380,14 +409,14 @@ impl ClassRoom {
                 Some(instance) => instance.alarm(name.clone(), retry).await,
                 None => Err(rooms_classes::PoolError::Stopped),
             };
-            self.metrics.class_alarms_fired.inc();
+            self.class.metrics.alarms_fired.inc();
             if let Some(Ok(())) = self.apply(outcome) {
                 self.alarms.succeeded(&name);
                 continue;
             }
             match self.alarms.failed(&name, now) {
                 Some(at) => {
-                    self.metrics.class_alarm_retries.inc();
+                    self.class.metrics.alarm_retries.inc();
                     tracing::warn!(room.id = %self.id, alarm = %name, retry = retry + 1, "the room's alarm failed; retrying");
                     self.gate.write(vec![crate::store::StorageWrite::Alarm(name, Some(at))]);
                 }

@@ -40,14 +40,15 @@ impl Cluster {
         let spec: ClassSpec = format!("chat-*={path}#ChatRoom").parse().unwrap();
         let bundle = Arc::new(Bundle::load(&spec).unwrap());
         let pool = Pool::new(1, Limits::default()).unwrap();
-        let class = Arc::new(ClassSetup { bundle, env: "{}".into(), pool });
+        let metrics = Arc::new(Metrics::new());
+        let class_metrics = ClassMetrics::of(&metrics, "ChatRoom");
+        let class = Arc::new(ClassSetup { bundle, env: "{}".into(), pool, metrics: class_metrics });
         let settings = RoomSettings {
             idle_timeout: Duration::from_secs(60),
             history_limit: 1000,
             lease_ttl: Duration::from_secs(5),
             owner: owner.clone(),
         };
-        let metrics = Arc::new(Metrics::new());
         let registry =
             Registry::new(Store::Memory(store.clone()), settings, 10, None, metrics, vec![class]);
         Self { registry, store, room: RoomId::parse("chat-1").unwrap(), owner }
@@ -187,7 +188,8 @@ async fn a_class_room_answers_handshakes_stores_before_sending_and_sends_once_pe
     cluster.store.refuse_commits(true);
     cluster.text(1, 10, r#"{"type":"name","name":"Lost"}"#).await;
     // The commit runs beside the room: wait for its failure.
-    let resets = &cluster.registry.metrics().class_resets;
+    let chat_room = ClassMetrics::of(cluster.registry.metrics(), "ChatRoom");
+    let resets = &chat_room.resets;
     tokio::time::timeout(WAIT, async {
         while resets.get() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -199,9 +201,9 @@ async fn a_class_room_answers_handshakes_stores_before_sending_and_sends_once_pe
     cluster.text(1, 10, r#"{"type":"chat","text":"after"}"#).await;
     let send = next_send(&mut one).await;
     assert_eq!(text_of(&send)["userName"], "Ann", "the refused name never took");
-    let metrics = cluster.registry.metrics();
-    assert_eq!(metrics.class_resets.get(), 1, "the instance went with the refused writes");
-    assert!(metrics.class_events.get() >= 6);
+    assert_eq!(chat_room.resets.get(), 1, "the instance went with the refused writes");
+    assert!(chat_room.events.get() >= 6);
+    assert!(chat_room.storage_bytes.get() > 0, "Ann's name is stored");
 }
 
 #[tokio::test]
