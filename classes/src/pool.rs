@@ -94,9 +94,10 @@ impl Pool {
         for i in 0..threads.max(1) {
             let (tx, rx) = mpsc::channel(QUEUE);
             let limits = limits.clone();
-            thread::Builder::new()
-                .name(format!("room-class-{i}"))
-                .spawn(move || serve(rx, limits))?;
+            thread::Builder::new().name(format!("room-class-{i}")).spawn(move || {
+                lower_priority();
+                serve(rx, limits)
+            })?;
             senders.push(tx);
         }
         Ok(Arc::new(Self { threads: senders, next: AtomicU64::new(1), limits }))
@@ -198,6 +199,28 @@ impl Drop for InstanceHandle {
 }
 
 /// One thread's loop: its instances, one job at a time.
+/// How much lower than the process's the class threads run (`nice`): a
+/// room that computes as long as its CPU limit lets it yields the cores to
+/// the threads that move every other room's messages.
+pub const NICENESS: i32 = 10;
+
+/// Lowers this thread's scheduling priority by [`NICENESS`] (Linux: the
+/// nice value is per thread). Failing to is not an error.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take plain integers and touch no
+    // memory of ours; with PRIO_PROCESS and a thread id, Linux sets that
+    // thread's nice value.
+    let done = unsafe {
+        let tid = libc::gettid();
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + NICENESS)
+    };
+    if done != 0 {
+        tracing::debug!("could not lower the room class threads' priority");
+    }
+}
+
 fn serve(mut rx: mpsc::Receiver<(u64, Job)>, limits: Limits) {
     let mut instances: HashMap<u64, Instance> = HashMap::new();
     while let Some((id, job)) = rx.blocking_recv() {
