@@ -24,7 +24,7 @@ const CLOUDFLARE_WORKERS: &str = "export const DurableObject = globalThis.__room
      export class WorkerEntrypoint { constructor(ctx, env) { this.ctx = ctx; this.env = env; } }\n";
 
 /// What one instance may use.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// JavaScript heap, bytes.
     pub memory: usize,

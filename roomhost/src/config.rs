@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use rooms_classes::{Bundle, BundleError, ClassSpec};
+use rooms_classes::{Bundle, BundleError, ClassSpec, Limits};
 use rooms_cluster::MembershipSource;
 use rooms_telemetry::LogFormat;
 
@@ -74,6 +74,18 @@ pub struct Args {
     /// ones and --room-env win.
     #[arg(long = "room-env-file", value_name = "PATH")]
     pub room_env_files: Vec<PathBuf>,
+    /// Room classes: each room's JavaScript heap, in MiB. An event that needs
+    /// more fails, and the room's instance starts again from storage.
+    #[arg(long, env = "ROOMHOST_CLASS_MEMORY_MIB", default_value_t = 64)]
+    pub class_memory_mib: usize,
+    /// Room classes: CPU time one event may take. A longer one fails, and the
+    /// room's instance starts again from storage.
+    #[arg(long, env = "ROOMHOST_CLASS_CPU_LIMIT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub class_cpu_limit: Duration,
+    /// Room classes: stored keys and values per room, in MiB; a write past it
+    /// throws in the class.
+    #[arg(long, env = "ROOMHOST_CLASS_STORAGE_MIB", default_value_t = 64)]
+    pub class_storage_mib: usize,
     /// Validate the flags (and read the files they name), print the result
     /// and exit without serving: 0 if valid, 2 if not.
     #[arg(long)]
@@ -95,6 +107,8 @@ pub struct Config {
     pub classes: Vec<Arc<Bundle>>,
     /// `this.env` of every room class, as a JSON object.
     pub class_env: Arc<str>,
+    /// Heap, CPU and storage limits of each class room.
+    pub class_limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +129,10 @@ pub enum ConfigError {
     Bundle(#[from] BundleError),
     #[error("--room-env-file {path}: {reason}")]
     EnvFile { path: String, reason: String },
+    #[error(
+        "room class limits: --class-memory-mib 4 to 4096, --class-cpu-limit 10ms to 60s, --class-storage-mib 1 to 1024"
+    )]
+    ClassLimits,
 }
 
 /// `NAME=VALUE`.
@@ -174,6 +192,18 @@ impl Args {
             .map(|spec| Bundle::load(spec).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let env = class_env(&self.room_env_files, &self.room_env)?;
+        if !(4..=4096).contains(&self.class_memory_mib)
+            || !(Duration::from_millis(10)..=Duration::from_secs(60))
+                .contains(&self.class_cpu_limit)
+            || !(1..=1024).contains(&self.class_storage_mib)
+        {
+            return Err(ConfigError::ClassLimits);
+        }
+        let class_limits = Limits {
+            memory: self.class_memory_mib << 20,
+            cpu: self.class_cpu_limit,
+            storage: self.class_storage_mib << 20,
+        };
         Ok(Config {
             advertise: self.advertise,
             roomhosts: self.roomhosts,
@@ -185,6 +215,7 @@ impl Args {
             lease_ttl: self.lease_ttl,
             classes,
             class_env: serde_json::Value::Object(env).to_string().into(),
+            class_limits,
         })
     }
 }
@@ -205,6 +236,7 @@ impl Config {
             lease_ttl: default_duration(DEFAULT_LEASE_TTL),
             classes: Vec::new(),
             class_env: "{}".into(),
+            class_limits: Limits::default(),
         }
     }
 }
@@ -220,6 +252,19 @@ fn default_duration(text: &str) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_class_limits_come_from_flags_within_bounds() {
+        let flags = ["roomhost", "--class-memory-mib=16", "--class-cpu-limit=200ms"];
+        let limits = Args::parse_from(flags).into_config().unwrap().class_limits;
+        assert_eq!((limits.memory, limits.cpu), (16 << 20, Duration::from_millis(200)));
+        assert_eq!(limits.storage, 64 << 20, "the default");
+        for bad in ["--class-cpu-limit=5ms", "--class-memory-mib=1", "--class-storage-mib=0"] {
+            let refused = Args::parse_from(["roomhost", bad]).into_config();
+            assert!(matches!(refused, Err(ConfigError::ClassLimits)), "{bad}");
+        }
+        assert_eq!(Config::embedded().class_limits, Limits::default());
+    }
 
     #[test]
     fn the_embedded_roomhost_uses_the_flags_defaults() {

@@ -81,7 +81,7 @@ fn class_setups(config: &Config, metrics: &Metrics) -> Result<Vec<Arc<ClassSetup
         return Ok(Vec::new());
     }
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let pool = rooms_classes::Pool::new(threads, rooms_classes::Limits::default())?;
+    let pool = rooms_classes::Pool::new(threads, config.class_limits.clone())?;
     Ok(config
         .classes
         .iter()

@@ -38,7 +38,12 @@ async fn a_runaway_room_and_a_memory_bomb_leave_a_busy_chat_room_within_twice_it
         "--room-class=bad-*={}/fixtures/misbehaving.js#Misbehaving",
         env!("CARGO_MANIFEST_DIR")
     );
-    let cluster = TestCluster::new(1, 1).roomhost_arg(&class).start().await;
+    let cluster = TestCluster::new(1, 1)
+        .roomhost_arg(&class)
+        .roomhost_arg("--class-cpu-limit=300ms")
+        .roomhost_arg("--class-memory-mib=32")
+        .start()
+        .await;
     let gateway = &cluster.gateways[0];
     let mut chatters = Vec::new();
     for i in 0..10 {
