@@ -38,6 +38,14 @@ def idle_bytes_per_conn(r):
     return (during - before) * 1024 / r["clients"] if r.get("clients") else None
 
 
+def whole_idle_bytes_per_conn(r):
+    # Gateways and roomhosts together (a peer is all "gateway").
+    gw_before, gw_during = r["gateway_rss_kb"]
+    rh_before, rh_during = r["roomhost_rss_kb"][:2]
+    grown = (gw_during - gw_before) + (rh_during - rh_before)
+    return grown * 1024 / r["clients"] if r.get("clients") else None
+
+
 def roomhost_cpu_per_room_us(r):
     # CPU microseconds per second, per active room, in the steady phase.
     return r["roomhost_steady_cpu_s_per_s"] * 1e6 / r["rooms"] if r["rooms"] else None
@@ -46,6 +54,12 @@ def roomhost_cpu_per_room_us(r):
 def roomhost_bytes_per_room(r):
     before, during, _ = r["roomhost_rss_kb"]
     return (during - before) * 1024 / r["rooms"] if r["rooms"] else None
+
+
+def class_start_p99(r):
+    # The histogram bucket bound holding the p99 of starting a class instance.
+    v = r.get("class_start_p99_le_ms", -1)
+    return v if v is not None and v >= 0 else None
 
 
 def events_per_commit(r):
@@ -71,7 +85,8 @@ FIGURES = {
               ("roomhost bytes/room", roomhost_bytes_per_room, "{:,.0f}"),
               ("rooms in memory after idle", lambda r: r["roomhost_rooms_active_after_idle"], "{:.0f}"),
               ("events/commit", events_per_commit, "{:.2f}"),
-              ("connect s", lambda r: r["connect_s"], "{:.2f}")],
+              ("connect s", lambda r: r["connect_s"], "{:.2f}"),
+              ("class start p99 ≤ ms", class_start_p99, "{:.1f}")],
     "cold": [("rooms loaded from Redis", lambda r: r.get("rooms_loaded"), "{:.0f}"),
              ("join p50 ms", lambda r: r["join_ms"]["p50"], "{:.2f}"),
              ("join p99 ms", lambda r: r["join_ms"]["p99"], "{:.2f}"),
@@ -159,11 +174,51 @@ def targets(by):
         cold = median_of(by, "cold", target, lambda r: r["join_ms"]["p99"])
         if cold is not None:
             add(f"cold room welcome + history p99 ({target})", f"{cold:.2f} ms", "≤ 5 ms", cold <= 5)
+    checks += class_checks(by, rate, ratio)
     for scenario in ("fanout", "rooms"):
         e = median_of(by, scenario, ROOMS, events_per_commit)
         if e is not None:
             add(f"Redis round trips: events per group commit ({scenario})", f"{e:.2f}",
                 "≥ 1 (one round trip per burst per room)", e >= 1)
+    return checks
+
+
+def class_checks(by, rate, ratio):
+    """The workerd peer's ChatRoom class on rooms (rooms-class) against the
+    same file on workerd."""
+    checks = []
+
+    def add(name, measured, goal, met):
+        checks.append((name, measured, goal, "met" if met else ("missed" if met is not None else "–")))
+
+    CLASS, PEER = "rooms-class", "workerd"
+    if (("fanout", CLASS) not in by) or (("fanout", PEER) not in by):
+        return checks
+    r = ratio(rate(CLASS), rate(PEER))
+    add("class fan-out deliveries/s vs workerd", f"{r:.1f}×" if r else "–", "≥ 10×",
+        r >= 10 if r else None)
+    c = ratio(median_of(by, "fanout", CLASS, cpu_per_delivery_us),
+              median_of(by, "fanout", PEER, cpu_per_delivery_us))
+    add("class CPU per delivery vs workerd", f"{c:.3f}×" if c else "–", "≤ 0.1×",
+        c <= 0.1 if c else None)
+    p = lambda t: median_of(by, "latency", t, lambda r: r["latency_ms"]["p99"])
+    if p(CLASS) is not None and p(PEER) is not None:
+        add("class p99 at 10k deliveries/s vs workerd", f"{p(CLASS):.2f} vs {p(PEER):.2f} ms",
+            "below", p(CLASS) < p(PEER))
+    mem = lambda t: median_of(by, "idle", t, lambda r: whole_idle_bytes_per_conn(r))
+    if mem(CLASS) is not None and mem(PEER) is not None:
+        add("class memory per idle connection (whole cluster) vs workerd",
+            f"{mem(CLASS) / 1024:.1f} vs {mem(PEER) / 1024:.1f} KiB", "below", mem(CLASS) < mem(PEER))
+    after = median_of(by, "rooms", CLASS, lambda r: r["roomhost_rooms_active_after_idle"])
+    if after is not None:
+        add("class rooms in roomhost memory after idle", f"{after:.0f}", "0", after == 0)
+    per_room = median_of(by, "rooms", CLASS, roomhost_bytes_per_room)
+    if per_room is not None:
+        add("roomhost memory per active class room", f"{per_room / 1024:.0f} KiB", "≤ 256 KiB",
+            per_room <= 256 * 1024)
+    start = median_of(by, "rooms", CLASS, class_start_p99)
+    if start is not None:
+        add("cold class room start p99 (histogram bucket)", f"≤ {start:.1f} ms", "≤ 5 ms", start <= 5)
     return checks
 
 
