@@ -177,6 +177,7 @@ impl Instance {
         restored: &[Restored],
         limits: Limits,
     ) -> Result<(Self, Outcome<()>), ClassError> {
+        let began = Instant::now();
         let deadline = Rc::new(Cell::new(None));
         let (runtime, context) = engine(&limits, room, &deadline)?;
         let instance = Self { runtime, context, limits, deadline };
@@ -200,6 +201,8 @@ impl Instance {
             },
             |_, _| Ok(()),
         )?;
+        // Its time is the whole start: engine, prelude, bundle, constructor.
+        let outcome = Outcome { elapsed: began.elapsed(), ..outcome };
         match outcome.result {
             Ok(()) => Ok((instance, outcome)),
             Err(message) => Err(ClassError::Exception { message }),

@@ -37,7 +37,7 @@ rooms_telemetry::metrics! {
         class_event_seconds: PerClass<Histogram, fn() -> Histogram> = Family::new_with_constructor(latency_histogram),
             "class_event_seconds", "How long room class handlers ran, per class";
         class_start_seconds: PerClass<Histogram, fn() -> Histogram> = Family::new_with_constructor(latency_histogram),
-            "class_start_seconds", "Starting a room class instance (storage loaded, bundle evaluated, constructor run), per class";
+            "class_start_seconds", "Starting a room class instance on its thread (engine, bundle evaluated, constructor run), per class";
         class_exceptions: PerClass<Counter>, "class_exceptions",
             "Events in which a room class threw (what it did before stands), per class";
         class_resets: PerClass<Counter>, "class_resets",

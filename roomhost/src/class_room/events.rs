@@ -240,7 +240,6 @@ impl ClassRoom {
             if !self.load_book().await {
                 return None;
             }
-            let starting = Instant::now();
             let storage = match self.store.load_storage(&self.id).await {
                 Ok(storage) => storage,
                 Err(error) => {
@@ -271,7 +270,7 @@ impl ClassRoom {
                 .await;
             match started {
                 Ok((instance, outcome)) => {
-                    self.class.metrics.start_seconds.observe(starting.elapsed().as_secs_f64());
+                    self.class.metrics.start_seconds.observe(outcome.elapsed.as_secs_f64());
                     self.instance = Some(Live::new(instance, &self.class.metrics));
                     self.apply(Ok(outcome));
                 }
