@@ -2,7 +2,7 @@
 //! startup (and by `--check-config`) so a syntax error or a missing class is
 //! a startup error naming the file and line, never a room's surprise.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 
@@ -19,6 +19,28 @@ pub struct Bundle {
     pub source: Arc<str>,
     /// The first 12 hex digits of the source's SHA-256: which code a room runs.
     pub hash: String,
+    /// Its bytecode, once compiled (shared by the bundle's clones).
+    pub(crate) compiled: Arc<Compiled>,
+}
+
+/// A bundle's module bytecode, set by the first compilation.
+#[derive(Default)]
+pub(crate) struct Compiled(OnceLock<Vec<u8>>);
+
+impl Compiled {
+    pub(crate) fn get(&self) -> Option<&[u8]> {
+        self.0.get().map(Vec::as_slice)
+    }
+
+    pub(crate) fn set(&self, bytes: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.0.set(bytes)
+    }
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Compiled({} bytes)", self.get().map_or(0, <[u8]>::len))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +73,7 @@ impl Bundle {
     pub fn from_source(spec: ClassSpec, source: Arc<str>) -> Self {
         let digest = Sha256::digest(source.as_bytes());
         let hash = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        Self { spec, source, hash }
+        Self { spec, source, hash, compiled: Arc::default() }
     }
 
     /// The module name errors and stack traces show.
