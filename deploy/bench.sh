@@ -30,7 +30,9 @@
 #            rooms   5,000 rooms x 2 clients, 1 msg/s per room; then the rooms
 #                    go idle and must leave roomhost memory;
 #            cold    200 rooms with 100 stored events each, evicted, then
-#                    joined once each: time to welcome + history (rooms only).
+#                    joined once each: time to welcome + history (rooms only;
+#                    rooms-class: a name and 20 chats stored through the
+#                    class, then time to the handshake its new instance answers).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ROUNDS="${ROUNDS:-3}"
@@ -214,14 +216,16 @@ scenario_args() {
     latency) echo "--rooms 1 --clients 100 --senders 10 --rate 100 --duration $DURATION" ;;
     rooms) echo "--rooms 5000 --clients 10000 --senders 5000 --rate 5000 --duration $DURATION" ;;
     cold) echo "--rooms 200 --preload 100 --cold-wait ${EVICTED_AFTER}s" ;;
+    # The workerd class: a name and chats stored through it, then a join to
+    # each room once, timed to its handshake (a new instance answers it).
+    cold-class) echo "--rooms 200 --preload 20 --class-rooms --cold-wait ${EVICTED_AFTER}s" ;;
   esac
 }
 
 applies() {  # target scenario
   case "$1:$2" in
-    rooms-cluster:rooms | rooms-cluster:cold | rooms:*) return 0 ;;
+    rooms-cluster:rooms | rooms-cluster:cold | rooms-class:cold | rooms:*) return 0 ;;
     rooms-cluster:*) return 1 ;;
-    rooms-class:cold) return 1 ;;  # a class keeps its own history, if any
     *:cold) return 1 ;;   # peers keep no history
     # workerd holds 2 descriptors per WebSocket: 10,000 clients exceed the
     # 20,000-descriptor limit of this machine.
@@ -251,7 +255,10 @@ measure() {  # target scenario round
   read -r -a batch0 < <(batch_stats)
   local err="$WORK/bench.err"
   # shellcheck disable=SC2046
-  "$ROOMCTL" bench --url "$URLS" $(scenario_args "$scenario") --label "$target/$scenario" \
+  local args=$scenario
+  [ "$target:$scenario" = rooms-class:cold ] && args=cold-class
+  # shellcheck disable=SC2046
+  "$ROOMCTL" bench --url "$URLS" $(scenario_args "$args") --label "$target/$scenario" \
     >"$WORK/report.json" 2>"$err" &
   local bench=$!
   # Memory while the load's clients are all connected.

@@ -125,4 +125,10 @@ pub struct BenchArgs {
     /// roomhosts' --room-idle-timeout).
     #[arg(long, default_value = "7s", value_parser = humantime::parse_duration)]
     pub cold_wait: Duration,
+    /// Cold-room mode for class rooms that speak the peers' chat subset (no
+    /// `welcome`, no `history`, e.g. the workerd peer's `ChatRoom`): a join
+    /// is timed to the completed handshake, which the room's class answers
+    /// from a new instance.
+    #[arg(long)]
+    pub class_rooms: bool,
 }

@@ -1,7 +1,10 @@
 //! `roomctl bench --preload N`: how fast a room that left memory comes back.
 //! Stores N chats in each room, waits until the roomhosts evicted the rooms,
 //! then joins each room once and times connect → `welcome` + `history` (the
-//! roomhost loads the room from Redis on that join).
+//! roomhost loads the room from Redis on that join). With `--class-rooms`
+//! the rooms run a class with the peers' chat subset: a name and N chats are
+//! stored through it, and a join is timed to the completed handshake (the
+//! class answers it from a new instance, its storage loaded).
 
 use std::time::{Duration, Instant};
 
@@ -37,9 +40,18 @@ where
 }
 
 /// Stores `count` chats in room `room` and waits until all are echoed.
-async fn preload(base: &str, room: usize, count: usize, size: usize) -> anyhow::Result<()> {
+async fn preload(
+    base: &str,
+    room: usize,
+    (count, size): (usize, usize),
+    class_rooms: bool,
+) -> anyhow::Result<()> {
     let (mut ws, _) = tokio_tungstenite::connect_async(room_url(base, room, "preloader")).await?;
-    until(&mut ws, "history").await?;
+    if class_rooms {
+        ws.send(Message::text(json!({"type": "name", "name": "preloader"}).to_string())).await?;
+    } else {
+        until(&mut ws, "history").await?;
+    }
     let text = "p".repeat(size.max(1));
     for _ in 0..count {
         ws.feed(Message::text(json!({"type": "chat", "text": text}).to_string())).await?;
@@ -57,7 +69,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         args.url.split(',').map(|u| u.trim().trim_end_matches('/').to_owned()).collect();
     let preloading = Instant::now();
     for room in 0..args.rooms {
-        preload(&bases[room % bases.len()], room, args.preload, args.size).await?;
+        let size = (args.preload, args.size);
+        preload(&bases[room % bases.len()], room, size, args.class_rooms).await?;
     }
     let preload_s = preloading.elapsed().as_secs_f64();
     tokio::time::sleep(args.cold_wait).await;
@@ -70,8 +83,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         let url = room_url(&bases[room % bases.len()], room, "cold");
         let joined = async {
             let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-            until(&mut ws, "welcome").await?;
-            until(&mut ws, "history").await?;
+            if !args.class_rooms {
+                until(&mut ws, "welcome").await?;
+                until(&mut ws, "history").await?;
+            }
             let took = began.elapsed();
             let _ = ws.close(None).await;
             anyhow::Ok(took)

@@ -206,6 +206,7 @@ impl Registry {
             }
         };
         if let Some(class) = self.class_of(&room).cloned() {
+            self.metrics.rooms_loaded.inc();
             let (store, settings, metrics) =
                 (self.store.clone(), Arc::clone(&self.settings), Arc::clone(&self.metrics));
             let actor = ClassRoom::new(slot, store, settings, metrics, class, (lease, lease_until));
