@@ -180,7 +180,17 @@ impl ClassRoom {
         {
             known.attachment.clone_from(&state.attachment);
         }
-        let Some(tx) = self.gateways.get(&gateway) else { return };
+        let Some(tx) = self.gateways.get(&gateway) else {
+            // A gateway that is away gets it when it is back (acknowledgements
+            // aside: it sends those messages again).
+            if !matches!(kind, host_frame::Kind::Broadcast(_))
+                && self.away.keep(gateway, kind) == Some(false)
+            {
+                tracing::warn!(room.id = %self.id, gateway, "too much for a gateway that is away; dropping");
+                self.metrics.gateways_dropped.inc();
+            }
+            return;
+        };
         if tx.try_send(HostFrame { kind: Some(kind), room_seq: 0 }).is_err() {
             tracing::warn!(room.id = %self.id, gateway, "gateway too slow or gone; detaching it");
             self.metrics.gateways_dropped.inc();

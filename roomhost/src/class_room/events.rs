@@ -21,20 +21,33 @@ impl ClassRoom {
                     moving.3.push(tx);
                     return;
                 }
+                let back = self.away.back(&name);
                 self.book.attached(gateway, name, rejoins);
                 self.gateways.insert(gateway, tx);
                 self.send(gateway, host_frame::Kind::Attached(Attached {}));
+                // The same gateway again: its sockets move to this stream,
+                // and what the class sent them meanwhile goes first.
+                if let Some((old, outbox)) = back {
+                    self.rebind(old, gateway);
+                    for kind in outbox {
+                        self.send(gateway, kind);
+                    }
+                }
             }
             Command::Detach { gateway } => {
                 if let Some(moving) = &mut self.moving {
                     moving.0.retain(|g| *g != gateway);
                 }
                 self.gateways.remove(&gateway);
+                let name = self.book.name(gateway);
                 self.book.detached(gateway);
-                let gone: Vec<ConnId> =
-                    self.by_conn.keys().filter(|(g, _)| *g == gateway).map(|(_, c)| *c).collect();
-                for conn in gone {
-                    self.closed(gateway, conn, 1006, "", false).await;
+                let has_sockets = self.by_conn.keys().any(|(g, _)| *g == gateway);
+                match name {
+                    // Its sockets wait for it (see `away`).
+                    Some(name) if has_sockets && self.moving.is_none() => {
+                        self.away.left(gateway, name);
+                    }
+                    _ => self.sockets_gone(gateway).await,
                 }
             }
             Command::Frame { gateway, frame } => self.frame(gateway, frame).await,
@@ -97,10 +110,11 @@ impl ClassRoom {
                 // Kept by the gateway across a move: the room knows it again.
                 Some(state) => {
                     self.book.rejoined(gateway);
-                    self.register(gateway, join.conn, state);
-                    // A running instance does not know it: the next event
-                    // starts one that does.
-                    self.drop_instance("a socket came back");
+                    // One the room did not know: the running instance does
+                    // not either, and the next event starts one that does.
+                    if self.register(gateway, join.conn, state) {
+                        self.drop_instance("a socket came back");
+                    }
                 }
                 None => {
                     let reason =
@@ -217,18 +231,55 @@ impl ClassRoom {
     }
 
     /// A socket with what the room last said of it.
-    fn register(&mut self, gateway: GatewayId, conn: ConnId, state: ClassSocket) {
-        let socket = match self.by_conn.get(&(gateway, conn)) {
-            Some(socket) => *socket,
-            None => {
-                let socket = self.next_socket;
-                self.next_socket += 1;
-                self.by_conn.insert((gateway, conn), socket);
-                socket
-            }
-        };
+    /// True if the room did not know it; one it knows (its gateway was
+    /// away) keeps what the room last said of it, which is newer.
+    fn register(&mut self, gateway: GatewayId, conn: ConnId, state: ClassSocket) -> bool {
+        if let Some(socket) = self.by_conn.get(&(gateway, conn))
+            && self.sockets.contains_key(socket)
+        {
+            return false;
+        }
+        let socket = self.next_socket;
+        self.next_socket += 1;
+        self.by_conn.insert((gateway, conn), socket);
         let ClassSocket { tags, attachment, hibernatable } = state;
         self.sockets.insert(socket, Socket { gateway, conn, tags, attachment, hibernatable });
+        true
+    }
+
+    /// The sockets of stream `old` are now on stream `new` (same gateway).
+    fn rebind(&mut self, old: GatewayId, new: GatewayId) {
+        let moved: Vec<(ConnId, u64)> = self
+            .by_conn
+            .iter()
+            .filter(|((g, _), _)| *g == old)
+            .map(|((_, conn), socket)| (*conn, *socket))
+            .collect();
+        for (conn, socket) in moved {
+            self.by_conn.remove(&(old, conn));
+            self.by_conn.insert((new, conn), socket);
+            if let Some(known) = self.sockets.get_mut(&socket) {
+                known.gateway = new;
+            }
+        }
+    }
+
+    /// Every socket of a stream is gone: the class hears each close (1006).
+    async fn sockets_gone(&mut self, gateway: GatewayId) {
+        let gone: Vec<ConnId> =
+            self.by_conn.keys().filter(|(g, _)| *g == gateway).map(|(_, c)| *c).collect();
+        for conn in gone {
+            self.closed(gateway, conn, 1006, "", false).await;
+        }
+    }
+
+    /// Gateways whose grace ended without them: their sockets are gone.
+    pub(super) async fn gone_for_good(&mut self) {
+        for gateway in self.away.expired() {
+            tracing::info!(room.id = %self.id, gateway, "a gateway's sockets did not come back; closed");
+            self.sockets_gone(gateway).await;
+        }
+        self.kick();
     }
 
     /// The running instance, started from storage and the room's sockets if

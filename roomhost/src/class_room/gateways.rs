@@ -94,6 +94,11 @@ impl Gateways {
         }
     }
 
+    /// The name of an attached stream's gateway.
+    pub(super) fn name(&self, gateway: GatewayId) -> Option<Arc<str>> {
+        self.names.get(&gateway).cloned()
+    }
+
     /// A stream ended: it re-announces nothing more.
     pub(super) fn stream_ended(&mut self, gateway: GatewayId) {
         self.rejoins.remove(&gateway);

@@ -21,6 +21,7 @@
 //! name (messages run once, the wait for them after a change of owner).
 
 mod alarms;
+mod away;
 mod effects;
 mod events;
 mod gate;
@@ -133,6 +134,8 @@ pub(crate) struct ClassRoom {
     gate: gate::Gate,
     /// The room's alarm and timers.
     alarms: alarms::Alarms,
+    /// Gateways whose stream ended, while their sockets wait for them.
+    away: away::AwayGateways,
     /// Its stored bytes, as its class's `class_storage_bytes` counts them.
     stored: StoredBytes,
     sockets: HashMap<u64, Socket>,
@@ -177,6 +180,7 @@ impl ClassRoom {
             book: gateways::Gateways::default(),
             gate: gate::Gate::default(),
             alarms: alarms::Alarms::default(),
+            away: away::AwayGateways::default(),
             stored: StoredBytes { gauge: storage_bytes, bytes: 0 },
             sockets: HashMap::new(),
             by_conn: HashMap::new(),
@@ -194,6 +198,7 @@ impl ClassRoom {
         loop {
             let move_at = self.moving.as_ref().map(|m| m.2);
             let settle_at = self.book.settle_deadline();
+            let away_at = self.away.deadline();
             let alarm_at = match self.alarms.next() {
                 Some(at) if self.moving.is_none() && settle_at.is_none() => {
                     let wait = at.saturating_sub(alarms::now_ms());
@@ -224,7 +229,7 @@ impl ClassRoom {
                     None => break,
                 },
                 () = tokio::time::sleep_until(last_event + idle), if self.moving.is_none() => {
-                    if self.gateways.is_empty() {
+                    if self.gateways.is_empty() && self.away.is_empty() {
                         return self.hibernate(rx).await;
                     }
                     // Sockets stay open at the gateways; the instance goes.
@@ -237,6 +242,7 @@ impl ClassRoom {
                     self.fire_alarms().await;
                 }
                 () = sleep_until(settle_at), if settle_at.is_some() => self.settled(true).await,
+                () = sleep_until(away_at), if away_at.is_some() => self.gone_for_good().await,
                 () = sleep_until(move_at), if move_at.is_some() => {
                     tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
                     let target = self.moving.as_ref().map_or_else(Moved::unknown, |m| m.1.clone());

@@ -277,3 +277,41 @@ async fn a_message_sent_again_runs_once_even_on_a_new_owner_that_waits_for_its_g
     assert_eq!(text_of(&sends[0])["text"], "after");
     assert_eq!(next_send(&mut two).await.conns, [20], "gateway 2's socket heard it");
 }
+
+#[tokio::test]
+async fn a_gateway_whose_stream_broke_gets_its_sockets_back_with_what_was_sent_meanwhile() {
+    let cluster = Cluster::new();
+    let mut one = cluster.attach(1).await;
+    let mut two = cluster.attach(2).await;
+    cluster.handshake(1, 10, "alice").await;
+    cluster.handshake(2, 20, "bob").await;
+    cluster.text(1, 10, r#"{"type":"name","name":"Ann"}"#).await;
+    cluster.processed().await;
+    // Gateway 1's stream breaks (a network fault): Alice's socket stays.
+    cluster.send(Command::Detach { gateway: 1 }).await;
+    cluster.text(2, 20, r#"{"type":"chat","text":"while away"}"#).await;
+    assert_eq!(next_send(&mut two).await.conns, [20]);
+    // The same gateway (by name) on a new stream, re-announcing her socket.
+    let (tx, mut back) = mpsc::channel(GATEWAY_QUEUE);
+    let name = "gw1".into();
+    cluster.send(Command::Attach { gateway: 3, name, rejoins: 1, tx, resume_after: None }).await;
+    let socket = ClassSocket { tags: vec![], attachment: None, hibernatable: true };
+    let join = Join { conn: 10, socket: Some(socket), ..Join::default() };
+    cluster.frame(3, gateway_frame::Kind::Join(join)).await;
+    assert!(matches!(next(&mut back).await, host_frame::Kind::Attached(_)));
+    let missed = next_send(&mut back).await;
+    assert_eq!(missed.conns, [10]);
+    assert_eq!(text_of(&missed)["text"], "while away");
+    // No close ran, and the room kept her attachment (not the gateway's stale
+    // copy): she is still Ann.
+    cluster.text(3, 10, r#"{"type":"chat","text":"back"}"#).await;
+    let send = next_send(&mut back).await;
+    assert_eq!(
+        (text_of(&send)["text"].as_str(), text_of(&send)["userName"].as_str()),
+        (Some("back"), Some("Ann"))
+    );
+    assert_eq!(next_send(&mut two).await.conns, [20]);
+    while let Ok(frame) = one.try_recv() {
+        assert!(!matches!(frame.kind, Some(host_frame::Kind::Close(_))), "{frame:?}");
+    }
+}
