@@ -144,3 +144,14 @@ impl Drop for Process {
         self.kill();
     }
 }
+
+/// Runs `roomctl --admin ADMIN ARGS…`, which must succeed; its output.
+pub fn roomctl_ok(admin: &str, args: &[&str]) -> String {
+    let out = Command::new(binary("roomctl"))
+        .args(["--admin", admin])
+        .args(args)
+        .output()
+        .expect("roomctl runs");
+    assert!(out.status.success(), "roomctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

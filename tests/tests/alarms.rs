@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use rooms_tests::client::metric;
-use rooms_tests::process::binary;
+use rooms_tests::process::roomctl_ok;
 use rooms_tests::{Client, TestCluster, eventually};
 
 fn clock() -> String {
@@ -53,13 +53,7 @@ async fn an_alarm_set_before_its_owner_is_sigkilled_fires_once_on_the_next_owner
 }
 
 fn invoke(admin: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(binary("roomctl"))
-        .args(["--admin", admin, "invoke"])
-        .args(args)
-        .output()
-        .expect("roomctl runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    roomctl_ok(admin, &[&["invoke"], args].concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

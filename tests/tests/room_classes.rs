@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rooms_proto::server::ServerFrame;
 use rooms_tests::client::metric;
-use rooms_tests::process::binary;
+use rooms_tests::process::{binary, roomctl_ok};
 use rooms_tests::{Client, TestCluster, eventually};
 use serde_json::json;
 
@@ -358,13 +358,7 @@ fn versioned(version: &str) -> String {
 }
 
 fn roomctl_json(admin: &str, args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(binary("roomctl"))
-        .args(["--admin", admin, "--json"])
-        .args(args)
-        .output()
-        .expect("roomctl runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    serde_json::from_str(&roomctl_ok(admin, &[&["--json"], args].concat())).expect("JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
