@@ -63,8 +63,18 @@ impl ClassRoom {
                 let _ = reply.send(0);
             }
             Command::Handoff { target } => self.begin_move(target),
-            // The alarm index says something is due: the turn loop fires it.
-            Command::Wake => {}
+            // The alarm index says something is due: the turn loop fires
+            // it. If nothing is (the index was early: a commit that lowered
+            // it failed), the index learns the truth, so that it stops
+            // waking the room.
+            Command::Wake => {
+                if self.load_book().await
+                    && self.alarms.next().is_none_or(|at| at > super::alarms::now_ms())
+                    && let Err(error) = self.store.index_alarm(&self.id, self.alarms.next()).await
+                {
+                    tracing::debug!(room.id = %self.id, %error, "correcting the alarm index failed");
+                }
+            }
             Command::Invoke { method, args_json, reply } => {
                 let answer = match self.instance().await {
                     Some(instance) => {

@@ -315,3 +315,15 @@ async fn a_gateway_whose_stream_broke_gets_its_sockets_back_with_what_was_sent_m
         assert!(!matches!(frame.kind, Some(host_frame::Kind::Close(_))), "{frame:?}");
     }
 }
+
+#[tokio::test]
+async fn a_room_woken_with_nothing_due_corrects_the_alarm_index() {
+    let cluster = Cluster::new();
+    // An entry with no stored alarm behind it (a commit that lowered the
+    // index failed).
+    cluster.store.lower_alarm(&cluster.room, 1);
+    assert_eq!(cluster.store.due_alarms(u64::MAX, 10).len(), 1);
+    cluster.send(Command::Wake).await;
+    cluster.processed().await;
+    assert!(cluster.store.due_alarms(u64::MAX, 10).is_empty(), "the room said it has none");
+}
