@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 
-use crate::instance::{self, ClassError, Limits};
+use crate::engine;
+use crate::instance::{ClassError, Limits};
 use crate::spec::ClassSpec;
 
 /// Largest bundle accepted.
@@ -64,7 +65,7 @@ impl Bundle {
         }
         let source: Arc<str> = String::from_utf8_lossy(&bytes).into();
         let bundle = Self::from_source(spec.clone(), source);
-        instance::check(&bundle, &Limits::default())
+        engine::check(&bundle, &Limits::default())
             .map_err(|error| BundleError::Compile { path, error })?;
         Ok(bundle)
     }

@@ -25,6 +25,7 @@
 
 pub mod bundle;
 pub mod effect;
+mod engine;
 pub mod instance;
 mod natives;
 pub mod pool;
