@@ -15,12 +15,17 @@
 //! Layout:
 //! * [`spec`]: `--room-class PATTERN=FILE#Class`, and which rooms it names.
 //! * [`bundle`]: a class's bundle, read and compiled once.
+//! * `engine`: a room's QuickJS runtime and context, the prelude and the
+//!   bundles loaded as bytecode compiled once per process.
 //! * [`instance`]: one room's JavaScript instance and its events.
 //! * [`effect`]: what an event did.
 //! * [`pool`]: the threads instances run on, off the async runtime.
 //! * `natives`: UTF-8, base64, random bytes and logging for the prelude.
 //! * `prelude.js`: the Durable Object API in JavaScript, over a few natives.
-// One function copies bytes out of the engine (`natives::bytes_of`).
+// Three functions use unsafe, each explained where it is: copying bytes out
+// of the engine (`natives::bytes_of`), loading bytecode this process compiled
+// (`engine::load_compiled`), lowering the class threads' priority
+// (`pool::lower_priority`).
 #![deny(unsafe_code)]
 
 pub mod bundle;
