@@ -101,8 +101,9 @@ pub struct Outcome<T> {
     pub effects: Vec<Effect>,
     /// How long the handler ran (its share of the CPU limit).
     pub elapsed: Duration,
-    /// The room's stored bytes (keys and encoded values) after the event.
-    pub stored_bytes: u64,
+    /// The room's stored bytes (keys and encoded values) after the event:
+    /// known at the start and after an event that wrote (None: unchanged).
+    pub stored_bytes: Option<u64>,
 }
 
 pub struct Instance {
@@ -293,8 +294,13 @@ impl Instance {
                 }
             };
             let effects = take_effects(&ctx, &rooms)?;
-            let bytes: Function = rooms.get("storedBytes").map_err(engine_error)?;
-            let stored_bytes = bytes.call::<_, f64>(()).map_err(engine_error)? as u64;
+            // Asked only when it may have changed: not on every message.
+            let stored_bytes = if entry == "start" || effects.iter().any(Effect::is_write) {
+                let bytes: Function = rooms.get("storedBytes").map_err(engine_error)?;
+                Some(bytes.call::<_, f64>(()).map_err(engine_error)? as u64)
+            } else {
+                None
+            };
             Ok(Outcome { result, effects, elapsed: started.elapsed(), stored_bytes })
         });
         self.deadline.set(None);

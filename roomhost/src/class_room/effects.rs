@@ -29,7 +29,9 @@ impl ClassRoom {
             }
         };
         self.class.metrics.event_seconds.observe(outcome.elapsed.as_secs_f64());
-        self.stored.set(outcome.stored_bytes);
+        if let Some(bytes) = outcome.stored_bytes {
+            self.stored.set(bytes);
+        }
         if let Err(exception) = &outcome.result {
             self.class.metrics.exceptions.inc();
             tracing::warn!(room.id = %self.id, %exception, "the room's class threw");
