@@ -123,31 +123,6 @@ wait_port() {
   return 1
 }
 
-# The upper bound (ms) of the histogram bucket that holds the 99th
-# percentile of NAME, its buckets summed over the ports (-1 without samples).
-histogram_p99() {  # name port...
-  local name=$1 port
-  shift
-  for port in "$@"; do
-    { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || continue
-    printf 'GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n' >&3
-    cat <&3
-    exec 3<&-
-  done | python3 -c '
-import re, sys
-name = sys.argv[1]
-buckets = {}
-for line in sys.stdin:
-    m = re.match(name + r"_bucket\{.*le=\"([^\"]+)\".*\} (\S+)", line)
-    if m:
-        le = float("inf") if m[1] == "+Inf" else float(m[1])
-        buckets[le] = buckets.get(le, 0) + float(m[2])
-total = buckets.get(float("inf"), 0)
-bound = next((le for le in sorted(buckets) if total and buckets[le] >= 0.99 * total), None)
-print(-1 if bound is None else (bound * 1000 if bound != float("inf") else 1e9))
-' "$name"
-}
-
 metric() {  # port name -> value summed over lines (0 when absent)
   { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || { echo 0; return; }
   printf 'GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n' >&3
@@ -283,12 +258,7 @@ measure() {  # target scenario round
   gw_rss1=$(rss_kb "${GATEWAY_PIDS[@]}")
   rh_rss1=$(rss_kb "${ROOMHOST_PIDS[@]}")
   wait "$bench" || { echo "bench failed for $target/$scenario: $(cat "$err")" >&2; return 0; }
-  local cpu1 rh_active_after=-1 rh_rss2=0 batch1 start_p99=-1
-  if [ "$target" = rooms-class ] && [ "$scenario" = rooms ]; then
-    # Every room started its instance cold: how long starting one took.
-    # shellcheck disable=SC2086
-    start_p99=$(histogram_p99 rooms_roomhost_class_start_seconds $METRICS)
-  fi
+  local cpu1 rh_active_after=-1 rh_rss2=0 batch1
   cpu1=$(cpu_ticks "${PIDS[@]}")
   read -r -a batch1 < <(batch_stats)
   if [ "$scenario" = rooms ] && [ -n "$METRICS" ]; then
@@ -312,7 +282,6 @@ r.update({
     "roomhost_rooms_active_after_idle": $rh_active_after,
     "redis_commits": ${batch1[0]} - ${batch0[0]}, "redis_events": ${batch1[1]} - ${batch0[1]},
     "rooms_loaded": ${batch1[2]} - ${batch0[2]},
-    "class_start_p99_le_ms": $start_p99,
 })
 print(json.dumps(r))
 PY
