@@ -256,6 +256,8 @@ impl ClassRoom {
                 return self.finish_move(rx, target, true).await;
             }
         }
+        // Writes still on their way are stored while the lease is ours.
+        self.flush().await;
         self.release_lease().await;
         Ended::Done
     }
