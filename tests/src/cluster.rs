@@ -156,6 +156,14 @@ pub struct Cluster {
     members_file: Option<std::path::PathBuf>,
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(dir) = self.members_file.as_ref().and_then(|path| path.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 const MEMBERSHIP_CHANGED: &str = "roomhost membership changed";
 
 impl Cluster {

@@ -258,6 +258,11 @@ impl NetCluster {
 impl Drop for NetCluster {
     fn drop(&mut self) {
         self.proxy.abort();
+        // Stop Redis before removing the directory it writes to.
+        drop(self.redis.take());
+        if let Some(dir) = self.redis_dir.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
