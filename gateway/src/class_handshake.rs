@@ -174,7 +174,6 @@ pub(crate) async fn handshake(
     }
     let env = state.env.clone();
     tokio::spawn(async move {
-        let _permit = permit;
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES))
@@ -186,9 +185,12 @@ pub(crate) async fn handshake(
                 None
             }
         };
-        let socket = ClassConn { conn, outbox, signal, handle, link: link.clone() };
+        let socket = ClassConn { conn, outbox, signal, handle, link: link.clone(), permit };
         match upgraded {
-            Some((reader, writer)) => class_session::run(reader, writer, socket, env).await,
+            // Its own task, as a chat socket's session (`http.rs`).
+            Some((reader, writer)) => {
+                drop(tokio::spawn(class_session::run(reader, writer, socket, env)))
+            }
             // The room took the socket: tell it that it is gone.
             None => gone(&link, conn).await,
         }

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use futures_util::StreamExt;
 use rooms_proto::host::{SocketClosed, SocketData, gateway_frame, socket_data};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -23,47 +25,59 @@ pub(crate) struct ClassConn {
     pub(crate) handle: ConnHandle,
     /// The room's link, which took the handshake.
     pub(crate) link: LinkHandle,
+    /// The connection's place under `--max-connections`, held until it ends.
+    pub(crate) permit: OwnedSemaphorePermit,
 }
 
-pub(crate) async fn run(mut reader: Reader, writer: Writer, socket: ClassConn, env: SessionEnv) {
-    let ClassConn { conn, outbox, signal, handle, link } = socket;
-    env.metrics.connections_open.inc();
-    env.metrics.connections_total.inc();
-    let mut writer = tokio::spawn(write_frames(writer, Arc::clone(&outbox), env.ping_interval));
-    let mut stopping = env.stopping.clone();
-    let mut written = None;
-    let closed = tokio::select! {
-        closed = read(&mut reader, conn, &link, &handle, &signal, &env) => closed,
-        ended = &mut writer => {
-            written = Some(ended.ok().flatten());
-            None
+/// The socket's whole life, as one task's future (a plain `fn`, so that
+/// its arguments are kept once in the state; see `session::run`).
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+pub(crate) fn run(
+    mut reader: Reader,
+    writer: Writer,
+    socket: ClassConn,
+    env: SessionEnv,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let ClassConn { conn, outbox, signal, handle, link, permit: _permit } = socket;
+        env.metrics.connections_open.inc();
+        env.metrics.connections_total.inc();
+        let mut writer = tokio::spawn(write_frames(writer, Arc::clone(&outbox), env.ping_interval));
+        let mut stopping = env.stopping.clone();
+        let mut written = None;
+        let closed = tokio::select! {
+            closed = read(&mut reader, conn, &link, &handle, &signal, &env) => closed,
+            ended = &mut writer => {
+                written = Some(ended.ok().flatten());
+                None
+            }
+            _ = signal.requested() => None,
+            () = stopping.wait() => {
+                signal.trigger(close_code::RESTART, "gateway restarting; reconnect");
+                None
+            }
+        };
+        // The class hears how the socket ended (1006: it just broke).
+        let (code, reason, clean) = match (&closed, signal.get()) {
+            (Some((code, reason)), _) => (*code, reason.clone(), true),
+            (None, Some((code, reason))) => (code, reason, true),
+            (None, None) => (1006, String::new(), false),
+        };
+        let ended = SocketClosed { conn, code: code.into(), reason, clean };
+        let cmd = LinkCmd::Socket { conn, kind: gateway_frame::Kind::SocketClosed(ended) };
+        // A link that stopped meanwhile took its sockets with it.
+        let _ = Box::pin(link.send(cmd)).await;
+        outbox.finish();
+        let writer = match written {
+            Some(writer) => writer,
+            None => writer.await.ok().flatten(),
+        };
+        if let Some(writer) = writer {
+            let client_code = closed.map(|(code, _)| code);
+            Box::pin(close(writer, &mut reader, signal.get(), client_code)).await;
         }
-        _ = signal.requested() => None,
-        () = stopping.wait() => {
-            signal.trigger(close_code::RESTART, "gateway restarting; reconnect");
-            None
-        }
-    };
-    // The class hears how the socket ended (1006: it just broke).
-    let (code, reason, clean) = match (&closed, signal.get()) {
-        (Some((code, reason)), _) => (*code, reason.clone(), true),
-        (None, Some((code, reason))) => (code, reason, true),
-        (None, None) => (1006, String::new(), false),
-    };
-    let ended = SocketClosed { conn, code: code.into(), reason, clean };
-    let cmd = LinkCmd::Socket { conn, kind: gateway_frame::Kind::SocketClosed(ended) };
-    // A link that stopped meanwhile took its sockets with it.
-    let _ = Box::pin(link.send(cmd)).await;
-    outbox.finish();
-    let writer = match written {
-        Some(writer) => writer,
-        None => writer.await.ok().flatten(),
-    };
-    if let Some(writer) = writer {
-        let client_code = closed.map(|(code, _)| code);
-        Box::pin(close(writer, &mut reader, signal.get(), client_code)).await;
+        env.metrics.connections_open.dec();
     }
-    env.metrics.connections_open.dec();
 }
 
 /// Passes the client's messages to the room until it closes (its code and

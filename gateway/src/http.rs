@@ -298,12 +298,11 @@ async fn websocket(
     };
 
     let conn = state.next_conn.fetch_add(1, Ordering::Relaxed);
-    let session =
-        Session { conn, room, user: identity.user, since, epoch, expires_at: identity.expires_at };
+    let expires_at = identity.expires_at;
+    let session = Session { conn, room, user: identity.user, since, epoch, expires_at, permit };
     let env = state.env.clone();
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let _permit = permit;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => return tracing::debug!(%error, "upgrade failed"),
@@ -316,7 +315,12 @@ async fn websocket(
             // frames) instead of the 128 KiB default saves memory and CPU per socket.
             .read_buffer_size(READ_BUFFER_BYTES);
         match socket::split(upgraded, config).await {
-            Some((reader, writer)) => session::run(reader, writer, session, env).await,
+            // The session is a task of its own: this one, with the
+            // handshake's state, ends, and an idle connection costs only
+            // the session's state.
+            Some((reader, writer)) => {
+                drop(tokio::spawn(session::run(reader, writer, session, env)))
+            }
             None => tracing::warn!("upgraded connection is not a TCP stream; dropped"),
         }
     });

@@ -11,6 +11,7 @@ use rooms_proto::host::{Chat, HistoryRequest, SetName, Typing, gateway_frame};
 use rooms_proto::server;
 use rooms_proto::{RoomId, UserId};
 use rooms_server::Stopping;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::conn::{
@@ -45,6 +46,8 @@ pub struct Session {
     pub epoch: String,
     /// When the session's token expires: the socket is closed with 4003.
     pub expires_at: Option<std::time::SystemTime>,
+    /// The connection's place under `--max-connections`, held until it ends.
+    pub permit: OwnedSemaphorePermit,
 }
 
 /// What a session needs from the gateway.
@@ -61,78 +64,97 @@ pub struct SessionEnv {
     pub stopping: Stopping,
 }
 
-pub async fn run(mut reader: Reader, writer: Writer, session: Session, env: SessionEnv) {
-    let outbox = Outbox::new(env.send_queue);
-    let signal = Arc::new(CloseSignal::default());
-    let handle = ConnHandle::new(Arc::clone(&outbox), Arc::clone(&signal));
-    let Session { conn, room, user, since, epoch, expires_at } = session;
-    env.metrics.connections_open.inc();
-    env.metrics.connections_total.inc();
+/// The socket's whole life, as one task's future. A plain `fn` returning
+/// an `async move` block: an `async fn` would keep its arguments twice in
+/// its state (as arguments and as moved-in locals), and this state is what
+/// every idle connection costs.
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+pub fn run(
+    mut reader: Reader,
+    writer: Writer,
+    session: Session,
+    env: SessionEnv,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let _permit = session.permit;
+        let outbox = Outbox::new(env.send_queue);
+        let signal = Arc::new(CloseSignal::default());
+        let handle = ConnHandle::new(Arc::clone(&outbox), Arc::clone(&signal));
+        let conn = session.conn;
+        env.metrics.connections_open.inc();
+        env.metrics.connections_total.inc();
 
-    let join = LinkCmd::Join { conn, user, since, epoch, handle: handle.clone() };
-    // Boxed, as the closing below: futures that run once, at either end of
-    // the connection, take no room in the session's state while it is idle.
-    let link = Box::pin(env.links.dispatch(&room, join)).await;
-    // The writer is its own task, woken only by frames to write: a delivery
-    // never polls the reader, the timers or the close signal. It ends when
-    // the outbox does, after writing what was queued.
-    let mut writer = tokio::spawn(write_frames(writer, Arc::clone(&outbox), env.ping_interval));
-    // Set when the writer ended first (write error or closed queue).
-    let mut written = None;
-    // The client's close frame, if it closed first: answered with its code.
-    let mut client_closed = None;
+        let join = LinkCmd::Join {
+            conn,
+            user: session.user,
+            since: session.since,
+            epoch: session.epoch,
+            handle: handle.clone(),
+        };
+        // Boxed, as the closing below: futures that run once, at either end of
+        // the connection, take no room in the session's state while it is idle.
+        let link = Box::pin(env.links.dispatch(&session.room, join)).await;
+        // The writer is its own task, woken only by frames to write: a delivery
+        // never polls the reader, the timers or the close signal. It ends when
+        // the outbox does, after writing what was queued.
+        let mut writer = tokio::spawn(write_frames(writer, Arc::clone(&outbox), env.ping_interval));
+        // Set when the writer ended first (write error or closed queue).
+        let mut written = None;
+        // The client's close frame, if it closed first: answered with its code.
+        let mut client_closed = None;
 
-    if let Ok(link) = link {
-        let read = read_frames(&mut reader, conn, &link, &handle, &signal, &env);
-        let mut stopping = env.stopping.clone();
-        tokio::select! {
-            closed = read => client_closed = closed,
-            ended = &mut writer => written = Some(ended.ok().flatten()),
-            _ = signal.requested() => {}
-            () = stopping.wait() => {
-                signal.trigger(close_code::RESTART, "gateway restarting; reconnect");
+        if let Ok(link) = link {
+            let read = read_frames(&mut reader, conn, &link, &handle, &signal, &env);
+            let mut stopping = env.stopping.clone();
+            tokio::select! {
+                closed = read => client_closed = closed,
+                ended = &mut writer => written = Some(ended.ok().flatten()),
+                _ = signal.requested() => {}
+                () = stopping.wait() => {
+                    signal.trigger(close_code::RESTART, "gateway restarting; reconnect");
+                }
+                () = token_expiry(session.expires_at) => {
+                    signal.trigger(close_code::TOKEN_EXPIRED, "token expired; reconnect with a fresh one");
+                }
             }
-            () = token_expiry(expires_at) => {
-                signal.trigger(close_code::TOKEN_EXPIRED, "token expired; reconnect with a fresh one");
+            if signal
+                .get()
+                .is_some_and(|(code, _)| code == close_code::POLICY || code == close_code::TOO_BIG)
+            {
+                // The close comes after the answers (echoes, refusals) to what
+                // was accepted before it.
+                Box::pin(settle(&outbox)).await;
             }
+            Box::pin(link.send(LinkCmd::Leave { conn })).await;
+        } else {
+            signal.trigger(close_code::TRY_AGAIN_LATER, "room unavailable");
         }
-        if signal
-            .get()
-            .is_some_and(|(code, _)| code == close_code::POLICY || code == close_code::TOO_BIG)
-        {
-            // The close comes after the answers (echoes, refusals) to what
-            // was accepted before it.
-            Box::pin(settle(&outbox)).await;
-        }
-        Box::pin(link.send(LinkCmd::Leave { conn })).await;
-    } else {
-        signal.trigger(close_code::TRY_AGAIN_LATER, "room unavailable");
-    }
 
-    // Nothing more is queued for this socket (the link may still deliver
-    // until it processes the Leave). What is queued is written before the
-    // close frame, unless the client was too slow to take it.
-    if signal.get().is_some_and(|(code, _)| code == close_code::TRY_AGAIN_LATER) {
-        outbox.close();
-    } else {
-        outbox.finish();
+        // Nothing more is queued for this socket (the link may still deliver
+        // until it processes the Leave). What is queued is written before the
+        // close frame, unless the client was too slow to take it.
+        if signal.get().is_some_and(|(code, _)| code == close_code::TRY_AGAIN_LATER) {
+            outbox.close();
+        } else {
+            outbox.finish();
+        }
+        // The socket's write half comes back unless the writer ended on an error
+        // or could not write what was queued in time.
+        let writer = match written {
+            Some(writer) => writer,
+            None => match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await {
+                Ok(ended) => ended.ok().flatten(),
+                Err(_) => {
+                    writer.abort();
+                    None
+                }
+            },
+        };
+        if let Some(writer) = writer {
+            Box::pin(close(writer, &mut reader, signal.get(), client_closed)).await;
+        }
+        env.metrics.connections_open.dec();
     }
-    // The socket's write half comes back unless the writer ended on an error
-    // or could not write what was queued in time.
-    let writer = match written {
-        Some(writer) => writer,
-        None => match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await {
-            Ok(ended) => ended.ok().flatten(),
-            Err(_) => {
-                writer.abort();
-                None
-            }
-        },
-    };
-    if let Some(writer) = writer {
-        Box::pin(close(writer, &mut reader, signal.get(), client_closed)).await;
-    }
-    env.metrics.connections_open.dec();
 }
 
 /// Ends the connection: our close frame (`ours`), then the client's answer

@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let telemetry = rooms_telemetry::init(args.log_format, "rooms-roomhost");
     let (listen, metrics_listen) = (args.listen, args.metrics_listen);
+    rooms_server::memory::spawn_reclaimer();
     let config = config_or_exit("roomhost", args.into_config());
     let listeners = roomhost::Listeners {
         grpc: TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?,
