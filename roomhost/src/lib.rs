@@ -12,6 +12,7 @@
 //! * `registry`: the active rooms of this process, started on demand.
 //! * `room`: one room's actor: seq, presence, names, group commit, output
 //!   gate, lease and moves; `dedup`: resent messages are not stored twice.
+//! * `leases`: every room's lease, renewed together in batches.
 //! * `store`: Redis (and the in-memory dev store).
 //! * `metrics` and `http`: Prometheus metrics and health on `--metrics-listen`.
 //! * `embedded`: the roomhost a gateway runs in-process when given none.
@@ -23,6 +24,7 @@ mod config;
 mod dedup;
 mod embedded;
 mod http;
+mod leases;
 mod metrics;
 mod registry;
 mod room;

@@ -13,6 +13,7 @@ use rooms_server::directory::Refused;
 use tokio::sync::{mpsc, watch};
 
 use crate::class_room::{ClassRoom, ClassSetup};
+use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::room::{
     COMMAND_QUEUE, Command, Ended, Room, RoomHandle, RoomSettings, RoomSlot, redirect,
@@ -67,6 +68,8 @@ pub struct Registry {
     done_tx: Mutex<Option<mpsc::Sender<()>>>,
     done_rx: tokio::sync::Mutex<mpsc::Receiver<()>>,
     metrics: Arc<Metrics>,
+    /// Every room's lease, renewed together.
+    leases: Arc<Leases>,
 }
 
 impl Registry {
@@ -83,9 +86,11 @@ impl Registry {
         let rooms = Directory::new(COMMAND_QUEUE, max_rooms, move |n| {
             gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
         });
+        let leases = Leases::start(store.clone(), settings.owner.clone(), settings.lease_ttl);
         Arc::new(Self {
             rooms,
             classes,
+            leases,
             store,
             settings: Arc::new(settings),
             ring,
@@ -209,7 +214,8 @@ impl Registry {
             self.metrics.rooms_loaded.inc();
             let (store, settings, metrics) =
                 (self.store.clone(), Arc::clone(&self.settings), Arc::clone(&self.metrics));
-            let actor = ClassRoom::new(slot, store, settings, metrics, class, (lease, lease_until));
+            let renewer = self.leases.watch(room.clone(), (lease, lease_until));
+            let actor = ClassRoom::new(slot, store, settings, metrics, class, (lease, renewer));
             return self.after(&room, actor.run(rx).await).await;
         }
         let mut attempt = 0;
@@ -236,7 +242,8 @@ impl Registry {
         self.metrics.rooms_loaded.inc();
         let (store, settings, metrics) =
             (self.store.clone(), Arc::clone(&self.settings), Arc::clone(&self.metrics));
-        let room_actor = Room::new(slot, loaded, store, settings, metrics, (lease, lease_until));
+        let renewer = self.leases.watch(room.clone(), (lease, lease_until));
+        let room_actor = Room::new(slot, loaded, store, settings, metrics, (lease, renewer));
         let ended = room_actor.run(rx).await;
         self.after(&room, ended).await;
     }

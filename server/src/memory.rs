@@ -60,7 +60,8 @@ mod tests {
 
     fn resident_bytes() -> usize {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-        let pages: usize = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let pages: usize =
+            statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
         pages * 4096
     }
 

@@ -39,8 +39,8 @@ use rooms_proto::host::{HostFrame, Moved, host_frame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::leases::{LeaseCheck, Renewer};
 use crate::metrics::Metrics;
-use crate::room::renewer::{LeaseCheck, Renewer};
 use crate::room::{
     Command, ConnId, Ended, GatewayId, GatewayTx, MOVE_DRAIN, RoomSettings, RoomSlot, redirect,
 };
@@ -155,17 +155,10 @@ impl ClassRoom {
         settings: Arc<RoomSettings>,
         metrics: Arc<Metrics>,
         class: Arc<ClassSetup>,
-        (lease, until): (Lease, Instant),
+        (lease, renewer): (Lease, Renewer),
     ) -> Self {
         let id = slot.key().clone();
         let storage_bytes = class.metrics.storage_bytes.clone();
-        let renewer = Renewer::start(
-            id.clone(),
-            store.clone(),
-            settings.owner.clone(),
-            settings.lease_ttl,
-            (lease, until),
-        );
         Self {
             id,
             slot,

@@ -1,8 +1,8 @@
 //! A room actor's life: its turn loop, what it does about its lease (see
 //! [`super::renewer`]), handoffs to another owner, and hibernation.
 
-use super::renewer::LeaseCheck;
 use super::*;
+use crate::leases::LeaseCheck;
 use crate::store::IfHeld;
 
 /// When a renewal could not be confirmed in time, how long the room waits

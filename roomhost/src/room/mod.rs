@@ -29,13 +29,11 @@ mod commit;
 mod fanout;
 mod lifecycle;
 mod log;
-pub(crate) mod renewer;
 #[cfg(test)]
 mod tests;
 
 use commit::{Origin, Output, Refused, Staged, Write, Writer};
 use lifecycle::{Drain, MoveState};
-use renewer::Renewer;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -55,6 +53,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::dedup::Dedup;
+use crate::leases::Renewer;
 use crate::metrics::Metrics;
 use crate::store::{
     Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Store, StoreError,
@@ -209,8 +208,8 @@ pub(crate) struct Room {
     /// Reloading failed in this turn (its other writes are refused at once).
     reload_failed: bool,
     lease: Lease,
-    /// Renews the lease on its own task; tells the actor when the lease
-    /// looks lost, was claimed, or could not be confirmed in time.
+    /// The lease's renewals (the roomhost's, batched); they tell the actor
+    /// when the lease looks lost, was claimed, or could not be confirmed.
     renewer: Renewer,
     /// A commit found the lease gone: re-check it before anything else.
     lease_suspect: bool,
@@ -228,16 +227,9 @@ impl Room {
         store: Store,
         settings: Arc<RoomSettings>,
         metrics: Arc<Metrics>,
-        (lease, lease_until): (Lease, Instant),
+        (lease, renewer): (Lease, Renewer),
     ) -> Self {
         let id = slot.key().clone();
-        let renewer = Renewer::start(
-            id.clone(),
-            store.clone(),
-            settings.owner.clone(),
-            settings.lease_ttl,
-            (lease, lease_until),
-        );
         let mut room = Self {
             id,
             slot,

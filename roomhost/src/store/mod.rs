@@ -265,17 +265,22 @@ impl Store {
         }
     }
 
-    /// Extends our lease, and tells whether another roomhost claimed it.
-    pub async fn renew(
+
+    /// Renews many of `me`'s leases in one round trip where the store can
+    /// (one script call on a single Redis; with Redis Cluster, whose rooms
+    /// live on many slots, one call per room, all at once). The answers
+    /// come in the order of `leases`.
+    pub async fn renew_many(
         &self,
-        room: &RoomId,
+        leases: &[(RoomId, Lease)],
         me: &Owner,
-        lease: Lease,
         ttl: Duration,
-    ) -> Result<Renewal, StoreError> {
+    ) -> Result<Vec<Renewal>, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.renew(room, me, lease, ttl)),
-            Self::Redis(s) => s.renew(room, me, lease, ttl).await,
+            Self::Memory(s) => {
+                Ok(leases.iter().map(|(room, lease)| s.renew(room, me, *lease, ttl)).collect())
+            }
+            Self::Redis(s) => s.renew_many(leases, me, ttl).await,
         }
     }
 

@@ -50,6 +50,7 @@ pub struct RedisStore {
 struct Scripts {
     acquire: Script,
     renew: Script,
+    renew_many: Script,
     release: Script,
     commit: Script,
 }
@@ -93,6 +94,24 @@ impl Scripts {
                 return {0, ''}
                 ",
             ),
+            // KEYS: (lease, claim) per room. ARGV: me, ttl_ms, fence per room.
+            // -> per room {1, claimant or ''} | {0, ''}
+            renew_many: Script::new(
+                r"
+                local out = {}
+                for i = 1, #KEYS / 2 do
+                  local held = redis.call('HMGET', KEYS[2 * i - 1], 'owner', 'fence')
+                  if held[1] == ARGV[1] and held[2] == ARGV[2 + i] then
+                    redis.call('PEXPIRE', KEYS[2 * i - 1], ARGV[2])
+                    local claim = redis.call('GET', KEYS[2 * i])
+                    if claim and claim ~= ARGV[1] then out[i] = {1, claim} else out[i] = {1, ''} end
+                  else
+                    out[i] = {0, ''}
+                  end
+                end
+                return out
+                ",
+            ),
             // KEYS: lease. ARGV: me, fence. -> 1 | 0
             release: Script::new(
                 r"
@@ -107,8 +126,8 @@ impl Scripts {
             // ARGV: me, fence, history_limit, last_seq, n, n x (id, frame), (user, name)...
             commit: Script::new(
                 r"
-                if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1]
-                   or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then
+                local held = redis.call('HMGET', KEYS[1], 'owner', 'fence')
+                if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] then
                   return 0
                 end
                 local i = 6
@@ -291,6 +310,39 @@ impl RedisStore {
             (1, false) => Renewal::Claimed(Owner(claimant)),
             _ => Renewal::Lost,
         })
+    }
+
+    /// Many renewals: one script call on a single Redis, one call per room
+    /// (concurrent) on Redis Cluster, where rooms hash to many slots.
+    pub async fn renew_many(
+        &self,
+        leases: &[(RoomId, Lease)],
+        me: &Owner,
+        ttl: Duration,
+    ) -> Result<Vec<Renewal>, StoreError> {
+        if matches!(self.conn, Conn::Cluster(_)) {
+            let each = leases.iter().map(|(room, lease)| self.renew(room, me, *lease, ttl));
+            return futures_util::future::join_all(each).await.into_iter().collect();
+        }
+        let mut call = self.scripts.renew_many.prepare_invoke();
+        call.arg(&me.0).arg(ttl.as_millis() as u64);
+        for (room, lease) in leases {
+            let keys = Keys::of(room);
+            call.key(&keys.lease).key(&keys.claim).arg(lease.fence);
+        }
+        let mut conn = self.conn.clone();
+        let answers: Vec<(i64, String)> = call.invoke_async(&mut conn).await?;
+        if answers.len() != leases.len() {
+            return Err(StoreError::Corrupt("renewals answered".into()));
+        }
+        Ok(answers
+            .into_iter()
+            .map(|(renewed, claimant)| match (renewed, claimant.is_empty()) {
+                (1, true) => Renewal::Ours,
+                (1, false) => Renewal::Claimed(Owner(claimant)),
+                _ => Renewal::Lost,
+            })
+            .collect())
     }
 
     pub async fn release(&self, room: &RoomId, me: &Owner, lease: Lease) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use rooms_proto::RoomId;
 use rooms_tests::redis::Redis;
 
 use super::redis::RedisStore;
-use crate::store::{Acquired, IfHeld, Lease, Owner, StorageWrite, StoreError};
+use crate::store::{Acquired, IfHeld, Lease, Owner, Renewal, StorageWrite, StoreError};
 
 #[tokio::test]
 async fn class_storage_writes_apply_in_order_only_under_the_lease() {
@@ -78,4 +78,33 @@ async fn alarms_are_stored_under_the_lease_and_the_index_finds_rooms_due() {
     store.index_alarm(&other, None).await.unwrap();
     assert_eq!(store.due_alarms(800, 10).await.unwrap(), [("game-2".to_owned(), 500)]);
     assert!(store.due_alarms(499, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn many_leases_renew_in_one_call_each_answered_for_its_room() {
+    let redis = Redis::start().await;
+    let store = RedisStore::connect(&redis.url(), 100).await.unwrap();
+    let (me, other) = (Owner::new("a:1"), Owner::new("b:1"));
+    let ttl = Duration::from_millis(500);
+    let mut leases = Vec::new();
+    for name in ["kept", "claimed", "lost"] {
+        let room = RoomId::parse(name).unwrap();
+        let Acquired::Ours(lease) = store.acquire(&room, &me, ttl, IfHeld::Report).await.unwrap()
+        else {
+            panic!("the lease is free");
+        };
+        leases.push((room, lease));
+    }
+    let claimed = store.acquire(&leases[1].0, &other, ttl, IfHeld::Claim).await.unwrap();
+    assert!(matches!(claimed, Acquired::HeldBy(_)));
+    store.release(&leases[2].0, &me, leases[2].1).await.unwrap();
+    let renewed = store.renew_many(&leases, &me, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(renewed, [Renewal::Ours, Renewal::Claimed(other.clone()), Renewal::Lost]);
+    // Renewed for a minute: long after the first TTL, still ours.
+    tokio::time::sleep(ttl * 2).await;
+    let taken = store.acquire(&leases[0].0, &other, ttl, IfHeld::Report).await.unwrap();
+    assert_eq!(taken, Acquired::HeldBy(me.clone()));
+    // A stale fence renews nothing.
+    let stale = [(leases[0].0.clone(), Lease { fence: leases[0].1.fence + 1 })];
+    assert_eq!(store.renew_many(&stale, &me, ttl).await.unwrap(), [Renewal::Lost]);
 }

@@ -1,0 +1,293 @@
+//! The leases of every room this roomhost owns, renewed together: one task
+//! per roomhost renews whatever is due in batches of [`BATCH`] (one script
+//! call each on a single Redis), instead of a task, a timer and a Redis
+//! call per room every third of the lease's TTL. Renewals due within the
+//! next sixth of a TTL go with the batch at hand, so rooms renewed together
+//! stay together.
+//!
+//! The renewals run on their own task, whatever the rooms are doing — a
+//! long turn (a slow Redis makes every commit slow) never delays a renewal
+//! past the lease. Each batch waits for the store at most until the first
+//! of its leases would run out by this process's clock. What a room must
+//! act on goes to its [`Renewer`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rooms_proto::RoomId;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::store::{Lease, Owner, Renewal, Store};
+
+/// Leases renewed by one store call at most.
+pub const BATCH: usize = 128;
+/// How often the task looks for due renewals; also how soon a failed one
+/// is tried again, so that a store that is back keeps the lease.
+const TICK: Duration = Duration::from_millis(100);
+/// Checks waiting for a room to take them; past it, newer ones are dropped
+/// (the room acts on the ones before, and the next renewal finds the same).
+const CHECKS_QUEUED: usize = 4;
+
+/// What a renewal found that the room must act on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LeaseCheck {
+    /// The store says the lease is not ours: re-check before the next write.
+    Suspect,
+    /// Still ours, but gateways that could not reach us went to this
+    /// roomhost: hand the room over to it.
+    Claimed(String),
+    /// The store could not confirm the lease before it ran out: another
+    /// roomhost may take the room now.
+    Lapsed,
+}
+
+/// The renewals of one roomhost; the task stops when this is dropped.
+pub(crate) struct Leases {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    store: Store,
+    owner: Owner,
+    ttl: Duration,
+    /// One entry per room that holds its lease here (bounded by the rooms a
+    /// roomhost may hold, `--max-rooms`).
+    rooms: Mutex<HashMap<RoomId, Entry>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+struct Entry {
+    /// Which renewer registered it (a room started again gets a new one).
+    id: u64,
+    lease: Lease,
+    /// Until when the lease surely holds, by this process's clock.
+    until: Instant,
+    /// When it is to be renewed next.
+    due: Instant,
+    checks: mpsc::Sender<LeaseCheck>,
+}
+
+impl Leases {
+    pub(crate) fn start(store: Store, owner: Owner, ttl: Duration) -> Arc<Self> {
+        let shared = Arc::new(Shared {
+            store,
+            owner,
+            ttl,
+            rooms: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        });
+        let task = tokio::spawn(renew(Arc::clone(&shared)));
+        Arc::new(Self { shared, task })
+    }
+
+    /// Starts renewing `room`'s `lease`, which surely holds until `until`.
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        room: RoomId,
+        (lease, until): (Lease, Instant),
+    ) -> Renewer {
+        let id = self.shared.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, checks) = mpsc::channel(CHECKS_QUEUED);
+        let due = Instant::now() + self.shared.ttl / 3;
+        let entry = Entry { id, lease, until, due, checks: tx };
+        self.shared.rooms().insert(room.clone(), entry);
+        Renewer { leases: Arc::clone(self), room, id, checks }
+    }
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Shared {
+    fn rooms(&self) -> MutexGuard<'_, HashMap<RoomId, Entry>> {
+        self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One room's part: what its renewals found, and its lease taken again.
+/// Dropping it stops the renewals.
+pub(crate) struct Renewer {
+    leases: Arc<Leases>,
+    room: RoomId,
+    id: u64,
+    checks: mpsc::Receiver<LeaseCheck>,
+}
+
+impl Renewer {
+    /// The room took its lease again (`lease`, surely held until `until`).
+    pub(crate) fn retaken(&self, lease: Lease, until: Instant) {
+        let shared = &self.leases.shared;
+        if let Some(entry) = shared.rooms().get_mut(&self.room).filter(|e| e.id == self.id) {
+            entry.lease = lease;
+            entry.until = until;
+            entry.due = Instant::now() + shared.ttl / 3;
+        }
+    }
+
+    /// The next finding the room must act on.
+    pub(crate) async fn next(&mut self) -> LeaseCheck {
+        match self.checks.recv().await {
+            Some(check) => check,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        let mut rooms = self.leases.shared.rooms();
+        if rooms.get(&self.room).is_some_and(|e| e.id == self.id) {
+            rooms.remove(&self.room);
+        }
+    }
+}
+
+async fn renew(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Renewed early rather than a tick later: batches stay together.
+        let horizon = Instant::now() + shared.ttl / 6;
+        let due: Vec<(RoomId, u64, Lease, Instant)> = shared
+            .rooms()
+            .iter()
+            .filter(|(_, e)| e.due <= horizon)
+            .map(|(room, e)| (room.clone(), e.id, e.lease, e.until))
+            .collect();
+        for batch in due.chunks(BATCH) {
+            renew_batch(&shared, batch).await;
+        }
+    }
+}
+
+async fn renew_batch(shared: &Shared, batch: &[(RoomId, u64, Lease, Instant)]) {
+    let started = Instant::now();
+    // Bounded by the first lease to run out (one that already did gets no
+    // say: its room is re-checking it), and by a tick at least.
+    let first_end = batch.iter().map(|b| b.3).filter(|until| *until > started).min();
+    let wait = first_end.map_or(TICK, |until| until - started).max(TICK);
+    let leases: Vec<(RoomId, Lease)> = batch.iter().map(|b| (b.0.clone(), b.2)).collect();
+    let answers =
+        tokio::time::timeout(wait, shared.store.renew_many(&leases, &shared.owner, shared.ttl));
+    let answers = match answers.await {
+        Ok(Ok(answers)) => Some(answers),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, rooms = batch.len(), "lease renewals failed; retrying");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(rooms = batch.len(), "lease renewals timed out; retrying");
+            None
+        }
+    };
+    let now = Instant::now();
+    let mut rooms = shared.rooms();
+    for (i, (room, id, lease, _)) in batch.iter().enumerate() {
+        // Gone, started again, or taken again meanwhile: not this answer's.
+        let Some(entry) = rooms.get_mut(room).filter(|e| e.id == *id && e.lease == *lease) else {
+            continue;
+        };
+        let check = match answers.as_ref().map(|a| &a[i]) {
+            Some(Renewal::Ours) => {
+                (entry.until, entry.due) = (started + shared.ttl, started + shared.ttl / 3);
+                continue;
+            }
+            Some(Renewal::Claimed(by)) => {
+                (entry.until, entry.due) = (started + shared.ttl, started + shared.ttl / 3);
+                tracing::info!(room.id = %room, claimant = %by.0, "a gateway could not reach this roomhost; handing the room to the roomhost it reached");
+                LeaseCheck::Claimed(by.address().to_owned())
+            }
+            Some(Renewal::Lost) => {
+                entry.due = started + shared.ttl / 3;
+                LeaseCheck::Suspect
+            }
+            None if now < entry.until => {
+                entry.due = now + TICK;
+                continue;
+            }
+            None => {
+                entry.due = now + TICK;
+                LeaseCheck::Lapsed
+            }
+        };
+        // A room that has not taken the checks before acts on those first.
+        let _ = entry.checks.try_send(check);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Acquired, IfHeld, MemoryStore};
+
+    const TTL: Duration = Duration::from_millis(300);
+
+    async fn held(store: &Store, room: &RoomId, owner: &Owner) -> (Lease, Instant) {
+        match store.acquire(room, owner, TTL, IfHeld::Report).await.unwrap() {
+            Acquired::Ours(lease) => (lease, Instant::now() + TTL),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn renewed_leases_are_kept_and_a_claim_is_reported() {
+        let store = Store::Memory(MemoryStore::new(10));
+        let me = Owner::new("a:1");
+        let leases = Leases::start(store.clone(), me.clone(), TTL);
+        let rooms: Vec<RoomId> = (0..3).map(|i| RoomId::parse(&format!("r{i}")).unwrap()).collect();
+        let mut renewers = Vec::new();
+        for room in &rooms {
+            renewers.push(leases.watch(room.clone(), held(&store, room, &me).await));
+        }
+        // Renewed past several TTLs: nobody else can take any of them.
+        tokio::time::sleep(TTL * 3).await;
+        let other = Owner::new("b:1");
+        for room in &rooms {
+            assert!(matches!(
+                store.acquire(room, &other, TTL, IfHeld::Report).await.unwrap(),
+                Acquired::HeldBy(_)
+            ));
+        }
+        // A claim reaches the owner of that room only, at its next renewal.
+        assert!(matches!(
+            store.acquire(&rooms[1], &other, TTL, IfHeld::Claim).await.unwrap(),
+            Acquired::HeldBy(_)
+        ));
+        let check = tokio::time::timeout(TTL, renewers[1].next()).await.expect("a check");
+        assert_eq!(check, LeaseCheck::Claimed("b:1".into()));
+        let quiet = tokio::time::timeout(TTL, renewers[0].next()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lease_taken_by_another_is_suspect_and_a_dropped_renewer_stops_renewing() {
+        let store = Store::Memory(MemoryStore::new(10));
+        let me = Owner::new("a:1");
+        let leases = Leases::start(store.clone(), me.clone(), TTL);
+        let (lost, dropped) = (RoomId::parse("lost").unwrap(), RoomId::parse("dropped").unwrap());
+        let lease = held(&store, &lost, &me).await;
+        let mut renewer = leases.watch(lost.clone(), lease);
+        drop(leases.watch(dropped.clone(), held(&store, &dropped, &me).await));
+        store.release(&lost, &me, lease.0).await.unwrap();
+        let other = Owner::new("b:1");
+        assert!(matches!(
+            store.acquire(&lost, &other, TTL, IfHeld::Report).await.unwrap(),
+            Acquired::Ours(_)
+        ));
+        let check = tokio::time::timeout(TTL, renewer.next()).await.expect("a check");
+        assert_eq!(check, LeaseCheck::Suspect);
+        // Nobody renews the dropped room's lease: it runs out.
+        tokio::time::sleep(TTL * 2).await;
+        assert!(matches!(
+            store.acquire(&dropped, &other, TTL, IfHeld::Report).await.unwrap(),
+            Acquired::Ours(_)
+        ));
+    }
+}
