@@ -39,11 +39,29 @@ def idle_bytes_per_conn(r):
 
 
 def whole_idle_bytes_per_conn(r):
-    # Gateways and roomhosts together (a peer is all "gateway").
+    # Every process of the cluster: gateways, roomhosts and Redis (a peer is
+    # all "gateway"). Runs from before Redis was counted have no redis_rss_kb.
     gw_before, gw_during = r["gateway_rss_kb"]
     rh_before, rh_during = r["roomhost_rss_kb"][:2]
-    grown = (gw_during - gw_before) + (rh_during - rh_before)
+    rd_before, rd_during = r.get("redis_rss_kb", [0, 0])
+    grown = (gw_during - gw_before) + (rh_during - rh_before) + (rd_during - rd_before)
     return grown * 1024 / r["clients"] if r.get("clients") else None
+
+
+def roomhost_idle_bytes_per_conn(r):
+    # The roomhosts' growth per connection: what a room member costs there.
+    before, during = r["roomhost_rss_kb"][:2]
+    return (during - before) * 1024 / r["clients"] if r.get("clients") else None
+
+
+def steady_cpu_us_per_message(r, tier=None):
+    # Steady phase of the many-rooms load: CPU per message of one tier, or
+    # of the whole server (a peer's process counts as its "gateways").
+    tiers = r.get("steady_cpu_s_per_s")
+    if not tiers or not r.get("rate"):
+        return None
+    cpu = tiers[tier] if tier else sum(tiers.values())
+    return cpu * 1e6 / r["rate"]
 
 
 def roomhost_cpu_per_room_us(r):
@@ -61,7 +79,9 @@ def events_per_commit(r):
 
 
 FIGURES = {
-    "idle": [("bytes/conn", idle_bytes_per_conn, "{:,.0f}"),
+    "idle": [("gateway bytes/conn", idle_bytes_per_conn, "{:,.0f}"),
+             ("roomhost bytes/conn", roomhost_idle_bytes_per_conn, "{:,.0f}"),
+             ("whole cluster bytes/conn", whole_idle_bytes_per_conn, "{:,.0f}"),
              ("connect s", lambda r: r["connect_s"], "{:.2f}")],
     "fanout": [("deliveries/s", lambda r: r["delivered_per_s"], "{:,.0f}"),
                ("CPU µs/delivery", cpu_per_delivery_us, "{:.3f}"),
@@ -75,6 +95,10 @@ FIGURES = {
     "rooms": [("p50 ms", lambda r: r["latency_ms"]["p50"], "{:.2f}"),
               ("p99 ms", lambda r: r["latency_ms"]["p99"], "{:.2f}"),
               ("server CPU µs/message", lambda r: r["server_cpu_s"] * 1e6 / max(r["sent"], 1), "{:.0f}"),
+              ("steady CPU µs/message", steady_cpu_us_per_message, "{:.0f}"),
+              ("… gateways", lambda r: steady_cpu_us_per_message(r, "gateways"), "{:.0f}"),
+              ("… roomhosts", lambda r: steady_cpu_us_per_message(r, "roomhosts"), "{:.0f}"),
+              ("… Redis", lambda r: steady_cpu_us_per_message(r, "redis"), "{:.0f}"),
               ("roomhost CPU µs/s per room", roomhost_cpu_per_room_us, "{:.2f}"),
               ("roomhost bytes/room", roomhost_bytes_per_room, "{:,.0f}"),
               ("rooms in memory after idle", lambda r: r["roomhost_rooms_active_after_idle"], "{:.0f}"),
@@ -87,13 +111,16 @@ FIGURES = {
 }
 
 SCENARIO_TEXT = {
-    "idle": "9,000 idle connections in 90 rooms (fresh server): gateway memory per connection "
-            "(RSS growth / connections; for peers the whole server), time to connect them",
+    "idle": "9,000 idle connections in 90 rooms (fresh server): memory per connection (RSS "
+            "growth / connections) of the gateways, of the roomhosts and of the whole cluster "
+            "(gateways + roomhosts + Redis; for peers the whole server), time to connect them",
     "fanout": "1 room, 1,000 clients, 10 senders as fast as they can (16 in flight each)",
     "latency": "1 room, 100 clients, 10 senders, 100 msg/s in all = 10k deliveries/s",
-    "rooms": "5,000 rooms × 2 clients, 1 msg/s per room; roomhost CPU and memory per active "
-             "room in the steady phase; rooms in memory once the clients left and the idle "
-             "timeout passed",
+    "rooms": "5,000 rooms × 2 clients, 1 msg/s per room; server CPU per message over the "
+             "whole run (connecting included) and in the steady phase, whole cluster and per "
+             "tier (for peers the whole server); roomhost CPU and memory per active room in "
+             "the steady phase; rooms in memory once the clients left and the idle timeout "
+             "passed",
     "cold": "200 rooms with 100 stored events each, evicted from memory, then joined once "
             "each: connect → welcome + history",
 }
@@ -135,8 +162,20 @@ def targets(by):
     cpu = lambda s, t: median_of(by, s, t, cpu_per_delivery_us)
     rate = lambda t: median_of(by, "fanout", t, lambda r: r["delivered_per_s"])
     r_cpu = ratio(cpu("fanout", ROOMS), cpu("fanout", BASE))
-    add("fan-out CPU per delivery vs rust-min", f"{r_cpu:.2f}×" if r_cpu else "–", "≤ 1.25×",
-        r_cpu <= 1.25 if r_cpu else None)
+    add("fan-out CPU per delivery vs rust-min", f"{r_cpu:.2f}×" if r_cpu else "–", "≤ 1.0×",
+        r_cpu <= 1.0 if r_cpu else None)
+    # Many small rooms: CPU per message, whole cluster against each peer's process.
+    small = lambda t: median_of(by, "rooms", t, lambda r: r["server_cpu_s"] * 1e6 / max(r["sent"], 1))
+    steady = lambda t: median_of(by, "rooms", t, steady_cpu_us_per_message)
+    if small(ROOMS) is not None and small(BASE) is not None:
+        r = small(ROOMS) / small(BASE)
+        add("many small rooms: CPU per message vs rust-min (whole run)", f"{r:.2f}×", "≤ 2×", r <= 2)
+    if steady(ROOMS) is not None and steady(BASE):
+        r = steady(ROOMS) / steady(BASE)
+        add("many small rooms: CPU per message vs rust-min (steady)", f"{r:.2f}×", "≤ 2×", r <= 2)
+    if small(ROOMS) is not None and small("node-ws") is not None:
+        add("many small rooms: CPU per message vs node-ws (whole run)",
+            f"{small(ROOMS):.0f} vs {small('node-ws'):.0f} µs", "below", small(ROOMS) < small("node-ws"))
     for peer, goal in ((BASE, 0.8), ("node-ws", 10), ("workerd", 30)):
         r = ratio(rate(ROOMS), rate(peer))
         add(f"fan-out deliveries/s vs {peer}", f"{r:.2f}×" if r else "–", f"≥ {goal}×",
@@ -156,6 +195,14 @@ def targets(by):
         if least is not None:
             add("… less than every peer", f"{m / 1024:.1f} vs {least / 1024:.1f} KiB (least peer)",
                 "less", m < least)
+        whole = median_of(by, "idle", ROOMS, whole_idle_bytes_per_conn)
+        node = median_of(by, "idle", "node-ws", whole_idle_bytes_per_conn)
+        if whole is not None and node is not None:
+            add("whole-cluster memory per idle connection vs node-ws",
+                f"{whole / 1024:.1f} vs {node / 1024:.1f} KiB", "at or below", whole <= node)
+        member = median_of(by, "idle", ROOMS, roomhost_idle_bytes_per_conn)
+        if member is not None:
+            add("roomhost memory per room member (idle)", f"{member:,.0f} B", "≤ 512 B", member <= 512)
         c = ratio(median_of(by, "idle", ROOMS, lambda r: r["connect_s"]),
                   median_of(by, "idle", BASE, lambda r: r["connect_s"]))
         add("connecting 9,000 clients vs rust-min", f"{c:.2f}×" if c else "–", "≤ 1.2×",

@@ -132,7 +132,7 @@ metric() {  # port name -> value summed over lines (0 when absent)
 
 # ---- targets --------------------------------------------------------------
 
-PIDS=() GATEWAY_PIDS=() ROOMHOST_PIDS=() URLS="" METRICS=""
+PIDS=() GATEWAY_PIDS=() ROOMHOST_PIDS=() REDIS_PIDS=() URLS="" METRICS=""
 NEXT_PEER_PORT=19100
 start_target() {
   case "$1" in
@@ -149,6 +149,7 @@ start_target() {
       mapfile -t PIDS < <(deploy/local-cluster.sh pids | awk '{print $2}')
       mapfile -t GATEWAY_PIDS < <(deploy/local-cluster.sh pids | awk '/^gateway/{print $2}')
       mapfile -t ROOMHOST_PIDS < <(deploy/local-cluster.sh pids | awk '/^roomhost/{print $2}')
+      mapfile -t REDIS_PIDS < <(deploy/local-cluster.sh pids | awk '/^redis/{print $2}')
       URLS="ws://127.0.0.1:18080,ws://127.0.0.1:18081"
       METRICS="15101 15102 15103"
       ;;
@@ -161,7 +162,7 @@ start_target() {
       local pid=$!
       wait_port "$port"
       mapfile -t PIDS < <(tree "$pid")
-      GATEWAY_PIDS=("${PIDS[@]}") ROOMHOST_PIDS=()
+      GATEWAY_PIDS=("${PIDS[@]}") ROOMHOST_PIDS=() REDIS_PIDS=()
       URLS="ws://127.0.0.1:$port"
       METRICS=""
       ;;
@@ -222,11 +223,12 @@ batch_stats() {  # -> "commits events loads" summed over the roomhosts
 measure() {  # target scenario round
   local target=$1 scenario=$2 round=$3 busy
   busy=$(wait_quiet)
-  local cpu0 gw_rss0 rh_cpu0 rh_rss0 batch0
+  local cpu0 gw_rss0 rh_cpu0 rh_rss0 rd_rss0 batch0
   cpu0=$(cpu_ticks "${PIDS[@]}")
   rh_cpu0=$(cpu_ticks "${ROOMHOST_PIDS[@]}")
   gw_rss0=$(rss_kb "${GATEWAY_PIDS[@]}")
   rh_rss0=$(rss_kb "${ROOMHOST_PIDS[@]}")
+  rd_rss0=$(rss_kb "${REDIS_PIDS[@]}")
   read -r -a batch0 < <(batch_stats)
   local err="$WORK/bench.err"
   # shellcheck disable=SC2046
@@ -239,7 +241,8 @@ measure() {  # target scenario round
   # Memory while the load's clients are all connected.
   local marker="clients connected"
   [ "$scenario" = idle ] && marker="holding"
-  local gw_rss1=0 rh_rss1=0 rh_cpu_a=0 rh_cpu_b=0 t_a t_b
+  local gw_rss1=0 rh_rss1=0 rd_rss1=0 rh_cpu_a=0 rh_cpu_b=0 t_a t_b
+  local gw_cpu_a=0 gw_cpu_b=0 rd_cpu_a=0 rd_cpu_b=0
   for _ in $(seq 1 1200); do
     grep -q "$marker" "$err" 2>/dev/null && break
     kill -0 "$bench" 2>/dev/null || break
@@ -248,15 +251,19 @@ measure() {  # target scenario round
   if [ "$scenario" = rooms ]; then
     # Steady state: roomhost CPU over 4 s of the 1 msg/s-per-room load.
     sleep 2
-    rh_cpu_a=$(cpu_ticks "${ROOMHOST_PIDS[@]}"); t_a=$(date +%s.%N)
+    # Every tier over the same 4 s (a peer is all "gateway").
+    rh_cpu_a=$(cpu_ticks "${ROOMHOST_PIDS[@]}"); gw_cpu_a=$(cpu_ticks "${GATEWAY_PIDS[@]}")
+    rd_cpu_a=$(cpu_ticks "${REDIS_PIDS[@]}"); t_a=$(date +%s.%N)
     sleep 4
-    rh_cpu_b=$(cpu_ticks "${ROOMHOST_PIDS[@]}"); t_b=$(date +%s.%N)
+    rh_cpu_b=$(cpu_ticks "${ROOMHOST_PIDS[@]}"); gw_cpu_b=$(cpu_ticks "${GATEWAY_PIDS[@]}")
+    rd_cpu_b=$(cpu_ticks "${REDIS_PIDS[@]}"); t_b=$(date +%s.%N)
   else
     sleep 1
     t_a=0 t_b=1
   fi
   gw_rss1=$(rss_kb "${GATEWAY_PIDS[@]}")
   rh_rss1=$(rss_kb "${ROOMHOST_PIDS[@]}")
+  rd_rss1=$(rss_kb "${REDIS_PIDS[@]}")
   wait "$bench" || { echo "bench failed for $target/$scenario: $(cat "$err")" >&2; return 0; }
   local cpu1 rh_active_after=-1 rh_rss2=0 batch1
   cpu1=$(cpu_ticks "${PIDS[@]}")
@@ -278,7 +285,13 @@ r.update({
     "target": "$target", "scenario": "$scenario", "round": $round, "busy_before_pct": $busy,
     "server_cpu_s": ($cpu1 - $cpu0) / tck,
     "gateway_rss_kb": [$gw_rss0, $gw_rss1], "roomhost_rss_kb": [$rh_rss0, $rh_rss1, $rh_rss2],
+    "redis_rss_kb": [$rd_rss0, $rd_rss1],
     "roomhost_steady_cpu_s_per_s": (($rh_cpu_b - $rh_cpu_a) / tck) / max($t_b - $t_a, 1e-9),
+    "steady_cpu_s_per_s": {
+        tier: (b - a) / tck / max($t_b - $t_a, 1e-9)
+        for tier, a, b in (("gateways", $gw_cpu_a, $gw_cpu_b), ("roomhosts", $rh_cpu_a, $rh_cpu_b),
+                           ("redis", $rd_cpu_a, $rd_cpu_b))
+    },
     "roomhost_rooms_active_after_idle": $rh_active_after,
     "redis_commits": ${batch1[0]} - ${batch0[0]}, "redis_events": ${batch1[1]} - ${batch0[1]},
     "rooms_loaded": ${batch1[2]} - ${batch0[2]},

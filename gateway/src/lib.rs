@@ -90,6 +90,8 @@ pub async fn run(
         }
     };
     let metrics = Arc::new(Metrics::new());
+    let connections = metrics.connections_open.clone();
+    rooms_server::memory::spawn_reclaimer(move || connections.get());
     let router = Router::new(membership, metrics.redirects.clone());
     let gateway_id = format!("gw-{:08x}", rand::random::<u32>());
     let (stop, stopping) = Stop::new();

@@ -14,7 +14,6 @@ async fn main() -> anyhow::Result<()> {
     }
     let telemetry = rooms_telemetry::init(args.log_format, "rooms-gateway");
     let (listen, admin_listen) = (args.listen, args.admin_listen);
-    rooms_server::memory::spawn_reclaimer();
     let config = config_or_exit("gateway", args.into_config());
     let listeners = gateway::Listeners {
         http: TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?,

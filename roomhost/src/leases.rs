@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::store::{Lease, Owner, Renewal, Store};
 
 /// Leases renewed by one store call at most.
-pub const BATCH: usize = 128;
+pub const BATCH: usize = 16;
 /// How often the task looks for due renewals; also how soon a failed one
 /// is tried again, so that a store that is back keeps the lease.
 const TICK: Duration = Duration::from_millis(100);

@@ -14,7 +14,6 @@ async fn main() -> anyhow::Result<()> {
     }
     let telemetry = rooms_telemetry::init(args.log_format, "rooms-roomhost");
     let (listen, metrics_listen) = (args.listen, args.metrics_listen);
-    rooms_server::memory::spawn_reclaimer();
     let config = config_or_exit("roomhost", args.into_config());
     let listeners = roomhost::Listeners {
         grpc: TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?,
@@ -25,6 +24,8 @@ async fn main() -> anyhow::Result<()> {
         ),
     };
     let metrics = std::sync::Arc::new(roomhost::Metrics::new());
+    let rooms = metrics.rooms_active.clone();
+    rooms_server::memory::spawn_reclaimer(move || rooms.get());
     let result = roomhost::run(listeners, config, metrics, shutdown::signal()).await;
     telemetry.shutdown().await;
     Ok(result?)

@@ -265,7 +265,6 @@ impl Store {
         }
     }
 
-
     /// Renews many of `me`'s leases in one round trip where the store can
     /// (one script call on a single Redis; with Redis Cluster, whose rooms
     /// live on many slots, one call per room, all at once). The answers
