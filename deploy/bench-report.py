@@ -343,7 +343,8 @@ no persistence — close to what this machine can do at all.
 write acknowledged *before* delivery (output gate), `seq`, presence and names. It runs as the
 whole local cluster of `deploy/local-cluster.sh` — Redis + 3 roomhosts + 2 gateways, clients
 spread over both gateways — and its CPU and memory figures are summed over all its processes
-(memory per idle connection: the gateways'). `rooms-cluster` is the same on a local 3-master
+(memory per idle connection: the gateways', the roomhosts' and the whole cluster's, Redis
+included). `rooms-cluster` is the same on a local 3-master
 Redis Cluster.
 
 ## How they were made
