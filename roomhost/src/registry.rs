@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rooms_cluster::Ring;
 use rooms_proto::RoomId;
 use rooms_proto::host::{Moved, RoomKind};
@@ -194,7 +195,7 @@ impl Registry {
         self: Arc<Self>,
         slot: RoomSlot,
         mut rx: mpsc::Receiver<Command>,
-        _done: mpsc::Sender<()>,
+        done: mpsc::Sender<()>,
         wait: LeaseWait,
     ) {
         let room = slot.key().clone();
@@ -216,7 +217,8 @@ impl Registry {
                 (self.store.clone(), Arc::clone(&self.settings), Arc::clone(&self.metrics));
             let renewer = self.leases.watch(room.clone(), (lease, lease_until));
             let actor = ClassRoom::new(slot, store, settings, metrics, class, (lease, renewer));
-            return self.after(&room, actor.run(rx).await).await;
+            let life = actor.run(rx);
+            return self.live(room, life, done);
         }
         let mut attempt = 0;
         let loaded = loop {
@@ -244,8 +246,24 @@ impl Registry {
             (self.store.clone(), Arc::clone(&self.settings), Arc::clone(&self.metrics));
         let renewer = self.leases.watch(room.clone(), (lease, lease_until));
         let room_actor = Room::new(slot, loaded, store, settings, metrics, (lease, renewer));
-        let ended = room_actor.run(rx).await;
-        self.after(&room, ended).await;
+        self.live(room, room_actor.run(rx), done);
+    }
+
+    /// Runs a started room as a task of its own, then hands what it left to
+    /// its successor. The starting task (its lease and load steps) ends
+    /// here: an active room costs only its own life's state.
+    fn live(
+        self: Arc<Self>,
+        room: RoomId,
+        life: impl Future<Output = Ended> + Send + 'static,
+        done: mpsc::Sender<()>,
+    ) {
+        // `then`, not an `async` block: one awaiting `life` would keep it
+        // twice in its state.
+        tokio::spawn(life.then(move |ended| async move {
+            let _done = done;
+            self.after(&room, ended).await;
+        }));
     }
 
     /// A hibernated room's leftover commands go to its successor.

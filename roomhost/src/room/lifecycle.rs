@@ -42,97 +42,107 @@ pub(super) struct MoveState {
 }
 
 impl Room {
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Ended {
-        tracing::debug!(room.id = %self.id, seq = self.seq, fence = self.lease.fence, "room loaded");
-        // When the last gateway left; the room hibernates `idle_timeout` later
-        // whatever else (queries, publishes) happens meanwhile.
-        let mut empty_since = Some(Instant::now());
-        loop {
-            let idle_at = empty_since.map(|since| since + self.settings.idle_timeout);
-            let move_at = self.moving.as_ref().map(|m| m.deadline);
-            let first = tokio::select! {
-                // The lease first: a busy room must not outlive it.
-                biased;
-                check = self.renewer.next() => {
-                    match check {
-                        LeaseCheck::Suspect => self.lease_suspect = true,
-                        LeaseCheck::Claimed(by) => self.begin_move(Moved::to(by), Drain::Gateways),
-                        LeaseCheck::Lapsed => {
-                            // Nothing can be stored without the lease, and
-                            // another roomhost may take the room now. If the
-                            // store answers again and nobody took it, take
-                            // it back; else stop serving and send the
-                            // gateways elsewhere.
-                            let back = tokio::time::timeout(LAPSE_RECHECK, self.recheck_lease());
-                            match back.await {
-                                Ok(Recheck::Ours) => {}
-                                Ok(Recheck::Moving) => return self.finish_move(rx).await,
-                                Ok(Recheck::NoAnswer) | Err(_) => {
-                                    tracing::warn!(room.id = %self.id, "lease could not be renewed in time; giving the room up");
-                                    self.lease_suspect = true;
-                                    self.begin_move(Moved::unknown(), Drain::Skip);
-                                    return self.finish_move(rx).await;
+    /// The room's life. A plain `fn` returning an `async move` block, and
+    /// its rare ends (a move, hibernation, a lease re-check) boxed: an
+    /// `async fn` would keep `self` twice in its state, and the rare steps
+    /// would size it for good. This state is what every active room costs.
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps `self` twice")]
+    pub(crate) fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+    ) -> impl std::future::Future<Output = Ended> + Send {
+        async move {
+            tracing::debug!(room.id = %self.id, seq = self.seq, fence = self.lease.fence, "room loaded");
+            // When the last gateway left; the room hibernates `idle_timeout` later
+            // whatever else (queries, publishes) happens meanwhile.
+            let mut empty_since = Some(Instant::now());
+            loop {
+                let idle_at = empty_since.map(|since| since + self.settings.idle_timeout);
+                let move_at = self.moving.as_ref().map(|m| m.deadline);
+                let first = tokio::select! {
+                    // The lease first: a busy room must not outlive it.
+                    biased;
+                    check = self.renewer.next() => {
+                        match check {
+                            LeaseCheck::Suspect => self.lease_suspect = true,
+                            LeaseCheck::Claimed(by) => self.begin_move(Moved::to(by), Drain::Gateways),
+                            LeaseCheck::Lapsed => {
+                                // Nothing can be stored without the lease, and
+                                // another roomhost may take the room now. If the
+                                // store answers again and nobody took it, take
+                                // it back; else stop serving and send the
+                                // gateways elsewhere.
+                                let back = tokio::time::timeout(LAPSE_RECHECK, Box::pin(self.recheck_lease()));
+                                match back.await {
+                                    Ok(Recheck::Ours) => {}
+                                    Ok(Recheck::Moving) => return Box::pin(self.finish_move(rx)).await,
+                                    Ok(Recheck::NoAnswer) | Err(_) => {
+                                        tracing::warn!(room.id = %self.id, "lease could not be renewed in time; giving the room up");
+                                        self.lease_suspect = true;
+                                        self.begin_move(Moved::unknown(), Drain::Skip);
+                                        return Box::pin(self.finish_move(rx)).await;
+                                    }
                                 }
                             }
                         }
+                        None
                     }
-                    None
-                }
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => Some(cmd),
-                    None => break,
-                },
-                () = sleep_until(idle_at), if idle_at.is_some() && self.moving.is_none() => {
-                    return self.hibernate(rx).await;
-                }
-                () = sleep_until(move_at), if move_at.is_some() => {
-                    tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
-                    return self.finish_move(rx).await;
-                }
-            };
-            if let Some(first) = first {
-                let turn = Instant::now();
-                self.reload_failed = false;
-                self.command(first).await;
-                let mut taken = 1;
-                while taken < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(cmd) => self.command(cmd).await,
-                        Err(_) => break,
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => Some(cmd),
+                        None => break,
+                    },
+                    () = sleep_until(idle_at), if idle_at.is_some() && self.moving.is_none() => {
+                        return Box::pin(self.hibernate(rx)).await;
                     }
-                    taken += 1;
-                }
-                if self.busy {
-                    let until = turn + BUSY_LINGER;
+                    () = sleep_until(move_at), if move_at.is_some() => {
+                        tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
+                        return Box::pin(self.finish_move(rx)).await;
+                    }
+                };
+                if let Some(first) = first {
+                    let turn = Instant::now();
+                    self.reload_failed = false;
+                    self.command(first).await;
+                    let mut taken = 1;
                     while taken < MAX_BATCH {
-                        match tokio::time::timeout_at(until, rx.recv()).await {
-                            Ok(Some(cmd)) => self.command(cmd).await,
-                            _ => break,
+                        match rx.try_recv() {
+                            Ok(cmd) => self.command(cmd).await,
+                            Err(_) => break,
                         }
                         taken += 1;
                     }
+                    if self.busy {
+                        let until = turn + BUSY_LINGER;
+                        while taken < MAX_BATCH {
+                            match tokio::time::timeout_at(until, rx.recv()).await {
+                                Ok(Some(cmd)) => self.command(cmd).await,
+                                _ => break,
+                            }
+                            taken += 1;
+                        }
+                    }
+                    let events = self.staged.commit.events.len();
+                    self.flush().await;
+                    self.busy = events >= BUSY_EVENTS;
+                    self.report_gauges();
                 }
-                let events = self.staged.commit.events.len();
-                self.flush().await;
-                self.busy = events >= BUSY_EVENTS;
-                self.report_gauges();
+                if self.lease_suspect && Box::pin(self.recheck_lease()).await == Recheck::Moving {
+                    return Box::pin(self.finish_move(rx)).await;
+                }
+                if self.moving.as_ref().is_some_and(|m| m.waiting.is_empty()) {
+                    return Box::pin(self.finish_move(rx)).await;
+                }
+                empty_since = match (self.gateways.is_empty(), empty_since) {
+                    (false, _) => None,
+                    (true, Some(since)) => Some(since),
+                    (true, None) => Some(Instant::now()),
+                };
             }
-            if self.lease_suspect && self.recheck_lease().await == Recheck::Moving {
-                return self.finish_move(rx).await;
-            }
-            if self.moving.as_ref().is_some_and(|m| m.waiting.is_empty()) {
-                return self.finish_move(rx).await;
-            }
-            empty_since = match (self.gateways.is_empty(), empty_since) {
-                (false, _) => None,
-                (true, Some(since)) => Some(since),
-                (true, None) => Some(Instant::now()),
-            };
+            self.flush().await;
+            self.release_lease().await;
+            tracing::debug!(room.id = %self.id, "room stopped");
+            Ended::Done
         }
-        self.flush().await;
-        self.release_lease().await;
-        tracing::debug!(room.id = %self.id, "room stopped");
-        Ended::Done
     }
 
     /// The lease looked lost: take it again if nobody else did (our state
