@@ -212,8 +212,10 @@ async fn renew_batch(shared: &Shared, batch: &[(RoomId, u64, Lease, Instant)]) {
                 entry.due = now + TICK;
                 continue;
             }
+            // Told once per third of a TTL, as a renewal would be: the room
+            // re-checks the lease itself meanwhile.
             None => {
-                entry.due = now + TICK;
+                entry.due = started + shared.ttl / 3;
                 LeaseCheck::Lapsed
             }
         };
