@@ -224,16 +224,19 @@ impl Room {
         let mut rest = Vec::new();
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
-                Command::Frame { gateway, frame: gateway_frame::Kind::Chat(chat) } => {
-                    self.unavailable(
-                        gateway,
-                        chat.conn,
-                        Refused::Chat { id: &chat.id, tag: chat.tag },
-                    );
-                }
-                Command::Frame { gateway, frame: gateway_frame::Kind::SetName(set) } => {
-                    self.unavailable(gateway, set.conn, Refused::Name);
-                }
+                Command::Frame { gateway, frame } => match *frame {
+                    gateway_frame::Kind::Chat(chat) => {
+                        self.unavailable(
+                            gateway,
+                            chat.conn,
+                            Refused::Chat { id: &chat.id, tag: chat.tag },
+                        );
+                    }
+                    gateway_frame::Kind::SetName(set) => {
+                        self.unavailable(gateway, set.conn, Refused::Name);
+                    }
+                    frame => rest.push(Command::Frame { gateway, frame: Box::new(frame) }),
+                },
                 other => rest.push(other),
             }
         }

@@ -102,10 +102,11 @@ pub enum Command {
     Detach {
         gateway: GatewayId,
     },
-    /// A frame from a gateway's stream.
+    /// A frame from a gateway's stream. Boxed: the largest variant by far,
+    /// it would size every slot of every room's command queue.
     Frame {
         gateway: GatewayId,
-        frame: gateway_frame::Kind,
+        frame: Box<gateway_frame::Kind>,
     },
     /// Operator publish of a `system` event.
     Publish {
