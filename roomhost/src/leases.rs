@@ -148,6 +148,9 @@ impl Drop for Renewer {
     }
 }
 
+/// Which renewer registered a lease, and until when it surely holds.
+type Holder = (u64, Instant);
+
 async fn renew(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -155,41 +158,41 @@ async fn renew(shared: Arc<Shared>) {
         tick.tick().await;
         // Renewed early rather than a tick later: batches stay together.
         let horizon = Instant::now() + shared.ttl / 6;
-        let due: Vec<(RoomId, u64, Lease, Instant)> = shared
+        // The leases to renew, and beside them which renewer and until when.
+        let (leases, holders): (Vec<(RoomId, Lease)>, Vec<Holder>) = shared
             .rooms()
             .iter()
             .filter(|(_, e)| e.due <= horizon)
-            .map(|(room, e)| (room.clone(), e.id, e.lease, e.until))
-            .collect();
-        for batch in due.chunks(BATCH) {
-            renew_batch(&shared, batch).await;
+            .map(|(room, e)| ((room.clone(), e.lease), (e.id, e.until)))
+            .unzip();
+        for (leases, holders) in leases.chunks(BATCH).zip(holders.chunks(BATCH)) {
+            renew_batch(&shared, leases, holders).await;
         }
     }
 }
 
-async fn renew_batch(shared: &Shared, batch: &[(RoomId, u64, Lease, Instant)]) {
+async fn renew_batch(shared: &Shared, leases: &[(RoomId, Lease)], holders: &[Holder]) {
     let started = Instant::now();
     // Bounded by the first lease to run out (one that already did gets no
     // say: its room is re-checking it), and by a tick at least.
-    let first_end = batch.iter().map(|b| b.3).filter(|until| *until > started).min();
+    let first_end = holders.iter().map(|h| h.1).filter(|until| *until > started).min();
     let wait = first_end.map_or(TICK, |until| until - started).max(TICK);
-    let leases: Vec<(RoomId, Lease)> = batch.iter().map(|b| (b.0.clone(), b.2)).collect();
     let answers =
-        tokio::time::timeout(wait, shared.store.renew_many(&leases, &shared.owner, shared.ttl));
+        tokio::time::timeout(wait, shared.store.renew_many(leases, &shared.owner, shared.ttl));
     let answers = match answers.await {
         Ok(Ok(answers)) => Some(answers),
         Ok(Err(error)) => {
-            tracing::warn!(%error, rooms = batch.len(), "lease renewals failed; retrying");
+            tracing::warn!(%error, rooms = leases.len(), "lease renewals failed; retrying");
             None
         }
         Err(_) => {
-            tracing::warn!(rooms = batch.len(), "lease renewals timed out; retrying");
+            tracing::warn!(rooms = leases.len(), "lease renewals timed out; retrying");
             None
         }
     };
     let now = Instant::now();
     let mut rooms = shared.rooms();
-    for (i, (room, id, lease, _)) in batch.iter().enumerate() {
+    for (i, ((room, lease), (id, _))) in leases.iter().zip(holders).enumerate() {
         // Gone, started again, or taken again meanwhile: not this answer's.
         let Some(entry) = rooms.get_mut(room).filter(|e| e.id == *id && e.lease == *lease) else {
             continue;

@@ -50,7 +50,6 @@ pub struct RedisStore {
 struct Scripts {
     acquire: Script,
     renew: Script,
-    renew_many: Script,
     release: Script,
     commit: Script,
 }
@@ -80,23 +79,9 @@ impl Scripts {
                 return {1, tostring(fence)}
                 ",
             ),
-            // KEYS: lease, claim. ARGV: me, fence, ttl_ms.
-            // -> {1, claimant or ''} | {0, ''}
-            renew: Script::new(
-                r"
-                if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
-                   and redis.call('HGET', KEYS[1], 'fence') == ARGV[2] then
-                  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-                  local claim = redis.call('GET', KEYS[2])
-                  if claim and claim ~= ARGV[1] then return {1, claim} end
-                  return {1, ''}
-                end
-                return {0, ''}
-                ",
-            ),
             // KEYS: (lease, claim) per room. ARGV: me, ttl_ms, fence per room.
             // -> per room {1, claimant or ''} | {0, ''}
-            renew_many: Script::new(
+            renew: Script::new(
                 r"
                 local out = {}
                 for i = 1, #KEYS / 2 do
@@ -286,34 +271,9 @@ impl RedisStore {
         }
     }
 
-    pub async fn renew(
-        &self,
-        room: &RoomId,
-        me: &Owner,
-        lease: Lease,
-        ttl: Duration,
-    ) -> Result<Renewal, StoreError> {
-        let keys = Keys::of(room);
-        let mut conn = self.conn.clone();
-        let (renewed, claimant): (i64, String) = self
-            .scripts
-            .renew
-            .key(&keys.lease)
-            .key(&keys.claim)
-            .arg(&me.0)
-            .arg(lease.fence)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(match (renewed, claimant.is_empty()) {
-            (1, true) => Renewal::Ours,
-            (1, false) => Renewal::Claimed(Owner(claimant)),
-            _ => Renewal::Lost,
-        })
-    }
-
-    /// Many renewals: one script call on a single Redis, one call per room
-    /// (concurrent) on Redis Cluster, where rooms hash to many slots.
+    /// Many renewals: one script call on a single Redis; on Redis Cluster,
+    /// where each room's keys live in a slot of their own, one call per
+    /// room, all at once.
     pub async fn renew_many(
         &self,
         leases: &[(RoomId, Lease)],
@@ -321,10 +281,20 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<Vec<Renewal>, StoreError> {
         if matches!(self.conn, Conn::Cluster(_)) {
-            let each = leases.iter().map(|(room, lease)| self.renew(room, me, *lease, ttl));
-            return futures_util::future::join_all(each).await.into_iter().collect();
+            let each = leases.chunks(1).map(|one| self.renew_in_one_call(one, me, ttl));
+            let answers = futures_util::future::try_join_all(each).await?;
+            return Ok(answers.into_iter().flatten().collect());
         }
-        let mut call = self.scripts.renew_many.prepare_invoke();
+        self.renew_in_one_call(leases, me, ttl).await
+    }
+
+    async fn renew_in_one_call(
+        &self,
+        leases: &[(RoomId, Lease)],
+        me: &Owner,
+        ttl: Duration,
+    ) -> Result<Vec<Renewal>, StoreError> {
+        let mut call = self.scripts.renew.prepare_invoke();
         call.arg(&me.0).arg(ttl.as_millis() as u64);
         for (room, lease) in leases {
             let keys = Keys::of(room);
