@@ -183,76 +183,85 @@ impl ClassRoom {
         }
     }
 
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Ended {
-        tracing::debug!(room.id = %self.id, class = %self.class.bundle.spec.class, bundle = %self.class.bundle.hash, "class room started");
-        let idle = self.settings.idle_timeout;
-        let mut last_event = Instant::now();
-        self.load_book().await;
-        loop {
-            let move_at = self.moving.as_ref().map(|m| m.2);
-            let settle_at = self.book.settle_deadline();
-            let away_at = self.away.deadline();
-            let alarm_at = match self.alarms.next() {
-                Some(at) if self.moving.is_none() && settle_at.is_none() => {
-                    let wait = at.saturating_sub(alarms::now_ms());
-                    Some(Instant::now() + std::time::Duration::from_millis(wait))
-                }
-                _ => None,
-            };
-            tokio::select! {
-                biased;
-                check = self.renewer.next() => match check {
-                    LeaseCheck::Claimed(by) => self.begin_move(Moved::to(by)),
-                    LeaseCheck::Suspect | LeaseCheck::Lapsed => {
-                        let me = &self.settings.owner;
-                        let target = match self.store.acquire(&self.id, me, self.settings.lease_ttl, IfHeld::Report).await {
-                            Ok(Acquired::Ours(lease)) if lease == self.lease => continue,
-                            Ok(Acquired::HeldBy(holder)) => Moved::to(holder.address()),
-                            _ => Moved::unknown(),
-                        };
-                        tracing::warn!(room.id = %self.id, "lease lost; the room moves");
-                        return self.finish_move(rx, target, false).await;
+    /// The room's life. A plain `fn` returning an `async move` block, and
+    /// its rare ends (a move, hibernation) boxed: an `async fn` would keep
+    /// `self` twice in its state, and the rare steps would size it for good.
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps `self` twice")]
+    pub(crate) fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+    ) -> impl std::future::Future<Output = Ended> + Send {
+        async move {
+            tracing::debug!(room.id = %self.id, class = %self.class.bundle.spec.class, bundle = %self.class.bundle.hash, "class room started");
+            let idle = self.settings.idle_timeout;
+            let mut last_event = Instant::now();
+            self.load_book().await;
+            loop {
+                let move_at = self.moving.as_ref().map(|m| m.2);
+                let settle_at = self.book.settle_deadline();
+                let away_at = self.away.deadline();
+                let alarm_at = match self.alarms.next() {
+                    Some(at) if self.moving.is_none() && settle_at.is_none() => {
+                        let wait = at.saturating_sub(alarms::now_ms());
+                        Some(Instant::now() + std::time::Duration::from_millis(wait))
                     }
-                },
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => {
+                    _ => None,
+                };
+                tokio::select! {
+                    biased;
+                    check = self.renewer.next() => match check {
+                        LeaseCheck::Claimed(by) => self.begin_move(Moved::to(by)),
+                        LeaseCheck::Suspect | LeaseCheck::Lapsed => {
+                            let me = &self.settings.owner;
+                            let target = match self.store.acquire(&self.id, me, self.settings.lease_ttl, IfHeld::Report).await {
+                                Ok(Acquired::Ours(lease)) if lease == self.lease => continue,
+                                Ok(Acquired::HeldBy(holder)) => Moved::to(holder.address()),
+                                _ => Moved::unknown(),
+                            };
+                            tracing::warn!(room.id = %self.id, "lease lost; the room moves");
+                            return Box::pin(self.finish_move(rx, target, false)).await;
+                        }
+                    },
+                    cmd = rx.recv() => match cmd {
+                        Some(cmd) => {
+                            last_event = Instant::now();
+                            self.take(cmd).await;
+                        }
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(last_event + idle), if self.moving.is_none() => {
+                        if self.gateways.is_empty() && self.away.is_empty() {
+                            return Box::pin(self.hibernate(rx)).await;
+                        }
+                        // Sockets stay open at the gateways; the instance goes.
+                        self.drop_instance("idle");
                         last_event = Instant::now();
-                        self.take(cmd).await;
                     }
-                    None => break,
-                },
-                () = tokio::time::sleep_until(last_event + idle), if self.moving.is_none() => {
-                    if self.gateways.is_empty() && self.away.is_empty() {
-                        return self.hibernate(rx).await;
+                    result = self.gate.committed() => self.committed(result),
+                    () = sleep_until(alarm_at), if alarm_at.is_some() => {
+                        last_event = Instant::now();
+                        self.fire_alarms().await;
                     }
-                    // Sockets stay open at the gateways; the instance goes.
-                    self.drop_instance("idle");
-                    last_event = Instant::now();
+                    () = sleep_until(settle_at), if settle_at.is_some() => self.settled(true).await,
+                    () = sleep_until(away_at), if away_at.is_some() => self.gone_for_good().await,
+                    () = sleep_until(move_at), if move_at.is_some() => {
+                        tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
+                        let target = self.moving.as_ref().map_or_else(Moved::unknown, |m| m.1.clone());
+                        return Box::pin(self.finish_move(rx, target, true)).await;
+                    }
                 }
-                result = self.gate.committed() => self.committed(result),
-                () = sleep_until(alarm_at), if alarm_at.is_some() => {
-                    last_event = Instant::now();
-                    self.fire_alarms().await;
-                }
-                () = sleep_until(settle_at), if settle_at.is_some() => self.settled(true).await,
-                () = sleep_until(away_at), if away_at.is_some() => self.gone_for_good().await,
-                () = sleep_until(move_at), if move_at.is_some() => {
-                    tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");
-                    let target = self.moving.as_ref().map_or_else(Moved::unknown, |m| m.1.clone());
-                    return self.finish_move(rx, target, true).await;
+                if let Some((waiting, target, _, _)) = &self.moving
+                    && waiting.is_empty()
+                {
+                    let target = target.clone();
+                    return Box::pin(self.finish_move(rx, target, true)).await;
                 }
             }
-            if let Some((waiting, target, _, _)) = &self.moving
-                && waiting.is_empty()
-            {
-                let target = target.clone();
-                return self.finish_move(rx, target, true).await;
-            }
+            // Writes still on their way are stored while the lease is ours.
+            self.flush().await;
+            self.release_lease().await;
+            Ended::Done
         }
-        // Writes still on their way are stored while the lease is ours.
-        self.flush().await;
-        self.release_lease().await;
-        Ended::Done
     }
 
     /// Asks every gateway to stop sending; the room moves once all answered.
