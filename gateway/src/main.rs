@@ -4,7 +4,6 @@ use rooms_server::{
     check::{check_config, config_or_exit},
     shutdown,
 };
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -16,9 +15,8 @@ async fn main() -> anyhow::Result<()> {
     let (listen, admin_listen) = (args.listen, args.admin_listen);
     let config = config_or_exit("gateway", args.into_config());
     let listeners = gateway::Listeners {
-        http: TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?,
-        admin: TcpListener::bind(admin_listen)
-            .await
+        http: rooms_server::listen::bind(listen).with_context(|| format!("binding {listen}"))?,
+        admin: rooms_server::listen::bind(admin_listen)
             .with_context(|| format!("binding {admin_listen}"))?,
     };
     let result = gateway::run(listeners, config, shutdown::signal()).await;

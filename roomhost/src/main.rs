@@ -4,7 +4,6 @@ use rooms_server::{
     check::{check_config, config_or_exit},
     shutdown,
 };
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -16,10 +15,9 @@ async fn main() -> anyhow::Result<()> {
     let (listen, metrics_listen) = (args.listen, args.metrics_listen);
     let config = config_or_exit("roomhost", args.into_config());
     let listeners = roomhost::Listeners {
-        grpc: TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?,
+        grpc: rooms_server::listen::bind(listen).with_context(|| format!("binding {listen}"))?,
         http: Some(
-            TcpListener::bind(metrics_listen)
-                .await
+            rooms_server::listen::bind(metrics_listen)
                 .with_context(|| format!("binding {metrics_listen}"))?,
         ),
     };

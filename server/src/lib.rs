@@ -7,6 +7,7 @@
 //! * [`http2`]: the HTTP/2 settings of the gRPC connections between
 //!   gateways and roomhosts (windows, stream limits, keepalive pings).
 //! * [`accept`]: the HTTP/1 accept loop (health, metrics, WebSocket upgrades).
+//! * [`listen`]: listening sockets with an accept queue for reconnect storms.
 //! * [`shutdown`]: SIGTERM / Ctrl-C, and the stop signal tasks watch.
 //! * [`check`]: the `--check-config` flag.
 //! * [`memory`]: giving the allocator's free pages back to the system.
@@ -17,6 +18,7 @@ pub mod accept;
 pub mod check;
 pub mod directory;
 pub mod http2;
+pub mod listen;
 pub mod memory;
 pub mod shutdown;
 
