@@ -57,18 +57,39 @@ impl Ring {
         let mut members: Vec<String> = members.into_iter().collect();
         members.sort();
         members.dedup();
+        // One sort for every point (`add` sorts the ring after each one).
         let mut ring = HashRing::new();
-        for (member, address) in members.iter().enumerate() {
-            for replica in 0..VNODES_PER_MEMBER {
-                ring.add(VNodeKey { member, address: address.clone(), replica });
-            }
-        }
+        ring.batch_add(
+            members
+                .iter()
+                .enumerate()
+                .flat_map(|(member, address)| {
+                    (0..VNODES_PER_MEMBER).map(move |replica| VNodeKey {
+                        member,
+                        address: address.clone(),
+                        replica,
+                    })
+                })
+                .collect(),
+        );
         Self { members, ring, version }
     }
 
     /// The member that should own `room`, or None for an empty ring.
     pub fn owner(&self, room: &RoomId) -> Option<&str> {
         self.ring.get(&RingKey(room.as_str())).map(|v| self.members[v.member].as_str())
+    }
+
+    /// The member that owns `room` once the members in `avoid` are gone:
+    /// this ring's own answer unless it names one of them (then a ring of
+    /// the others is built, which is rare: a member unreachable or leaving).
+    pub fn owner_without(&self, room: &RoomId, avoid: &[String]) -> Option<String> {
+        let owner = self.owner(room)?;
+        if !avoid.iter().any(|a| a == owner) {
+            return Some(owner.to_owned());
+        }
+        let others = self.members.iter().filter(|m| !avoid.contains(m)).cloned();
+        Ring::new(others, self.version).owner(room).map(str::to_owned)
     }
 
     pub fn members(&self) -> &[String] {
@@ -100,6 +121,19 @@ mod tests {
 
     fn rooms(n: usize) -> Vec<RoomId> {
         (0..n).map(|i| RoomId::parse(&format!("room-{i}")).unwrap()).collect()
+    }
+
+    #[test]
+    fn owner_without_is_the_owner_in_a_ring_of_the_others() {
+        let ring = Ring::new(members(4), 1);
+        for avoid in [vec![], vec![members(4)[1].clone()], members(4)[..2].to_vec(), members(4)] {
+            let others = members(4).into_iter().filter(|m| !avoid.contains(m));
+            let smaller = Ring::new(others, 1);
+            for room in rooms(2_000) {
+                let expected = smaller.owner(&room).map(str::to_owned);
+                assert_eq!(ring.owner_without(&room, &avoid), expected, "avoiding {avoid:?}");
+            }
+        }
     }
 
     #[test]

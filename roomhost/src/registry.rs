@@ -150,8 +150,8 @@ impl Registry {
         let Some(ring) = self.ring.as_ref().map(|r| r.borrow().clone()) else {
             return Moved::unknown();
         };
-        let others = ring.members().iter().filter(|m| m.as_str() != self.address()).cloned();
-        Ring::new(others, 0).owner(room).map_or_else(Moved::unknown, Moved::to)
+        let me = [self.address().to_owned()];
+        ring.owner_without(room, &me).map_or_else(Moved::unknown, Moved::to)
     }
 
     /// The handle of an active room, without starting it.

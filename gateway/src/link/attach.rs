@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use rooms_cluster::Ring;
 use rooms_proto::host::{HostFrame, Join, Leave, Open, gateway_frame};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -65,11 +64,9 @@ impl Link {
             // may serve the room even if its own ring says otherwise, once it
             // holds the lease (claiming it from an owner nobody reaches).
             let redirected = target.is_some();
-            let address = target.take().or_else(|| {
-                let ring = self.links.router.ring();
-                let members = ring.members().iter().filter(|m| !unreachable.contains(m)).cloned();
-                Ring::new(members, 0).owner(&self.room).map(str::to_owned)
-            });
+            let address = target
+                .take()
+                .or_else(|| self.links.router.ring().owner_without(&self.room, &unreachable));
             let Some(address) = address else {
                 unreachable.clear();
                 self.pause(rx, NO_MEMBER_WAIT).await;
