@@ -258,3 +258,67 @@ async fn a_stored_chat_resent_by_a_gateway_is_acknowledged_without_its_echo() {
         other => panic!("{other:?}"),
     }
 }
+
+/// What one client believes is present: its welcome's users, then every
+/// `join` and `leave` it is sent, in order, until `until` arrives.
+async fn presence_view(client: &mut Client, me: &str, welcome: &ServerFrame) -> Vec<String> {
+    let ServerFrame::Welcome { users, .. } = welcome else { panic!("{welcome:?}") };
+    let mut present: std::collections::BTreeSet<String> =
+        users.iter().map(|u| u.user_id.clone()).collect();
+    loop {
+        match client.frame().await {
+            ServerFrame::Join { user_id, .. } => {
+                assert_ne!(user_id, me, "{me} was sent its own join");
+                assert!(
+                    present.insert(user_id.clone()),
+                    "{me} was told twice that {user_id} joined"
+                );
+            }
+            ServerFrame::Leave { user_id, .. } => {
+                assert!(present.remove(&user_id), "{me} was told {user_id} left, never present");
+            }
+            ServerFrame::Chat { text, .. } if text == "end" => {
+                return present.into_iter().collect();
+            }
+            other => panic!("{me} got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_join_storm_every_client_is_told_exactly_who_is_present() {
+    // Presence in a storm is gathered at the gateways; whatever the timing,
+    // each client must end up knowing the room's members, having been told
+    // of each arrival and departure once, never of itself.
+    let cluster = TestCluster::new(1, 2).start().await;
+    let joins = (0..48).map(|i| {
+        let gateway = &cluster.gateways[i % 2];
+        let user = format!("u{i:02}");
+        async move {
+            let (client, welcome, _) =
+                Client::join(&gateway.ws_url("storm", &format!("user={user}"))).await;
+            (user, client, welcome)
+        }
+    });
+    let mut clients = futures_util::future::join_all(joins).await;
+    // A third leave again at once, while the others are still arriving.
+    let leaving: Vec<_> = clients.drain(..16).collect();
+    futures_util::future::join_all(leaving.into_iter().map(|(_, client, _)| client.close())).await;
+    // Once the room has processed every join and leave, a chat ends each view.
+    let expected: Vec<String> = clients.iter().map(|(user, ..)| user.clone()).collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = rooms_tests::client::get(&cluster.gateways[0].http, "/rooms/storm").await;
+        let body = body.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let info: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        if info["connections"] == json!(expected.len()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "room never settled: {info}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    clients[0].1.chat("end", "").await;
+    for (user, client, welcome) in &mut clients {
+        assert_eq!(presence_view(client, user, welcome).await, expected, "{user}'s view");
+    }
+}

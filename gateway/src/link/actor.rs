@@ -15,21 +15,24 @@ use tonic::Streaming;
 
 use super::class::ClassSide;
 use super::phase::Phase;
+use super::presence::{Arrival, Batch, Mark, Presence};
 use super::unanswered::{Unanswered, tag_of};
 use super::{
     FIRST_ATTACH_DEADLINE, HOLD_LIMIT, LINGER, LinkCmd, LinkSlot, Links, REATTACH_DEADLINE,
 };
 use crate::conn::{ConnHandle, ConnId, Delivery, Frames, close_code};
+use crate::metrics::Metrics;
 
 /// A local connection in the room.
 pub(super) struct Local {
     pub(super) handle: ConnHandle,
     pub(super) user: UserId,
-    /// Set by the connection's `welcome`. Broadcasts that arrive before it
-    /// were emitted before the roomhost processed the join, so the welcome
-    /// and history already cover them: they are not delivered, and nothing
-    /// reaches a client before its `welcome`.
-    pub(super) welcomed: bool,
+    /// Set by the connection's `welcome`, to the presence mark of that
+    /// moment. Broadcasts that arrive before it were emitted before the
+    /// roomhost processed the join, so the welcome and history already
+    /// cover them: they are not delivered (nor presence gathered before
+    /// it), and nothing reaches a client before its `welcome`.
+    pub(super) welcomed: Option<Mark>,
     /// The resume point it asked for, for a join re-sent after a move.
     pub(super) since: Option<u64>,
     pub(super) epoch: String,
@@ -49,6 +52,24 @@ pub(super) struct Link {
     pub(super) bounces: u32,
     unanswered: Unanswered,
     pub(super) class: ClassSide,
+    presence: Presence,
+}
+
+/// Counts a delivery of `frames` frames in the gateway's metrics.
+fn count(metrics: &Metrics, frames: usize, delivery: Delivery) {
+    match delivery {
+        Delivery::Queued => metrics.frames_out.inc_by(frames as u64),
+        Delivery::Overflow => metrics.send_queue_full.inc(),
+        Delivery::Closed => 0,
+    };
+}
+
+/// Sleeps until `at`, or forever without a deadline.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 pub(super) fn frame(kind: gateway_frame::Kind) -> GatewayFrame {
@@ -81,6 +102,7 @@ pub(super) async fn run(links: Arc<Links>, slot: LinkSlot, mut rx: mpsc::Receive
         bounces: 0,
         unanswered: Unanswered::default(),
         class: ClassSide::default(),
+        presence: Presence::default(),
     };
     let first = Target::Ring { avoid: None };
     if let Some(inbound) = link.attach(&mut rx, first, FIRST_ATTACH_DEADLINE).await {
@@ -116,6 +138,10 @@ impl Link {
                         Some(Target::Ring { avoid: self.phase.address().map(str::to_owned) })
                     }
                 },
+                () = sleep_until(self.presence.due()), if self.presence.due().is_some() => {
+                    self.deliver_gathered();
+                    None
+                }
                 () = tokio::time::sleep(LINGER), if idle => {
                     // Idle: stop. Commands that raced with this go to a new link.
                     self.slot.vacate();
@@ -163,7 +189,7 @@ impl Link {
                 let local = Local {
                     handle,
                     user: user.clone(),
-                    welcomed: false,
+                    welcomed: None,
                     since,
                     epoch: epoch.clone(),
                 };
@@ -177,7 +203,7 @@ impl Link {
                 let Some(local) = self.conns.remove(&conn) else { return };
                 self.send_upstream(conn, frame(gateway_frame::Kind::Leave(Leave { conn })));
                 if let Some(held) = self.phase.held()
-                    && local.welcomed
+                    && local.welcomed.is_some()
                 {
                     held.departed.push((conn, local.user));
                 }
@@ -247,10 +273,52 @@ impl Link {
         }
     }
 
+    /// Delivers `frames` to every welcomed connection but `except`, sharing them.
+    fn fan_out(&self, frames: &Frames, except: ConnId) {
+        let metrics = &self.links.metrics;
+        let started = Instant::now();
+        for (conn, local) in &self.conns {
+            if *conn == except || local.welcomed.is_none() {
+                continue;
+            }
+            count(metrics, frames.len(), local.handle.deliver(Arc::clone(frames)));
+        }
+        metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Delivers the gathered presence, one batch per connection.
+    fn deliver_gathered(&mut self) {
+        let batch: Batch = self.presence.take(Instant::now());
+        if batch.is_empty() {
+            return;
+        }
+        let metrics = &self.links.metrics;
+        let started = Instant::now();
+        for (conn, local) in &self.conns {
+            let Some(welcomed) = local.welcomed else { continue };
+            if let Some(frames) = batch.for_conn(*conn, welcomed) {
+                count(metrics, frames.len(), local.handle.deliver(frames));
+            }
+        }
+        metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
+    }
+
     /// Handles a frame from the roomhost; Some: attach again, there.
     fn deliver(&mut self, message: HostFrame) -> Option<Target> {
         if let Some(last) = &mut self.last_seq {
             *last = (*last).max(message.room_seq);
+        }
+        // Gathered presence goes before anything else of the room, except
+        // more presence and a connection's welcome (not for it anyway).
+        let keeps_order = match &message.kind {
+            Some(host_frame::Kind::Broadcast(broadcast)) => broadcast.presence,
+            Some(host_frame::Kind::Direct(direct)) => {
+                self.conns.get(&direct.conn).is_some_and(|local| local.welcomed.is_none())
+            }
+            _ => false,
+        };
+        if !keeps_order {
+            self.deliver_gathered();
         }
         let metrics = &self.links.metrics;
         match message.kind {
@@ -265,18 +333,15 @@ impl Link {
                 if frames.is_empty() {
                     return None;
                 }
-                let started = Instant::now();
-                for (conn, local) in &self.conns {
-                    if *conn == broadcast.except_conn || !local.welcomed {
-                        continue;
+                if broadcast.presence {
+                    match self.presence.arrive(frames, broadcast.except_conn, Instant::now()) {
+                        Arrival::Deliver(frames) => self.fan_out(&frames, broadcast.except_conn),
+                        Arrival::Gathered => {}
+                        Arrival::Full => self.deliver_gathered(),
                     }
-                    match local.handle.deliver(Arc::clone(&frames)) {
-                        Delivery::Queued => metrics.frames_out.inc_by(frames.len() as u64),
-                        Delivery::Overflow => metrics.send_queue_full.inc(),
-                        Delivery::Closed => 0,
-                    };
+                } else {
+                    self.fan_out(&frames, broadcast.except_conn);
                 }
-                metrics.fanout_seconds.observe(started.elapsed().as_secs_f64());
             }
             Some(host_frame::Kind::Direct(direct)) => {
                 self.bounces = 0;
@@ -286,8 +351,9 @@ impl Link {
                 if direct.frames.is_empty() {
                     return None; // an answer without anything to show
                 }
+                let mark = self.presence.welcome_mark();
                 let local = self.conns.get_mut(&direct.conn)?;
-                local.welcomed = true;
+                local.welcomed.get_or_insert(mark);
                 let frames: Frames = direct.frames.into_iter().filter_map(text).collect();
                 if local.handle.deliver(Arc::clone(&frames)) == Delivery::Queued {
                     metrics.frames_out.inc_by(frames.len() as u64);

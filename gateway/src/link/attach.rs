@@ -125,7 +125,7 @@ impl Link {
                 user_id: local.user.to_string(),
                 since: local.since,
                 epoch: local.epoch.clone(),
-                rejoin: local.welcomed,
+                rejoin: local.welcomed.is_some(),
                 socket: None,
             };
             first.push(frame(gateway_frame::Kind::Join(join)));

@@ -17,13 +17,15 @@
 //!
 //! Layout: [`phase`] is where the link stands with its stream (one state
 //! enum); [`unanswered`] the chats awaiting their answer; `actor` the link's
-//! loop and frame handling; `attach` finding the owner and opening streams;
+//! loop and frame handling; [`presence`] presence gathered in join storms;
+//! `attach` finding the owner and opening streams;
 //! `tests` drive a link against `scripted` roomhosts.
 
 mod actor;
 mod attach;
 mod class;
 mod phase;
+mod presence;
 #[cfg(test)]
 mod scripted;
 #[cfg(test)]

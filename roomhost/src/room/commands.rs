@@ -251,7 +251,7 @@ impl Room {
                 return;
             }
             let frame = server::leave(user, self.display_name(user));
-            self.staged.outputs.push(Output::All(frame));
+            self.staged.outputs.push(Output::Presence(frame));
         }
     }
 

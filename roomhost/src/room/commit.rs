@@ -10,7 +10,9 @@ pub(super) enum Output {
     Event(Bytes),
     /// An ephemeral frame for everyone.
     All(Bytes),
-    /// An ephemeral frame for everyone but one connection.
+    /// Presence for everyone (`leave`).
+    Presence(Bytes),
+    /// Presence for everyone but one connection (`join`, `typing`).
     Except { gateway: GatewayId, conn: ConnId, frame: Bytes },
 }
 

@@ -6,21 +6,25 @@ use super::*;
 
 impl Room {
     /// Sends staged outputs to every gateway, consecutive frames for everyone
-    /// grouped into one `Broadcast`.
+    /// grouped into one `Broadcast`; presence goes in broadcasts of its own,
+    /// marked so that gateways may gather it in a join storm.
     pub(super) fn emit(&mut self) {
         let outputs = std::mem::take(&mut self.staged.outputs);
         let origins = std::mem::take(&mut self.staged.origins);
         let mut run: Vec<Bytes> = Vec::new();
         for output in outputs {
-            match output {
-                Output::Event(frame) | Output::All(frame) => run.push(frame),
-                Output::Except { gateway, conn, frame } => {
-                    self.broadcast(std::mem::take(&mut run), None, &[]);
-                    self.broadcast(vec![frame], Some((gateway, conn)), &[]);
+            let (frame, except) = match output {
+                Output::Event(frame) | Output::All(frame) => {
+                    run.push(frame);
+                    continue;
                 }
-            }
+                Output::Presence(frame) => (frame, None),
+                Output::Except { gateway, conn, frame } => (frame, Some((gateway, conn))),
+            };
+            self.broadcast(std::mem::take(&mut run), None, &[], false);
+            self.broadcast(vec![frame], except, &[], true);
         }
-        self.broadcast(run, None, &origins);
+        self.broadcast(run, None, &origins, false);
         let metrics = self.metrics();
         for origin in &origins {
             metrics.event_seconds.observe(origin.received.elapsed().as_secs_f64());
@@ -28,12 +32,13 @@ impl Room {
     }
 
     /// Sends `frames` to every gateway; each also gets the tags of the chats
-    /// it sent among them.
+    /// it sent among them. `presence`: the frames are presence only.
     pub(super) fn broadcast(
         &mut self,
         frames: Vec<Bytes>,
         except: Option<(GatewayId, ConnId)>,
         origins: &[Origin],
+        presence: bool,
     ) {
         if frames.is_empty() {
             return;
@@ -47,7 +52,7 @@ impl Room {
             };
             let tags =
                 origins.iter().filter(|o| o.gateway == *id && o.tag != 0).map(|o| o.tag).collect();
-            let frame = Broadcast { frames: frames.clone(), except_conn, tags };
+            let frame = Broadcast { frames: frames.clone(), except_conn, tags, presence };
             let msg =
                 HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)), room_seq: self.seq };
             if tx.try_send(msg).is_err() {
