@@ -15,7 +15,7 @@ use tonic::Streaming;
 
 use super::class::ClassSide;
 use super::phase::Phase;
-use super::presence::{Arrival, Batch, Mark, Presence};
+use super::presence::{Arrival, Mark, Presence};
 use super::unanswered::{Unanswered, tag_of};
 use super::{
     FIRST_ATTACH_DEADLINE, HOLD_LIMIT, LINGER, LinkCmd, LinkSlot, Links, REATTACH_DEADLINE,
@@ -288,10 +288,7 @@ impl Link {
 
     /// Delivers the gathered presence, one batch per connection.
     fn deliver_gathered(&mut self) {
-        let batch: Batch = self.presence.take(Instant::now());
-        if batch.is_empty() {
-            return;
-        }
+        let Some(batch) = self.presence.take(Instant::now()) else { return };
         let metrics = &self.links.metrics;
         let started = Instant::now();
         for (conn, local) in &self.conns {

@@ -82,12 +82,14 @@ impl Presence {
         if self.gathered.is_empty() { None } else { self.last.map(|last| last + LINGER) }
     }
 
-    /// Everything gathered, to deliver now.
-    pub(super) fn take(&mut self, now: Instant) -> Batch {
-        if !self.gathered.is_empty() {
-            self.last = Some(now);
+    /// Everything gathered, to deliver now; None (and nothing allocated,
+    /// as on every other frame of a room) when nothing is.
+    pub(super) fn take(&mut self, now: Instant) -> Option<Batch> {
+        if self.gathered.is_empty() {
+            return None;
         }
-        Batch::new(std::mem::take(&mut self.gathered))
+        self.last = Some(now);
+        Some(Batch::new(std::mem::take(&mut self.gathered)))
     }
 }
 
@@ -104,10 +106,6 @@ impl Batch {
         let all: Frames = gathered.iter().flat_map(|g| g.frames.iter().cloned()).collect();
         let excepted = gathered.iter().map(|g| g.except).filter(|c| *c != 0).collect();
         Self { gathered, all, excepted }
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.gathered.is_empty()
     }
 
     /// What connection `conn`, welcomed at `welcomed`, gets (None: nothing).
@@ -149,7 +147,7 @@ mod tests {
         assert!(matches!(presence.arrive(frames("b"), 2, soon), Arrival::Gathered));
         assert!(matches!(presence.arrive(frames("c"), 3, soon), Arrival::Gathered));
         assert_eq!(presence.due(), Some(t0 + LINGER));
-        let batch = presence.take(t0 + LINGER);
+        let batch = presence.take(t0 + LINGER).unwrap();
         assert_eq!(texts(batch.for_conn(9, 0)), ["b", "c"]);
         assert_eq!(texts(batch.for_conn(2, 0)), ["c"], "not its own join");
         assert_eq!(presence.due(), None);
@@ -168,7 +166,7 @@ mod tests {
         presence.arrive(frames("join-c"), 3, t0);
         let welcomed_c = presence.welcome_mark();
         presence.arrive(frames("leave-a"), 0, t0);
-        let batch = presence.take(t0 + LINGER);
+        let batch = presence.take(t0 + LINGER).unwrap();
         assert_eq!(texts(batch.for_conn(7, 0)), ["join-b", "join-c", "leave-a"]);
         assert_eq!(texts(batch.for_conn(2, welcomed_b)), ["join-c", "leave-a"]);
         assert_eq!(texts(batch.for_conn(3, welcomed_c)), ["leave-a"]);
@@ -183,7 +181,7 @@ mod tests {
             assert!(matches!(presence.arrive(frames("x"), 0, t0), Arrival::Gathered));
         }
         assert!(matches!(presence.arrive(frames("x"), 0, t0), Arrival::Full));
-        assert_eq!(texts(presence.take(t0).for_conn(1, 0)).len(), MAX_GATHERED);
-        assert!(presence.take(t0).is_empty());
+        assert_eq!(texts(presence.take(t0).unwrap().for_conn(1, 0)).len(), MAX_GATHERED);
+        assert!(presence.take(t0).is_none());
     }
 }
