@@ -183,9 +183,9 @@ impl ClassRoom {
         }
     }
 
-    /// The room's life. A plain `fn` returning an `async move` block, and
-    /// its rare ends (a move, hibernation) boxed: an `async fn` would keep
-    /// `self` twice in its state, and the rare steps would size it for good.
+    /// The room's life, shaped as a chat room's (`Room::run`): its state,
+    /// what every active class room costs, holds `self` once and boxes the
+    /// rare ends (a move, hibernation).
     #[expect(clippy::manual_async_fn, reason = "an async fn keeps `self` twice")]
     pub(crate) fn run(
         mut self,
