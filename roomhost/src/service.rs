@@ -128,11 +128,11 @@ impl RoomHost for RoomHostService {
         let wait = LeaseWait::fallback(open.fallback);
         if let Some(target) = self.elsewhere(&room, wait) {
             let moved = HostFrame { kind: Some(host_frame::Kind::Moved(target)), room_seq: 0 };
-            let _ = tx.try_send(moved);
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))));
+            let _ = tx.try_send(Box::new(moved));
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(unbox))));
         }
         let kind = host_frame::Kind::RoomKind(self.registry.kind_of(&room));
-        let _ = tx.try_send(HostFrame { kind: Some(kind), room_seq: 0 });
+        let _ = tx.try_send(Box::new(HostFrame { kind: Some(kind), room_seq: 0 }));
         let gateway = self.next_gateway.fetch_add(1, Ordering::Relaxed);
         let name: Arc<str> =
             open.gateway_id.chars().take(MAX_GATEWAY_NAME).collect::<String>().into();
@@ -169,7 +169,7 @@ impl RoomHost for RoomHostService {
                 let _ = handle.send(Command::Detach { gateway }).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(unbox))))
     }
 
     async fn publish(
@@ -293,6 +293,13 @@ impl RoomHost for RoomHostService {
             active_rooms: self.registry.active_count() as u32,
         }))
     }
+}
+
+/// A frame of a room's queue to a gateway, as its stream sends it (the
+/// queue holds it boxed, see `GatewayTx`).
+#[expect(clippy::boxed_local, reason = "the queue's item type")]
+fn unbox(frame: Box<HostFrame>) -> Result<HostFrame, Status> {
+    Ok(*frame)
 }
 
 #[cfg(test)]

@@ -193,7 +193,7 @@ impl ClassRoom {
             }
             return;
         };
-        if tx.try_send(HostFrame { kind: Some(kind), room_seq: 0 }).is_err() {
+        if tx.try_send(Box::new(HostFrame { kind: Some(kind), room_seq: 0 })).is_err() {
             tracing::warn!(room.id = %self.id, gateway, "gateway too slow or gone; detaching it");
             self.metrics.gateways_dropped.inc();
             self.gateways.remove(&gateway);

@@ -295,7 +295,7 @@ impl ClassRoom {
         let moved = HostFrame { kind: Some(host_frame::Kind::Moved(target.clone())), room_seq: 0 };
         let deferred = self.moving.take().map(|m| m.3).unwrap_or_default();
         for tx in self.gateways.values().chain(deferred.iter()) {
-            let _ = tx.try_send(moved.clone());
+            let _ = tx.try_send(Box::new(moved.clone()));
         }
         for cmd in self.book.take_deferred() {
             redirect(cmd, &target, 0);

@@ -65,7 +65,7 @@ impl Cluster {
         tokio::time::timeout(WAIT, answer).await.unwrap().unwrap();
     }
 
-    async fn attach(&self, gateway: GatewayId) -> mpsc::Receiver<HostFrame> {
+    async fn attach(&self, gateway: GatewayId) -> mpsc::Receiver<Box<HostFrame>> {
         self.rejoin(gateway, &[]).await
     }
 
@@ -74,7 +74,7 @@ impl Cluster {
         &self,
         gateway: GatewayId,
         sockets: &[(u64, &str)],
-    ) -> mpsc::Receiver<HostFrame> {
+    ) -> mpsc::Receiver<Box<HostFrame>> {
         let (tx, mut rx) = mpsc::channel(GATEWAY_QUEUE);
         let name = format!("gw{gateway}").into();
         let rejoins = u32::try_from(sockets.len()).unwrap();
@@ -115,13 +115,13 @@ impl Cluster {
     }
 }
 
-async fn next(rx: &mut mpsc::Receiver<HostFrame>) -> host_frame::Kind {
+async fn next(rx: &mut mpsc::Receiver<Box<HostFrame>>) -> host_frame::Kind {
     let frame = tokio::time::timeout(WAIT, rx.recv()).await.expect("in time").expect("open");
     frame.kind.expect("a kind")
 }
 
 /// Frames until the next `SocketSend`, which is returned.
-async fn next_send(rx: &mut mpsc::Receiver<HostFrame>) -> SocketSend {
+async fn next_send(rx: &mut mpsc::Receiver<Box<HostFrame>>) -> SocketSend {
     loop {
         if let host_frame::Kind::SocketSend(send) = next(rx).await {
             return send;
@@ -130,7 +130,7 @@ async fn next_send(rx: &mut mpsc::Receiver<HostFrame>) -> SocketSend {
 }
 
 /// Frames until the answer to a tagged message; the sends before it.
-async fn until_answered(rx: &mut mpsc::Receiver<HostFrame>, tag: u64) -> Vec<SocketSend> {
+async fn until_answered(rx: &mut mpsc::Receiver<Box<HostFrame>>, tag: u64) -> Vec<SocketSend> {
     let mut sends = Vec::new();
     loop {
         match next(rx).await {

@@ -55,7 +55,7 @@ impl Room {
             let frame = Broadcast { frames: frames.clone(), except_conn, tags, presence };
             let msg =
                 HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)), room_seq: self.seq };
-            if tx.try_send(msg).is_err() {
+            if tx.try_send(Box::new(msg)).is_err() {
                 dead.push(*id);
             }
         }
@@ -101,7 +101,7 @@ impl Room {
         let Some(tx) = self.gateways.get(&gateway) else {
             return;
         };
-        if tx.try_send(frame).is_err() {
+        if tx.try_send(Box::new(frame)).is_err() {
             self.drop_gateways(vec![gateway]);
         }
     }

@@ -244,7 +244,7 @@ impl Room {
         txs.extend(state.map(|m| m.deferred).unwrap_or_default());
         let moved = self.frame_of(host_frame::Kind::Moved(target.clone()));
         for tx in &txs {
-            let _ = tx.try_send(moved.clone());
+            let _ = tx.try_send(Box::new(moved.clone()));
         }
         for cmd in rest {
             redirect(cmd, &target, self.seq);

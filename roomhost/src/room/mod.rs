@@ -83,7 +83,9 @@ pub const MOVE_DRAIN: Duration = Duration::from_secs(2);
 pub type GatewayId = u64;
 pub type ConnId = u64;
 /// Frames to one gateway's room stream (the stream wraps them in `Ok`).
-pub type GatewayTx = mpsc::Sender<HostFrame>;
+/// Boxed: a queue allocates its slots 32 at a time, and 80-byte frames
+/// made every gateway of every active room hold 2.5 KB of them.
+pub type GatewayTx = mpsc::Sender<Box<HostFrame>>;
 
 /// What a room actor is asked to do.
 pub enum Command {
@@ -283,7 +285,7 @@ pub(crate) fn redirect(cmd: Command, target: &Moved, seq: u64) {
     match cmd {
         Command::Attach { tx, .. } => {
             let kind = host_frame::Kind::Moved(target.clone());
-            let _ = tx.try_send(HostFrame { kind: Some(kind), room_seq: seq });
+            let _ = tx.try_send(Box::new(HostFrame { kind: Some(kind), room_seq: seq }));
         }
         Command::Publish { reply, .. } => {
             let _ = reply.send(Err(RoomError::Moved(target.clone())));

@@ -24,7 +24,7 @@ struct Cluster {
 /// One gateway's room stream, as the room sees it.
 struct Gateway {
     id: GatewayId,
-    rx: mpsc::Receiver<HostFrame>,
+    rx: mpsc::Receiver<Box<HostFrame>>,
 }
 
 impl Cluster {
