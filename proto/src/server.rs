@@ -31,7 +31,12 @@ pub fn timestamp(at: SystemTime) -> String {
 fn encode<T: Serialize>(frame: &T) -> Bytes {
     // Serializing these plain structs cannot fail: keys are strings and no
     // value has a fallible Serialize impl.
-    Bytes::from(serde_json::to_vec(frame).expect("server frame serializes"))
+    let mut bytes = serde_json::to_vec(frame).expect("server frame serializes");
+    // Exactly sized: a room keeps its recent events' frames in memory, and a
+    // buffer grown by doubling keeps up to twice the bytes, plus the header
+    // `Bytes` adds to a `Vec` with spare capacity.
+    bytes.shrink_to_fit();
+    Bytes::from(bytes)
 }
 
 #[derive(Serialize)]
