@@ -9,8 +9,8 @@ use futures_util::FutureExt;
 use rooms_cluster::Ring;
 use rooms_proto::RoomId;
 use rooms_proto::host::{Moved, RoomKind};
-use rooms_server::Directory;
 use rooms_server::directory::Refused;
+use rooms_server::{Directory, Inbox};
 use tokio::sync::{mpsc, watch};
 
 use crate::class_room::{ClassRoom, ClassSetup};
@@ -182,7 +182,7 @@ impl Registry {
     fn spawn_room(
         self: &Arc<Self>,
         slot: RoomSlot,
-        rx: mpsc::Receiver<Command>,
+        rx: Inbox<Command>,
         done: mpsc::Sender<()>,
         wait: LeaseWait,
     ) {
@@ -194,7 +194,7 @@ impl Registry {
     async fn start_room(
         self: Arc<Self>,
         slot: RoomSlot,
-        mut rx: mpsc::Receiver<Command>,
+        mut rx: Inbox<Command>,
         done: mpsc::Sender<()>,
         wait: LeaseWait,
     ) {

@@ -24,8 +24,31 @@ const DISPATCH_ATTEMPTS: usize = 4;
 
 /// The sending side of one actor.
 pub struct Handle<C> {
-    tx: mpsc::Sender<C>,
+    tx: mpsc::Sender<Box<C>>,
     generation: u64,
+}
+
+/// An actor's queue, as the actor reads it. Commands travel boxed: a queue
+/// allocates its slots 32 at a time, and slots the size of the largest
+/// command (up to 160 bytes) made every actor hold kilobytes of them, idle
+/// or not — one per room on a roomhost, one per room link on a gateway.
+pub struct Inbox<C>(mpsc::Receiver<Box<C>>);
+
+impl<C> Inbox<C> {
+    /// The next command; None once every handle is gone.
+    pub async fn recv(&mut self) -> Option<C> {
+        self.0.recv().await.map(|cmd| *cmd)
+    }
+
+    /// A command already queued, if any.
+    pub fn try_recv(&mut self) -> Result<C, mpsc::error::TryRecvError> {
+        self.0.try_recv().map(|cmd| *cmd)
+    }
+
+    /// Refuses further commands; those queued can still be read.
+    pub fn close(&mut self) {
+        self.0.close();
+    }
 }
 
 impl<C> Clone for Handle<C> {
@@ -38,7 +61,7 @@ impl<C> Handle<C> {
     /// Queues a command, waiting while the actor's queue is full; the
     /// command comes back if the actor has stopped.
     pub async fn send(&self, cmd: C) -> Result<(), C> {
-        self.tx.send(cmd).await.map_err(|mpsc::error::SendError(cmd)| cmd)
+        self.tx.send(Box::new(cmd)).await.map_err(|mpsc::error::SendError(cmd)| *cmd)
     }
 
     /// Which actor of its key this is.
@@ -145,7 +168,7 @@ impl<K: Eq + Hash + Clone, C> Directory<K, C> {
     pub fn get_or_start(
         self: &Arc<Self>,
         key: &K,
-        start: impl FnOnce(Slot<K, C>, mpsc::Receiver<C>),
+        start: impl FnOnce(Slot<K, C>, Inbox<C>),
     ) -> Result<Handle<C>, Refused> {
         let mut entries = self.lock();
         if entries.closed {
@@ -164,7 +187,7 @@ impl<K: Eq + Hash + Clone, C> Directory<K, C> {
         (self.on_count)(entries.active.len());
         drop(entries);
         let slot = Slot { directory: Arc::downgrade(self), key: key.clone(), generation };
-        start(slot, rx);
+        start(slot, Inbox(rx));
         Ok(handle)
     }
 
@@ -174,7 +197,7 @@ impl<K: Eq + Hash + Clone, C> Directory<K, C> {
         self: &Arc<Self>,
         key: &K,
         mut cmd: C,
-        start: impl Fn(Slot<K, C>, mpsc::Receiver<C>),
+        start: impl Fn(Slot<K, C>, Inbox<C>),
     ) -> Result<Handle<C>, Refused> {
         for _ in 0..DISPATCH_ATTEMPTS {
             let handle = self.get_or_start(key, &start)?;
@@ -220,10 +243,10 @@ mod tests {
     use super::*;
 
     type Test = Directory<&'static str, u32>;
-    type Kept = Mutex<Vec<(Slot<&'static str, u32>, mpsc::Receiver<u32>)>>;
+    type Kept = Mutex<Vec<(Slot<&'static str, u32>, Inbox<u32>)>>;
 
     /// Starts an actor that keeps its slot and queue in `kept`.
-    fn keep(kept: &Kept) -> impl Fn(Slot<&'static str, u32>, mpsc::Receiver<u32>) + '_ {
+    fn keep(kept: &Kept) -> impl Fn(Slot<&'static str, u32>, Inbox<u32>) + '_ {
         move |slot, rx| kept.lock().unwrap().push((slot, rx))
     }
 

@@ -22,5 +22,5 @@ pub mod listen;
 pub mod memory;
 pub mod shutdown;
 
-pub use directory::{Directory, Handle, Slot};
+pub use directory::{Directory, Handle, Inbox, Slot};
 pub use shutdown::{Stop, Stopping};

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rooms_proto::host::{Drained, GatewayFrame, HostFrame, Join, Leave, gateway_frame, host_frame};
 use rooms_proto::{RoomId, UserId, client::ErrorCode};
+use rooms_server::Inbox;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -91,7 +92,7 @@ pub(super) enum Target {
     Ring { avoid: Option<String> },
 }
 
-pub(super) async fn run(links: Arc<Links>, slot: LinkSlot, mut rx: mpsc::Receiver<LinkCmd>) {
+pub(super) async fn run(links: Arc<Links>, slot: LinkSlot, mut rx: Inbox<LinkCmd>) {
     let mut link = Link {
         links,
         room: slot.key().clone(),
@@ -111,7 +112,7 @@ pub(super) async fn run(links: Arc<Links>, slot: LinkSlot, mut rx: mpsc::Receive
 }
 
 impl Link {
-    async fn serve(&mut self, rx: &mut mpsc::Receiver<LinkCmd>, mut inbound: Streaming<HostFrame>) {
+    async fn serve(&mut self, rx: &mut Inbox<LinkCmd>, mut inbound: Streaming<HostFrame>) {
         let mut stopping = self.links.stopping.clone();
         loop {
             let idle = self.conns.is_empty() && self.class.is_idle() && self.phase.is_attached();
@@ -258,9 +259,9 @@ impl Link {
     /// for the next one; a full one refuses it.
     fn send_upstream(&mut self, conn: ConnId, message: GatewayFrame) {
         let Some(stream) = self.phase.sending() else { return };
-        match stream.up.try_send(message) {
+        match stream.up.try_send(Box::new(message)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(message)) => self.phase.upstream_closed(message),
+            Err(mpsc::error::TrySendError::Closed(message)) => self.phase.upstream_closed(*message),
             Err(mpsc::error::TrySendError::Full(message)) => {
                 self.unanswered.answered(tag_of(&message));
                 self.error(
@@ -368,7 +369,9 @@ impl Link {
             Some(host_frame::Kind::Moving(_)) => {
                 // Everything sent so far will be processed before Drained.
                 if let Some(stream) = self.phase.moving() {
-                    let _ = stream.up.try_send(frame(gateway_frame::Kind::Drained(Drained {})));
+                    let _ = stream
+                        .up
+                        .try_send(Box::new(frame(gateway_frame::Kind::Drained(Drained {}))));
                 }
             }
             Some(host_frame::Kind::Attached(_)) => {
@@ -411,7 +414,7 @@ impl Link {
 
     /// No roomhost would take the room: close every socket (1012) so the
     /// clients reconnect and resume, and refuse what is queued.
-    pub(super) fn give_up(&mut self, rx: &mut mpsc::Receiver<LinkCmd>) {
+    pub(super) fn give_up(&mut self, rx: &mut Inbox<LinkCmd>) {
         self.slot.vacate();
         rx.close();
         for local in self.conns.values() {

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use rooms_proto::host::{HostFrame, Join, Leave, Open, gateway_frame};
+use rooms_proto::host::{GatewayFrame, HostFrame, Join, Leave, Open, gateway_frame};
+use rooms_server::Inbox;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,7 +39,7 @@ impl Link {
     /// being taken meanwhile. None: gave up, sockets closed.
     pub(super) async fn attach(
         &mut self,
-        rx: &mut mpsc::Receiver<LinkCmd>,
+        rx: &mut Inbox<LinkCmd>,
         target: Target,
         deadline: Duration,
     ) -> Option<Streaming<HostFrame>> {
@@ -94,7 +95,7 @@ impl Link {
     }
 
     /// Waits, still taking client commands.
-    async fn pause(&mut self, rx: &mut mpsc::Receiver<LinkCmd>, wait: Duration) {
+    async fn pause(&mut self, rx: &mut Inbox<LinkCmd>, wait: Duration) {
         let until = tokio::time::Instant::now() + wait;
         while let Ok(Some(cmd)) = tokio::time::timeout_at(until, rx.recv()).await {
             self.command(cmd);
@@ -149,7 +150,8 @@ impl Link {
             first.extend(held.frames.iter().cloned());
         }
         let (up, up_rx) = mpsc::channel(UPSTREAM_QUEUE);
-        let outbound = tokio_stream::iter(first).chain(ReceiverStream::new(up_rx));
+        let outbound = tokio_stream::iter(first)
+            .chain(ReceiverStream::new(up_rx).map(|frame: Box<GatewayFrame>| *frame));
         let response = tokio::time::timeout(OPEN_TIMEOUT, client.attach(outbound))
             .await
             .map_err(|_| OpenError::Timeout)?

@@ -38,8 +38,8 @@ use std::time::Duration;
 
 use rooms_proto::host::{Handshake, HandshakeReply, RoomKind, gateway_frame};
 use rooms_proto::{RoomId, UserId};
-use rooms_server::{Directory, Handle, Slot, Stopping};
-use tokio::sync::{mpsc, oneshot};
+use rooms_server::{Directory, Handle, Inbox, Slot, Stopping};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::conn::{ConnHandle, ConnId};
@@ -177,7 +177,7 @@ impl Links {
 
     /// Spawns a link (a plain function: a link's future may dispatch again,
     /// which an async caller's type cannot contain).
-    fn spawn_link(self: &Arc<Self>, slot: LinkSlot, rx: mpsc::Receiver<LinkCmd>) {
+    fn spawn_link(self: &Arc<Self>, slot: LinkSlot, rx: Inbox<LinkCmd>) {
         tokio::spawn(actor::run(Arc::clone(self), slot, rx));
     }
 

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use rooms_classes::{Bundle, InstanceHandle, Pool};
 use rooms_proto::RoomId;
 use rooms_proto::host::{HostFrame, Moved, host_frame};
-use tokio::sync::mpsc;
+use rooms_server::Inbox;
 use tokio::time::Instant;
 
 use crate::leases::{LeaseCheck, Renewer};
@@ -189,7 +189,7 @@ impl ClassRoom {
     #[expect(clippy::manual_async_fn, reason = "an async fn keeps `self` twice")]
     pub(crate) fn run(
         mut self,
-        mut rx: mpsc::Receiver<Command>,
+        mut rx: Inbox<Command>,
     ) -> impl std::future::Future<Output = Ended> + Send {
         async move {
             tracing::debug!(room.id = %self.id, class = %self.class.bundle.spec.class, bundle = %self.class.bundle.hash, "class room started");
@@ -279,12 +279,7 @@ impl ClassRoom {
 
     /// Gives the room up: the lease released (if still ours), every gateway
     /// and queued command sent to `target`.
-    async fn finish_move(
-        mut self,
-        mut rx: mpsc::Receiver<Command>,
-        target: Moved,
-        release: bool,
-    ) -> Ended {
+    async fn finish_move(mut self, mut rx: Inbox<Command>, target: Moved, release: bool) -> Ended {
         self.flush().await;
         self.instance = None;
         if release {
@@ -309,7 +304,7 @@ impl ClassRoom {
     }
 
     /// No gateway for the idle timeout: leave memory, release the lease.
-    async fn hibernate(mut self, mut rx: mpsc::Receiver<Command>) -> Ended {
+    async fn hibernate(mut self, mut rx: Inbox<Command>) -> Ended {
         self.flush().await;
         // No gateway has a socket here: none is to be waited for next time.
         let forget = self.book.forget_all();

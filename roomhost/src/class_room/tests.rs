@@ -14,6 +14,7 @@ use super::*;
 use crate::registry::{LeaseWait, Registry};
 use crate::room::{GATEWAY_QUEUE, RoomSettings};
 use crate::store::{MemoryStore, Owner};
+use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -49,7 +49,7 @@ impl Room {
     #[expect(clippy::manual_async_fn, reason = "an async fn keeps `self` twice")]
     pub(crate) fn run(
         mut self,
-        mut rx: mpsc::Receiver<Command>,
+        mut rx: Inbox<Command>,
     ) -> impl std::future::Future<Output = Ended> + Send {
         async move {
             tracing::debug!(room.id = %self.id, seq = self.seq, fence = self.lease.fence, "room loaded");
@@ -204,7 +204,7 @@ impl Room {
     /// Ends a handoff: everything is stored, the lease released, and every
     /// gateway told where the room went. Commands still queued are answered
     /// with the new address.
-    pub(super) async fn finish_move(mut self, mut rx: mpsc::Receiver<Command>) -> Ended {
+    pub(super) async fn finish_move(mut self, mut rx: Inbox<Command>) -> Ended {
         self.flush().await;
         let state = self.moving.take();
         if let Some(state) = &state {
@@ -255,7 +255,7 @@ impl Room {
 
     /// Idle: leave memory and give up the lease. Commands that raced with
     /// the decision are handed back, for a fresh actor.
-    pub(super) async fn hibernate(self, mut rx: mpsc::Receiver<Command>) -> Ended {
+    pub(super) async fn hibernate(self, mut rx: Inbox<Command>) -> Ended {
         self.release_lease().await;
         self.slot.vacate();
         self.metrics.rooms_evicted.inc();

@@ -47,7 +47,7 @@ use rooms_proto::host::{
 };
 use rooms_proto::server::{self, UserEntry, close_code};
 use rooms_proto::{RoomId, UserId};
-use rooms_server::Slot;
+use rooms_server::{Inbox, Slot};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
