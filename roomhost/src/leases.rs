@@ -11,12 +11,12 @@
 //! of its leases would run out by this process's clock. What a room must
 //! act on goes to its [`Renewer`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rooms_proto::RoomId;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::store::{Lease, Owner, Renewal, Store};
@@ -67,7 +67,33 @@ struct Entry {
     until: Instant,
     /// When it is to be renewed next.
     due: Instant,
-    checks: mpsc::Sender<LeaseCheck>,
+    checks: Arc<Checks>,
+}
+
+/// A room's findings, waiting for it to act on them: at most
+/// [`CHECKS_QUEUED`]. A queue and a wake-up rather than a channel, whose
+/// first block alone (32 slots) would cost every active room 800 bytes.
+#[derive(Default)]
+struct Checks {
+    queue: Mutex<VecDeque<LeaseCheck>>,
+    ready: Notify,
+}
+
+impl Checks {
+    /// Past the limit the newer finding is dropped: the room acts on the
+    /// ones before, and the next renewal finds the same.
+    fn push(&self, check: LeaseCheck) {
+        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if queue.len() < CHECKS_QUEUED {
+            queue.push_back(check);
+            drop(queue);
+            self.ready.notify_one();
+        }
+    }
+
+    fn pop(&self) -> Option<LeaseCheck> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop_front()
+    }
 }
 
 impl Leases {
@@ -90,9 +116,9 @@ impl Leases {
         (lease, until): (Lease, Instant),
     ) -> Renewer {
         let id = self.shared.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, checks) = mpsc::channel(CHECKS_QUEUED);
+        let checks = Arc::new(Checks::default());
         let due = Instant::now() + self.shared.ttl / 3;
-        let entry = Entry { id, lease, until, due, checks: tx };
+        let entry = Entry { id, lease, until, due, checks: Arc::clone(&checks) };
         self.shared.rooms().insert(room.clone(), entry);
         Renewer { leases: Arc::clone(self), room, id, checks }
     }
@@ -116,7 +142,7 @@ pub(crate) struct Renewer {
     leases: Arc<Leases>,
     room: RoomId,
     id: u64,
-    checks: mpsc::Receiver<LeaseCheck>,
+    checks: Arc<Checks>,
 }
 
 impl Renewer {
@@ -132,9 +158,13 @@ impl Renewer {
 
     /// The next finding the room must act on.
     pub(crate) async fn next(&mut self) -> LeaseCheck {
-        match self.checks.recv().await {
-            Some(check) => check,
-            None => std::future::pending().await,
+        // Cancel-safe (the room selects on it): a finding stays queued
+        // until taken, and a wake-up not waited for is kept for the next.
+        loop {
+            if let Some(check) = self.checks.pop() {
+                return check;
+            }
+            self.checks.ready.notified().await;
         }
     }
 }
@@ -223,7 +253,7 @@ async fn renew_batch(shared: &Shared, leases: &[(RoomId, Lease)], holders: &[Hol
             }
         };
         // A room that has not taken the checks before acts on those first.
-        let _ = entry.checks.try_send(check);
+        entry.checks.push(check);
     }
 }
 
@@ -239,6 +269,32 @@ mod tests {
             Acquired::Ours(lease) => (lease, Instant::now() + TTL),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn findings_wait_in_order_up_to_the_limit_and_a_wake_up_is_never_lost() {
+        let checks = Arc::new(Checks::default());
+        let store = Store::Memory(MemoryStore::new(10));
+        let leases = Leases::start(store, Owner::new("a:1"), TTL);
+        let room = RoomId::parse("r").unwrap();
+        let mut renewer = Renewer { leases, room, id: 0, checks: Arc::clone(&checks) };
+        // A finding pushed while the room waits wakes it.
+        let pusher = Arc::clone(&checks);
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            pusher.push(LeaseCheck::Lapsed);
+        });
+        let first = tokio::time::timeout(TTL, renewer.next()).await.expect("woken");
+        assert_eq!(first, LeaseCheck::Lapsed);
+        // Past the limit, newer findings are dropped; the rest come in order.
+        for i in 0..CHECKS_QUEUED + 2 {
+            checks.push(LeaseCheck::Claimed(format!("h:{i}")));
+        }
+        for i in 0..CHECKS_QUEUED {
+            assert_eq!(renewer.next().await, LeaseCheck::Claimed(format!("h:{i}")));
+        }
+        let none = tokio::time::timeout(TTL / 3, renewer.next()).await;
+        assert!(none.is_err(), "{none:?}");
     }
 
     #[tokio::test]
