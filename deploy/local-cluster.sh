@@ -11,7 +11,7 @@
 #
 # Environment: ROOMS_LOCAL_DIR (state, logs; /tmp/rooms-local), ROOMS_BIN_DIR
 # (binaries; target/release, built when missing), REDIS_PORT (6390),
-# ROOMHOST_PORTS ("50051 50052 50053"), METRICS_PORTS ("9101 9102 9103",
+# ROOMHOST_PORTS ("20051 20052 20053"), METRICS_PORTS ("9101 9102 9103",
 # the roomhosts' /metrics), GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS
 # ("9090 9091"), GATEWAY_ARGS / ROOMHOST_ARGS (extra flags, appended),
 # REDIS_CLUSTER=1 (a 3-master Redis Cluster on REDIS_PORT..REDIS_PORT+2
@@ -21,7 +21,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DIR="${ROOMS_LOCAL_DIR:-/tmp/rooms-local}"
 BIN="${ROOMS_BIN_DIR:-$ROOT/target/release}"
 REDIS_PORT="${REDIS_PORT:-6390}"
-read -r -a ROOMHOST_PORTS <<< "${ROOMHOST_PORTS:-50051 50052 50053}"
+# Below Linux's ephemeral range (32768–60999): 50051 and up can still be
+# held by a client socket in TIME_WAIT after a load test, and `up` fails.
+read -r -a ROOMHOST_PORTS <<< "${ROOMHOST_PORTS:-20051 20052 20053}"
 read -r -a METRICS_PORTS <<< "${METRICS_PORTS:-9101 9102 9103}"
 read -r -a GATEWAY_PORTS <<< "${GATEWAY_PORTS:-8080 8081}"
 read -r -a ADMIN_PORTS <<< "${ADMIN_PORTS:-9090 9091}"
