@@ -151,7 +151,7 @@ impl RoomHost for RoomHostService {
             while let Ok(Some(frame)) = inbound.message().await {
                 let Some(frame) = frame.kind else { continue };
                 registry.metrics().frames_in.inc();
-                let cmd = Command::Frame { gateway, frame: Box::new(frame) };
+                let cmd = Command::Frame { gateway, frame };
                 if let Err(cmd) = handle.send(cmd).await {
                     // The actor stopped. If it hibernated, it handed our
                     // Attach to its successor: follow it. Never start an

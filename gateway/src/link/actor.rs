@@ -353,9 +353,7 @@ impl Link {
                 let local = self.conns.get_mut(&direct.conn)?;
                 local.welcomed.get_or_insert(mark);
                 let frames: Frames = direct.frames.into_iter().filter_map(text).collect();
-                if local.handle.deliver(Arc::clone(&frames)) == Delivery::Queued {
-                    metrics.frames_out.inc_by(frames.len() as u64);
-                }
+                count(metrics, frames.len(), local.handle.deliver(frames));
             }
             Some(host_frame::Kind::Close(close)) => {
                 if self.socket_close(&close) {

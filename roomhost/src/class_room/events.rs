@@ -50,7 +50,7 @@ impl ClassRoom {
                     _ => self.sockets_gone(gateway).await,
                 }
             }
-            Command::Frame { gateway, frame } => self.frame(gateway, *frame).await,
+            Command::Frame { gateway, frame } => self.frame(gateway, frame).await,
             Command::Publish { reply, .. } => {
                 let refusal = "this room runs a room class: call its methods instead of publishing";
                 let _ = reply.send(Err(RoomError::Unavailable(refusal.into())));

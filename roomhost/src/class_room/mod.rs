@@ -345,7 +345,7 @@ impl ClassRoom {
     async fn take_now(&mut self, cmd: Command) {
         use rooms_proto::host::gateway_frame::Kind;
         let runs_class = match &cmd {
-            Command::Frame { frame, .. } => !matches!(**frame, Kind::Join(_) | Kind::Drained(_)),
+            Command::Frame { frame, .. } => !matches!(frame, Kind::Join(_) | Kind::Drained(_)),
             Command::Detach { .. } | Command::Invoke { .. } => true,
             _ => false,
         };

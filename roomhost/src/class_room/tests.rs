@@ -92,7 +92,7 @@ impl Cluster {
     }
 
     async fn frame(&self, gateway: GatewayId, kind: gateway_frame::Kind) {
-        self.send(Command::Frame { gateway, frame: Box::new(kind) }).await;
+        self.send(Command::Frame { gateway, frame: kind }).await;
     }
 
     async fn handshake(&self, gateway: GatewayId, conn: u64, user: &str) {

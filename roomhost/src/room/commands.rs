@@ -27,7 +27,7 @@ impl Room {
                 }
                 self.detach(gateway);
             }
-            Command::Frame { gateway, frame } => self.frame(gateway, *frame).await,
+            Command::Frame { gateway, frame } => self.frame(gateway, frame).await,
             Command::Publish { data, persist, reply } => {
                 let time = server::timestamp(SystemTime::now());
                 if !persist {

@@ -224,7 +224,7 @@ impl Room {
         let mut rest = Vec::new();
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
-                Command::Frame { gateway, frame } => match *frame {
+                Command::Frame { gateway, frame } => match frame {
                     gateway_frame::Kind::Chat(chat) => {
                         self.unavailable(
                             gateway,
@@ -235,7 +235,7 @@ impl Room {
                     gateway_frame::Kind::SetName(set) => {
                         self.unavailable(gateway, set.conn, Refused::Name);
                     }
-                    frame => rest.push(Command::Frame { gateway, frame: Box::new(frame) }),
+                    frame => rest.push(Command::Frame { gateway, frame }),
                 },
                 other => rest.push(other),
             }

@@ -104,11 +104,12 @@ pub enum Command {
     Detach {
         gateway: GatewayId,
     },
-    /// A frame from a gateway's stream. Boxed: the largest variant by far,
-    /// it would size every slot of every room's command queue.
+    /// A frame from a gateway's stream. Not boxed: the largest variant by
+    /// far, but a room's queue holds its commands boxed (`Inbox`), so it
+    /// sizes no queue slot.
     Frame {
         gateway: GatewayId,
-        frame: Box<gateway_frame::Kind>,
+        frame: gateway_frame::Kind,
     },
     /// Operator publish of a `system` event.
     Publish {

@@ -65,7 +65,7 @@ impl Cluster {
     }
 
     async fn frame(&self, gateway: &Gateway, kind: gateway_frame::Kind) {
-        self.send(Command::Frame { gateway: gateway.id, frame: Box::new(kind) }).await;
+        self.send(Command::Frame { gateway: gateway.id, frame: kind }).await;
     }
 
     /// Joins `user` as connection `conn`; returns its welcome and history.
