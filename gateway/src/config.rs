@@ -111,6 +111,11 @@ pub struct Args {
     /// Log format: text or json.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// tokio worker threads (default: one per CPU the process may use, its
+    /// cgroup CPU limit or else every core). Set it to the pod's CPU share
+    /// when pods share a node's cores without a CPU limit.
+    #[arg(long, env = "GATEWAY_WORKER_THREADS", value_parser = rooms_server::runtime::worker_threads_parser())]
+    pub worker_threads: Option<u16>,
     /// Validate the flags (and read the files they name), print the result
     /// and exit without serving: 0 if valid, 2 if not.
     #[arg(long)]

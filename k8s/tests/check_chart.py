@@ -296,7 +296,7 @@ def check_bad_values(helm):
     if "values don't meet the specifications of the schema" not in output:
         return fail(f"bad values refused, but not by the schema:\n{output}")
     # Each wrong value is named in the error.
-    for needle in ("auth.mode", "gateway.replicas", "gateway.shutdownGrace",
+    for needle in ("auth.mode", "gateway.replicas", "gateway.shutdownGrace", "gateway.workerThreads",
                    "roomhost.historyLimit", "roomhost.leaseTtl", "redis.url", "replicas",
                    "roomClasses.classes.0.bundle", "roomClasses.classes.0.class"):
         if needle not in output:

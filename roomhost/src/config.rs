@@ -60,6 +60,11 @@ pub struct Args {
     /// Log format: text or json.
     #[arg(long, env = "ROOMHOST_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// tokio worker threads (default: one per CPU the process may use, its
+    /// cgroup CPU limit or else every core). Set it to the pod's CPU share
+    /// when pods share a node's cores without a CPU limit.
+    #[arg(long, env = "ROOMHOST_WORKER_THREADS", value_parser = rooms_server::runtime::worker_threads_parser())]
+    pub worker_threads: Option<u16>,
     /// Rooms that run a JavaScript class with the Durable Object API:
     /// PATTERN=FILE#Class, e.g. 'game-*=/etc/rooms/game.js#GameRoom' (`*`
     /// matches any run of characters; the first matching pattern wins;

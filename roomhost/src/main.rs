@@ -5,9 +5,13 @@ use rooms_server::{
     shutdown,
 };
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = roomhost::Args::parse();
+    let runtime = rooms_server::runtime::build(args.worker_threads).context("starting tokio")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: roomhost::Args) -> anyhow::Result<()> {
     if args.check_config {
         check_config("roomhost", args.into_config());
     }

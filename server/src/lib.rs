@@ -11,6 +11,7 @@
 //! * [`shutdown`]: SIGTERM / Ctrl-C, and the stop signal tasks watch.
 //! * [`check`]: the `--check-config` flag.
 //! * [`memory`]: giving the allocator's free pages back to the system.
+//! * [`runtime`]: the process's tokio runtime, sized by `--worker-threads`.
 // Two calls use unsafe, both into glibc's allocator (`memory`).
 #![deny(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod directory;
 pub mod http2;
 pub mod listen;
 pub mod memory;
+pub mod runtime;
 pub mod shutdown;
 
 pub use directory::{Directory, Handle, Inbox, Slot};
