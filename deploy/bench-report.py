@@ -326,7 +326,9 @@ def main():
     if not args.doc:
         return
     day = datetime.date.today().isoformat()
-    raw = os.path.join(ROOT, "docs", "bench", f"{day}.jsonl")
+    # Beside the document it describes: a report written elsewhere (a
+    # trial run) leaves the published raw lines alone.
+    raw = os.path.join(os.path.dirname(os.path.abspath(args.doc)), "bench", f"{day}.jsonl")
     os.makedirs(os.path.dirname(raw), exist_ok=True)
     shutil.copyfile(args.results, raw)
     analysis = os.path.join(ROOT, "docs", "bench", "analysis.md")

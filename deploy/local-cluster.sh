@@ -15,7 +15,8 @@
 # the roomhosts' /metrics), GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS
 # ("9090 9091"), GATEWAY_ARGS / ROOMHOST_ARGS (extra flags, appended),
 # REDIS_CLUSTER=1 (a 3-master Redis Cluster on REDIS_PORT..REDIS_PORT+2
-# instead of one Redis), WORKER_THREADS (each process's tokio workers; 1).
+# instead of one Redis), GATEWAY_WORKERS / ROOMHOST_WORKERS (each process's
+# --worker-threads; 2 / 1).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DIR="${ROOMS_LOCAL_DIR:-/tmp/rooms-local}"
@@ -29,9 +30,12 @@ read -r -a GATEWAY_PORTS <<< "${GATEWAY_PORTS:-8080 8081}"
 read -r -a ADMIN_PORTS <<< "${ADMIN_PORTS:-9090 9091}"
 read -r -a GATEWAY_EXTRA <<< "${GATEWAY_ARGS:-}"
 read -r -a ROOMHOST_EXTRA <<< "${ROOMHOST_ARGS:-}"
-# Five processes share this machine's cores: one tokio worker each, as a pod
-# is sized to its CPU share (more only wake each other's idle threads).
-WORKERS="${WORKER_THREADS:-1}"
+# Five processes share this machine's cores, so each gets few tokio workers,
+# as a pod is sized to its CPU share: more only wake each other's idle
+# threads. A roomhost's room is one actor; a gateway keeps two, which write a
+# big room's sockets side by side (docs/operations.md has the measurements).
+GATEWAY_WORKERS="${GATEWAY_WORKERS:-2}"
+ROOMHOST_WORKERS="${ROOMHOST_WORKERS:-1}"
 
 start() {  # name, command...
   local name=$1; shift
@@ -98,13 +102,13 @@ up() {
       --metrics-listen="127.0.0.1:${METRICS_PORTS[$i]}" --advertise="127.0.0.1:$p" \
       --roomhosts="file:$DIR/members" --redis="$redis_url" \
       --room-idle-timeout=30s --history-limit=1000 --max-rooms=100000 --lease-ttl=5s \
-      --shutdown-grace=20s --log-format=text --worker-threads="$WORKERS" "${ROOMHOST_EXTRA[@]}"
+      --shutdown-grace=20s --log-format=text --worker-threads="$ROOMHOST_WORKERS" "${ROOMHOST_EXTRA[@]}"
   done
   for i in "${!GATEWAY_PORTS[@]}"; do
     start "gateway-$i" "$BIN/gateway" --listen="127.0.0.1:${GATEWAY_PORTS[$i]}" \
       --admin-listen="127.0.0.1:${ADMIN_PORTS[$i]}" --roomhosts="file:$DIR/members" \
       --auth=none --rate-limit=20 --rate-burst=40 --send-queue=256 --max-connections=50000 \
-      --ping-interval=30s --shutdown-grace=10s --log-format=text --worker-threads="$WORKERS" \
+      --ping-interval=30s --shutdown-grace=10s --log-format=text --worker-threads="$GATEWAY_WORKERS" \
       "${GATEWAY_EXTRA[@]}"
   done
   for p in "${METRICS_PORTS[@]}"; do wait_http "$p" /readyz; done
