@@ -35,6 +35,9 @@ struct Shared {
     stop_rx: tokio::sync::watch::Receiver<bool>,
     delivered: AtomicU64,
     errors: AtomicU64,
+    /// Error frames that said `rate_limited`: the load is above the
+    /// server's per-connection limit.
+    rate_limited: AtomicU64,
     welcomed: AtomicU64,
 }
 
@@ -66,7 +69,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
         args.rooms >= 1 && args.clients >= 1,
         "--rooms and --clients must be at least 1"
     );
-    anyhow::ensure!(args.senders <= args.clients, "--senders cannot exceed --clients");
+    anyhow::ensure!(args.senders() <= args.clients, "--senders cannot exceed --clients");
     if args.preload > 0 {
         return crate::cold::run(&args).await;
     }
@@ -80,6 +83,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
         stop_rx,
         delivered: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        rate_limited: AtomicU64::new(0),
         welcomed: AtomicU64::new(0),
     });
 
@@ -118,7 +122,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(!sockets.is_empty(), "no client could connect to {}", args.url);
 
     // One reader per client; senders get their sink and an in-flight window.
-    let senders = args.senders.min(sockets.len());
+    let senders = args.senders().min(sockets.len());
     let windows: Vec<Arc<Semaphore>> =
         (0..senders).map(|_| Arc::new(Semaphore::new(args.window.max(1)))).collect();
     let mut sinks: Vec<SplitSink<Ws, Message>> = Vec::with_capacity(senders);
@@ -195,6 +199,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
         let _ = sink.close().await;
     }
     samples.sort_unstable();
+    let rate_limited = shared.rate_limited.load(Ordering::Relaxed);
+    if rate_limited > 0 {
+        eprintln!(
+            "bench: the server refused {rate_limited} messages as rate limited: each sender \
+             sent {:.0}/s, above its per-connection limit (a gateway's --rate-limit, 20/s by \
+             default); spread --rate over more --senders",
+            args.rate as f64 / senders.max(1) as f64
+        );
+    }
     Ok(json!({
         "label": args.label,
         "url": args.url,
@@ -217,6 +230,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
         "connect_s": (connect_s * 1000.0).round() / 1000.0,
         "connect_ms": { "p50": percentile(&connect_ms, 50.0), "p99": percentile(&connect_ms, 99.0) },
         "errors": connect_errors + shared.errors.load(Ordering::Relaxed),
+        "rate_limited": rate_limited,
     }))
 }
 
@@ -263,6 +277,9 @@ async fn read(
             shared.welcomed.fetch_add(1, Ordering::Relaxed);
         } else if text.starts_with("{\"type\":\"error\"") {
             shared.errors.fetch_add(1, Ordering::Relaxed);
+            if text.contains("\"rate_limited\"") {
+                shared.rate_limited.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     samples

@@ -89,9 +89,11 @@ pub struct BenchArgs {
     /// Client connections in all.
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
-    /// How many of the clients send (spread over the rooms).
-    #[arg(long, default_value_t = 1)]
-    pub senders: usize,
+    /// How many of the clients send (spread over the rooms). Default: 10,
+    /// or every client if fewer; at the default --rate each sends 10
+    /// messages/s, within a gateway's default per-connection limit.
+    #[arg(long)]
+    pub senders: Option<usize>,
     /// Messages per second over all senders; 0 = as fast as possible
     /// (each sender keeps --window messages in flight).
     #[arg(long, default_value_t = 100)]
@@ -131,4 +133,14 @@ pub struct BenchArgs {
     /// from a new instance.
     #[arg(long)]
     pub class_rooms: bool,
+}
+
+/// Senders when `--senders` is not given.
+pub const DEFAULT_SENDERS: usize = 10;
+
+impl BenchArgs {
+    /// How many clients send: `--senders`, or the default capped by the clients.
+    pub fn senders(&self) -> usize {
+        self.senders.unwrap_or(DEFAULT_SENDERS.min(self.clients))
+    }
 }

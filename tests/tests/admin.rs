@@ -173,3 +173,38 @@ async fn roomctl_publishes_and_shows_rooms() {
     assert_eq!(code, 3);
     assert!(err.contains("cannot reach"), "{err}");
 }
+
+/// Runs `roomctl bench` against `url` and returns its report and stderr.
+fn bench(url: &str, args: &[&str]) -> (serde_json::Value, String) {
+    let out = Command::new(binary("roomctl"))
+        .args(["bench", "--url", url, "--duration", "2s"])
+        .args(args)
+        .output()
+        .expect("roomctl bench");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let report = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    (report, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roomctl_bench_defaults_fit_a_default_gateway_and_a_rate_limit_is_named() {
+    // The gateway's default per-connection limit: 20 messages/s, burst 40.
+    let cluster = TestCluster::new(1, 1).start().await;
+    let url = format!("ws://{}", cluster.gateways[0].http);
+
+    let (report, stderr) = bench(&url, &["--clients", "20"]);
+    assert_eq!(
+        (report["senders"].as_u64(), report["errors"].as_u64()),
+        (Some(10), Some(0)),
+        "{report}"
+    );
+    // 10 senders × 10 messages/s for 2 s, each delivered to 20 clients.
+    assert!(report["delivered"].as_u64().unwrap_or(0) >= 3000, "{report}");
+    assert!(!stderr.contains("rate limited"), "{stderr}");
+
+    // One sender at 100/s: refused past its burst, and told why.
+    let (report, stderr) = bench(&url, &["--clients", "5", "--senders", "1", "--rate", "100"]);
+    assert!(report["rate_limited"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert!(stderr.contains("spread --rate over more --senders"), "{stderr}");
+}
