@@ -53,7 +53,7 @@ impl Room {
             Command::Kick { user, reason, reply } => {
                 self.flush().await;
                 let targets: Vec<(GatewayId, ConnId)> =
-                    self.conns.iter().filter(|(_, u)| **u == user).map(|(k, _)| *k).collect();
+                    self.conns.iter().filter(|(_, u)| ***u == *user).map(|(k, _)| *k).collect();
                 for (gateway, conn) in &targets {
                     let close = CloseConn {
                         conn: *conn,
@@ -138,8 +138,8 @@ impl Room {
                 let (id, client_id) = if chat.id.is_empty() {
                     (format!("{}-{seq}", self.epoch), None)
                 } else {
-                    self.dedup.insert(user.clone(), chat.id.clone(), seq);
-                    self.staged.client_ids.push((user.clone(), chat.id.clone()));
+                    self.dedup.insert(user.to_string(), chat.id.clone(), seq);
+                    self.staged.client_ids.push((user.to_string(), chat.id.clone()));
                     (chat.id, Some(self.staged.client_ids.len() - 1))
                 };
                 let time = server::timestamp(SystemTime::now());
@@ -174,7 +174,7 @@ impl Room {
                 };
                 let time = server::timestamp(SystemTime::now());
                 self.stage(Event { seq, frame: server::name(seq, &user, &name, &time) });
-                self.staged.commit.names.push((user, name));
+                self.staged.commit.names.push((user.to_string(), name));
                 self.staged.writers.push(Writer { gateway, conn: set.conn, write: Write::Name });
             }
             Kind::Typing(typing) => {
@@ -210,11 +210,14 @@ impl Room {
             };
             return self.send(gateway, host_frame::Kind::Close(close));
         }
-        let user = user.as_str().to_owned();
-        if let Some(previous) = self.conns.insert((gateway, join.conn), user.clone()) {
+        let user: Arc<str> = match self.presence.get_key_value(user.as_str()) {
+            Some((present, _)) => Arc::clone(present),
+            None => Arc::from(user.as_str()),
+        };
+        if let Some(previous) = self.conns.insert((gateway, join.conn), Arc::clone(&user)) {
             self.release(&previous);
         }
-        let count = self.presence.entry(user.clone()).or_default();
+        let count = self.presence.entry(Arc::clone(&user)).or_default();
         *count += 1;
         if join.rejoin {
             // Back after a move: it already has everything up to the gateway's

@@ -202,9 +202,11 @@ pub(crate) struct Room {
     recent: VecDeque<Event>,
     dedup: Dedup,
     gateways: HashMap<GatewayId, GatewayTx>,
-    conns: HashMap<(GatewayId, ConnId), String>,
+    /// Each connection's user: the same allocation as the user's key in
+    /// `presence`, however many connections it has.
+    conns: HashMap<(GatewayId, ConnId), Arc<str>>,
     /// Connections per present user: `join` on 0 -> 1, `leave` on 1 -> 0.
-    presence: HashMap<String, u32>,
+    presence: HashMap<Arc<str>, u32>,
     staged: Staged,
     /// The last commit failed and may or may not have landed: reload before
     /// the next write so seqs continue from what the store really holds.
