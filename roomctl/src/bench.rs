@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use rooms_proto::client::ErrorCode;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -203,8 +204,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     if rate_limited > 0 {
         eprintln!(
             "bench: the server refused {rate_limited} messages as rate limited: each sender \
-             sent {:.0}/s, above its per-connection limit (a gateway's --rate-limit, 20/s by \
-             default); spread --rate over more --senders",
+             sent {:.0}/s, above its per-connection limit (a gateway's --rate-limit); spread \
+             --rate over more --senders",
             args.rate as f64 / senders.max(1) as f64
         );
     }
@@ -277,12 +278,18 @@ async fn read(
             shared.welcomed.fetch_add(1, Ordering::Relaxed);
         } else if text.starts_with("{\"type\":\"error\"") {
             shared.errors.fetch_add(1, Ordering::Relaxed);
-            if text.contains("\"rate_limited\"") {
+            if error_code(&text).as_deref() == Some(ErrorCode::RateLimited.as_str()) {
                 shared.rate_limited.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
     samples
+}
+
+/// The `code` of an `error` frame (parsed only for error frames, which are rare).
+fn error_code(text: &str) -> Option<String> {
+    let frame: serde_json::Value = serde_json::from_str(text).ok()?;
+    frame.get("code")?.as_str().map(str::to_owned)
 }
 
 /// What one sender does.
@@ -350,6 +357,16 @@ mod tests {
         let peer = r#"{"type":"chat","userId":"u1","userName":"u1","text":"b:0:99:","time":"t"}"#;
         assert_eq!(stamp(peer), Some((0, 99)));
         assert_eq!(stamp(r#"{"type":"chat","text":"hello"}"#), None);
+    }
+
+    #[test]
+    fn an_error_frame_names_its_code_and_a_message_mentioning_one_does_not() {
+        let refused = rooms_proto::server::error(ErrorCode::RateLimited, "slow down");
+        let refused = std::str::from_utf8(&refused).unwrap();
+        assert_eq!(error_code(refused).as_deref(), Some("rate_limited"));
+        let other = r#"{"type":"error","code":"too_large","message":"not rate_limited"}"#;
+        assert_eq!(error_code(other).as_deref(), Some("too_large"));
+        assert_eq!(error_code("not json"), None);
     }
 
     #[test]
