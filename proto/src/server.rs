@@ -39,6 +39,9 @@ fn encode<T: Serialize>(frame: &T) -> Bytes {
     Bytes::from(bytes)
 }
 
+/// Most users listed in `welcome`; the rest are counted in `moreUsers`.
+pub const MAX_WELCOME_USERS: usize = 1000;
+
 #[derive(Serialize)]
 pub struct UserEntry<'a> {
     #[serde(rename = "userId")]

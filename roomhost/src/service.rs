@@ -142,6 +142,7 @@ impl RoomHost for RoomHostService {
             rejoins: open.rejoins,
             tx,
             resume_after: open.resume_after,
+            writes_welcome: open.writes_welcome,
         };
         let mut handle = self.registry.dispatch(&room, attach, wait).instrument(span).await?;
         tracing::debug!(room.id = %room, gateway, gateway.name = %open.gateway_id, "room stream attached");

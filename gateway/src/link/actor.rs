@@ -17,6 +17,7 @@ use tonic::Streaming;
 use super::class::ClassSide;
 use super::phase::Phase;
 use super::presence::{Arrival, Mark, Presence};
+use super::roster::Roster;
 use super::unanswered::{Unanswered, tag_of};
 use super::{
     FIRST_ATTACH_DEADLINE, HOLD_LIMIT, LINGER, LinkCmd, LinkSlot, Links, REATTACH_DEADLINE,
@@ -54,6 +55,7 @@ pub(super) struct Link {
     unanswered: Unanswered,
     pub(super) class: ClassSide,
     presence: Presence,
+    roster: Roster,
 }
 
 /// Counts a delivery of `frames` frames in the gateway's metrics.
@@ -104,6 +106,7 @@ pub(super) async fn run(links: Arc<Links>, slot: LinkSlot, mut rx: Inbox<LinkCmd
         unanswered: Unanswered::default(),
         class: ClassSide::default(),
         presence: Presence::default(),
+        roster: Roster::default(),
     };
     let first = Target::Ring { avoid: None };
     if let Some(inbound) = link.attach(&mut rx, first, FIRST_ATTACH_DEADLINE).await {
@@ -307,9 +310,11 @@ impl Link {
             *last = (*last).max(message.room_seq);
         }
         // Gathered presence goes before anything else of the room, except
-        // more presence and a connection's welcome (not for it anyway).
+        // more presence, the roster, and a connection's welcome (not for it
+        // anyway).
         let keeps_order = match &message.kind {
             Some(host_frame::Kind::Broadcast(broadcast)) => broadcast.presence,
+            Some(host_frame::Kind::Roster(_)) => true,
             Some(host_frame::Kind::Direct(direct)) => {
                 self.conns.get(&direct.conn).is_some_and(|local| local.welcomed.is_none())
             }
@@ -346,13 +351,17 @@ impl Link {
                 for tag in direct.tags {
                     self.unanswered.answered(tag);
                 }
-                if direct.frames.is_empty() {
+                if direct.frames.is_empty() && direct.welcome.is_none() {
                     return None; // an answer without anything to show
                 }
                 let mark = self.presence.welcome_mark();
                 let local = self.conns.get_mut(&direct.conn)?;
                 local.welcomed.get_or_insert(mark);
-                let frames: Frames = direct.frames.into_iter().filter_map(text).collect();
+                let welcome = direct
+                    .welcome
+                    .map(|w| self.roster.welcome(self.room.as_str(), local.user.as_str(), &w));
+                let frames: Frames =
+                    welcome.into_iter().chain(direct.frames).filter_map(text).collect();
                 count(metrics, frames.len(), local.handle.deliver(frames));
             }
             Some(host_frame::Kind::Close(close)) => {
@@ -389,6 +398,7 @@ impl Link {
                     None => Target::Ring { avoid: self.phase.address().map(str::to_owned) },
                 });
             }
+            Some(host_frame::Kind::Roster(roster)) => self.roster.apply(roster),
             Some(host_frame::Kind::RoomKind(kind)) => self.kind_known(kind),
             Some(host_frame::Kind::HandshakeReply(reply)) => self.handshake_answered(reply),
             Some(host_frame::Kind::SocketSend(send)) => self.socket_send(send),

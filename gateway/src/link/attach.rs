@@ -118,6 +118,7 @@ impl Link {
             resume_after: self.last_seq,
             fallback,
             rejoins: u32::try_from(rejoins.len()).unwrap_or(u32::MAX),
+            writes_welcome: true,
         };
         let mut first = vec![frame(gateway_frame::Kind::Open(open))];
         for (conn, local) in &self.conns {

@@ -18,6 +18,7 @@
 //! Layout: [`phase`] is where the link stands with its stream (one state
 //! enum); [`unanswered`] the chats awaiting their answer; `actor` the link's
 //! loop and frame handling; [`presence`] presence gathered in join storms;
+//! [`roster`] the room's users, to write `welcome`s;
 //! `attach` finding the owner and opening streams;
 //! `tests` drive a link against `scripted` roomhosts.
 
@@ -26,6 +27,7 @@ mod attach;
 mod class;
 mod phase;
 mod presence;
+mod roster;
 #[cfg(test)]
 mod scripted;
 #[cfg(test)]

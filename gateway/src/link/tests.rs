@@ -107,7 +107,7 @@ fn join_of(frame: &gateway_frame::Kind) -> &rooms_proto::host::Join {
 
 fn direct(conn: ConnId, text: &str) -> host_frame::Kind {
     let frames = vec![Bytes::from(text.to_owned())];
-    host_frame::Kind::Direct(Direct { conn, frames, tags: Vec::new() })
+    host_frame::Kind::Direct(Direct { conn, frames, tags: Vec::new(), welcome: None })
 }
 
 fn broadcast(text: &str) -> host_frame::Kind {
@@ -249,4 +249,53 @@ async fn moved_without_an_address_asks_the_ring_without_that_roomhost() {
     let next = other.accept().await;
     assert_eq!((next.open.resume_after, next.open.fallback), (Some(3), true));
     owner.unused(Duration::from_millis(100)).await;
+}
+
+/// The users a `welcome` lists (sorted), and its seq.
+fn welcomed(text: &str) -> (Vec<String>, u64) {
+    let frame: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert_eq!(frame["type"], "welcome", "{text}");
+    let users = frame["users"].as_array().cloned().unwrap_or_default();
+    let mut users: Vec<String> =
+        users.iter().map(|u| u["userId"].as_str().unwrap_or_default().to_owned()).collect();
+    users.sort();
+    (users, frame["seq"].as_u64().unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_link_writes_each_welcome_from_the_roster_as_the_stream_left_it() {
+    use rooms_proto::host::{Roster, RosterUser, Welcome};
+    let present = |user: &str| Roster {
+        present: vec![RosterUser { user_id: user.into(), name: None }],
+        ..Roster::default()
+    };
+    let welcome_to = |conn, seq, history: &str| {
+        let frames = vec![Bytes::from(history.to_owned())];
+        let welcome = Some(Welcome { seq, epoch: "e1".into() });
+        host_frame::Kind::Direct(Direct { conn, frames, tags: Vec::new(), welcome })
+    };
+    let mut host = Host::start(Behaviour::Answer).await;
+    let gateway = Gateway::new(&[&host.address], "lobby");
+    let alice = gateway.join(1, "alice").await;
+    let mut stream = host.accept().await;
+    assert!(stream.open.writes_welcome);
+    stream.take(1).await;
+    stream.send(host_frame::Kind::Attached(Attached {}), 4).await;
+    let snapshot = Roster { reset: true, ..present("bob") };
+    stream.send(host_frame::Kind::Roster(snapshot), 4).await;
+    stream.send(host_frame::Kind::Roster(present("alice")), 4).await;
+    stream.send(welcome_to(1, 4, "history-a"), 4).await;
+    let got = alice.wait_for(2).await;
+    assert_eq!(welcomed(&got[0]), (vec!["alice".into(), "bob".into()], 4));
+    assert_eq!(got[1], "history-a");
+    // Bob leaves and Carol joins: her welcome lists the room as it is then.
+    let absent = Roster { absent: vec!["bob".into()], ..Roster::default() };
+    stream.send(host_frame::Kind::Roster(absent), 4).await;
+    let carol = gateway.join(2, "carol").await;
+    stream.take(1).await;
+    stream.send(host_frame::Kind::Roster(present("carol")), 4).await;
+    stream.send(welcome_to(2, 4, "history-c"), 4).await;
+    let got = carol.wait_for(2).await;
+    assert_eq!(welcomed(&got[0]), (vec!["alice".into(), "carol".into()], 4));
+    assert!(alice.received().is_empty(), "the roster itself reaches no socket");
 }

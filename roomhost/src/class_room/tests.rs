@@ -79,7 +79,15 @@ impl Cluster {
         let (tx, mut rx) = mpsc::channel(GATEWAY_QUEUE);
         let name = format!("gw{gateway}").into();
         let rejoins = u32::try_from(sockets.len()).unwrap();
-        self.send(Command::Attach { gateway, name, rejoins, tx, resume_after: None }).await;
+        self.send(Command::Attach {
+            gateway,
+            name,
+            rejoins,
+            tx,
+            resume_after: None,
+            writes_welcome: false,
+        })
+        .await;
         for (conn, user) in sockets {
             let attachment = Some(format!(r#"{{"userId":"{user}","userName":null}}"#));
             let socket = ClassSocket { tags: vec![], attachment, hibernatable: true };
@@ -295,7 +303,16 @@ async fn a_gateway_whose_stream_broke_gets_its_sockets_back_with_what_was_sent_m
     // The same gateway (by name) on a new stream, re-announcing her socket.
     let (tx, mut back) = mpsc::channel(GATEWAY_QUEUE);
     let name = "gw1".into();
-    cluster.send(Command::Attach { gateway: 3, name, rejoins: 1, tx, resume_after: None }).await;
+    cluster
+        .send(Command::Attach {
+            gateway: 3,
+            name,
+            rejoins: 1,
+            tx,
+            resume_after: None,
+            writes_welcome: false,
+        })
+        .await;
     let socket = ClassSocket { tags: vec![], attachment: None, hibernatable: true };
     let join = Join { conn: 10, socket: Some(socket), ..Join::default() };
     cluster.frame(3, gateway_frame::Kind::Join(join)).await;

@@ -7,7 +7,7 @@ use super::*;
 impl Room {
     pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Attach { gateway, tx, resume_after, .. } => {
+            Command::Attach { gateway, tx, resume_after, writes_welcome, .. } => {
                 if let Some(moving) = &mut self.moving {
                     moving.deferred.push(tx);
                     return;
@@ -15,11 +15,14 @@ impl Room {
                 // Staged events go to the gateways that were here before; the
                 // newcomer gets them through its replay.
                 self.flush().await;
-                self.gateways.insert(gateway, tx);
+                self.gateways.insert(gateway, GatewayStream { tx, writes_welcome });
                 if let Some(after) = resume_after {
                     self.replay(gateway, after).await;
                 }
                 self.send(gateway, host_frame::Kind::Attached(Attached {}));
+                if writes_welcome {
+                    self.send_roster(gateway);
+                }
             }
             Command::Detach { gateway } => {
                 if let Some(moving) = &mut self.moving {
@@ -175,6 +178,7 @@ impl Room {
                 let time = server::timestamp(SystemTime::now());
                 self.stage(Event { seq, frame: server::name(seq, &user, &name, &time) });
                 self.staged.commit.names.push((user.to_string(), name));
+                self.roster_present(&user);
                 self.staged.writers.push(Writer { gateway, conn: set.conn, write: Write::Name });
             }
             Kind::Typing(typing) => {
@@ -219,19 +223,22 @@ impl Room {
         }
         let count = self.presence.entry(Arc::clone(&user)).or_default();
         *count += 1;
+        let arrived = *count == 1;
+        if arrived {
+            self.roster_present(&user);
+        }
         if join.rejoin {
             // Back after a move: it already has everything up to the gateway's
             // resume point, and the others already know it is here.
             return;
         }
-        if *count == 1 {
+        if arrived {
             let frame = server::join(&user, self.display_name(&user));
             self.staged.outputs.push(Output::Except { gateway, conn: join.conn, frame });
             self.emit();
         }
-        let mut frames = vec![self.welcome(&user)];
-        frames.extend(self.join_history(join.since, &join.epoch).await);
-        self.direct(gateway, join.conn, frames);
+        let history = self.join_history(join.since, &join.epoch).await;
+        self.welcome(gateway, join.conn, &user, history);
     }
 
     pub(super) fn leave(&mut self, gateway: GatewayId, conn: ConnId) {
@@ -250,6 +257,7 @@ impl Room {
         *count -= 1;
         if *count == 0 {
             self.presence.remove(user);
+            self.roster_absent(user);
             if self.moving.is_some() {
                 return;
             }

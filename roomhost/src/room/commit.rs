@@ -121,6 +121,7 @@ impl Room {
         }
         self.stale = true;
         self.lease_suspect |= matches!(error, StoreError::LeaseLost);
+        let renamed = !staged.commit.names.is_empty();
         for (reply, _) in staged.replies {
             let _ = reply.send(Err(RoomError::Unavailable(error.to_string())));
         }
@@ -139,6 +140,10 @@ impl Room {
         }
         self.staged.outputs =
             staged.outputs.into_iter().filter(|o| !matches!(o, Output::Event(_))).collect();
+        if renamed {
+            // The renames are undone: the names gateways were told are not.
+            self.resend_roster();
+        }
     }
 
     /// Refuses a write the store did not take, naming the chat it refuses

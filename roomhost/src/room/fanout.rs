@@ -45,7 +45,7 @@ impl Room {
         }
         self.metrics().broadcasts.inc();
         let mut dead = Vec::new();
-        for (id, tx) in &self.gateways {
+        for (id, GatewayStream { tx, .. }) in &self.gateways {
             let except_conn = match except {
                 Some((gateway, conn)) if gateway == *id => conn,
                 _ => 0,
@@ -75,7 +75,8 @@ impl Room {
         frames: Vec<Bytes>,
     ) {
         let tags = if tag == 0 { Vec::new() } else { vec![tag] };
-        self.send(gateway, host_frame::Kind::Direct(Direct { conn, frames, tags }));
+        let direct = Direct { conn, frames, tags, welcome: None };
+        self.send(gateway, host_frame::Kind::Direct(direct));
     }
 
     pub(super) fn metrics(&self) -> &Metrics {
@@ -98,10 +99,10 @@ impl Room {
 
     pub(super) fn send(&mut self, gateway: GatewayId, kind: host_frame::Kind) {
         let frame = self.frame_of(kind);
-        let Some(tx) = self.gateways.get(&gateway) else {
+        let Some(stream) = self.gateways.get(&gateway) else {
             return;
         };
-        if tx.try_send(Box::new(frame)).is_err() {
+        if stream.tx.try_send(Box::new(frame)).is_err() {
             self.drop_gateways(vec![gateway]);
         }
     }

@@ -240,7 +240,7 @@ impl Room {
                 other => rest.push(other),
             }
         }
-        let mut txs: Vec<GatewayTx> = self.gateways.drain().map(|(_, tx)| tx).collect();
+        let mut txs: Vec<GatewayTx> = self.gateways.drain().map(|(_, stream)| stream.tx).collect();
         txs.extend(state.map(|m| m.deferred).unwrap_or_default());
         let moved = self.frame_of(host_frame::Kind::Moved(target.clone()));
         for tx in &txs {

@@ -1,5 +1,5 @@
 //! The room's log as clients see it: seq assignment (reloading after a
-//! failed write), names, `welcome`, and history — on join, on resume after a
+//! failed write), names, and history — on join, on resume after a
 //! seq, and paged back on request.
 
 use super::*;
@@ -28,17 +28,6 @@ impl Room {
             let broadcast = Broadcast { frames: page.to_vec(), ..Broadcast::default() };
             self.send(gateway, host_frame::Kind::Broadcast(broadcast));
         }
-    }
-
-    pub(super) fn welcome(&self, user: &str) -> Bytes {
-        let users: Vec<UserEntry<'_>> = self
-            .presence
-            .keys()
-            .take(MAX_WELCOME_USERS)
-            .map(|u| UserEntry { user_id: u, name: self.display_name(u) })
-            .collect();
-        let more = self.presence.len().saturating_sub(users.len());
-        server::welcome(self.id.as_str(), user, self.seq, &self.epoch, &users, more)
     }
 
     /// The history frames a joining connection gets: the latest page, or a
@@ -130,6 +119,8 @@ impl Room {
                     let (before, epoch) = (self.seq, self.epoch.clone());
                     self.apply_loaded(loaded);
                     self.stale = false;
+                    // Renames that landed after all are display names now.
+                    self.resend_roster();
                     // A write that timed out may have landed after all: it is
                     // stored, so it is delivered (late, but in order, and seqs
                     // stay contiguous for every client).

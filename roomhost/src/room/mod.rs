@@ -21,7 +21,8 @@
 //! `lifecycle` the turn loop, lease and moves; `renewer` the lease's own
 //! task; `commands` one handler per command and client frame; `log` seqs,
 //! names, welcome and history; `commit` group commit and the output gate;
-//! `fanout` sending to gateways. Each submodule adds methods to [`Room`]
+//! `fanout` sending to gateways; `roster` the present users as gateways that
+//! write `welcome` themselves keep them. Each submodule adds methods to [`Room`]
 //! and sees its state; `tests` drives whole rooms over the memory store.
 
 mod commands;
@@ -29,6 +30,7 @@ mod commit;
 mod fanout;
 mod lifecycle;
 mod log;
+mod roster;
 #[cfg(test)]
 mod tests;
 
@@ -73,8 +75,6 @@ pub const COMMAND_QUEUE: usize = 1024;
 pub const GATEWAY_QUEUE: usize = 4096;
 /// Most connections one room accepts; a join past it is closed with 1013.
 pub const MAX_CONNS_PER_ROOM: usize = 50_000;
-/// Most users listed in `welcome`; the rest are counted in `moreUsers`.
-pub const MAX_WELCOME_USERS: usize = 1000;
 /// Events per `history` frame when a resume replays more than a page.
 pub const REPLAY_PAGE: usize = 100;
 /// Longest wait for gateways to answer `Moving` during a handoff.
@@ -86,6 +86,14 @@ pub type ConnId = u64;
 /// Boxed: a queue allocates its slots 32 at a time, and 80-byte frames
 /// made every gateway of every active room hold 2.5 KB of them.
 pub type GatewayTx = mpsc::Sender<Box<HostFrame>>;
+
+/// A gateway's stream in a room.
+pub(crate) struct GatewayStream {
+    tx: GatewayTx,
+    /// It is kept up to date with the room's roster and writes its
+    /// connections' `welcome` itself.
+    writes_welcome: bool,
+}
 
 /// What a room actor is asked to do.
 pub enum Command {
@@ -99,6 +107,9 @@ pub enum Command {
         rejoins: u32,
         tx: GatewayTx,
         resume_after: Option<u64>,
+        /// The gateway writes its connections' `welcome` itself, from the
+        /// room's roster (`Open.writes_welcome`).
+        writes_welcome: bool,
     },
     /// The gateway's stream ended: its connections left.
     Detach {
@@ -201,7 +212,7 @@ pub(crate) struct Room {
     names: HashMap<String, String>,
     recent: VecDeque<Event>,
     dedup: Dedup,
-    gateways: HashMap<GatewayId, GatewayTx>,
+    gateways: HashMap<GatewayId, GatewayStream>,
     /// Each connection's user: the same allocation as the user's key in
     /// `presence`, however many connections it has.
     conns: HashMap<(GatewayId, ConnId), Arc<str>>,

@@ -50,9 +50,27 @@ impl Cluster {
     /// Opens a stream for gateway `id` and waits for `Attached` (after the
     /// replay of what followed `resume_after`, returned).
     async fn attach(&self, id: GatewayId, resume_after: Option<u64>) -> (Gateway, Vec<Bytes>) {
+        self.attach_as(id, resume_after, false).await
+    }
+
+    /// As [`Self::attach`], for a gateway that writes `welcome` itself or not.
+    async fn attach_as(
+        &self,
+        id: GatewayId,
+        resume_after: Option<u64>,
+        writes_welcome: bool,
+    ) -> (Gateway, Vec<Bytes>) {
         let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
-        self.send(Command::Attach { gateway: id, name: "gw".into(), rejoins: 0, tx, resume_after })
-            .await;
+        let name = "gw".into();
+        self.send(Command::Attach {
+            gateway: id,
+            name,
+            rejoins: 0,
+            tx,
+            resume_after,
+            writes_welcome,
+        })
+        .await;
         let mut gateway = Gateway { id, rx };
         let mut replayed = Vec::new();
         loop {
@@ -306,6 +324,7 @@ async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new
             rejoins: 0,
             tx,
             resume_after: None,
+            writes_welcome: false,
         })
         .await;
     one.quiet().await;
@@ -332,6 +351,7 @@ async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new
             rejoins: 0,
             tx,
             resume_after: None,
+            writes_welcome: false,
         })
         .await;
     let frame = tokio::time::timeout(WAIT, again.recv()).await.unwrap().unwrap();
@@ -360,4 +380,88 @@ async fn a_lost_lease_stops_the_room_at_once_and_refuses_queued_writes() {
         other => panic!("expected Moved, got {other:?}"),
     }
     assert_eq!(cluster.stored_seq().await, 0);
+}
+
+/// A roster as a gateway that writes `welcome` keeps it: user -> name.
+#[derive(Default)]
+struct KeptRoster(std::collections::BTreeMap<String, Option<String>>);
+
+impl KeptRoster {
+    fn apply(&mut self, roster: rooms_proto::host::Roster) {
+        if roster.reset {
+            self.0.clear();
+        }
+        for user in roster.absent {
+            self.0.remove(&user);
+        }
+        self.0.extend(roster.present.into_iter().map(|u| (u.user_id, u.name)));
+    }
+
+    /// Takes frames up to the next one that is not a roster change.
+    async fn follow(&mut self, gateway: &mut Gateway) -> host_frame::Kind {
+        loop {
+            match gateway.next().await {
+                host_frame::Kind::Roster(roster) => self.apply(roster),
+                other => return other,
+            }
+        }
+    }
+
+    fn users(&self) -> Vec<(&str, Option<&str>)> {
+        self.0.iter().map(|(u, n)| (u.as_str(), n.as_deref())).collect()
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_writing_welcome_is_kept_up_to_date_and_the_others_get_it_whole() {
+    use rooms_proto::host::SetName;
+    let cluster = Cluster::new();
+    let (mut legacy, _) = cluster.attach(1, None).await;
+    cluster.join(&mut legacy, 1, "ann").await;
+    // Attaching: a snapshot of who is here, resetting what it knew.
+    let (mut writer, _) = cluster.attach_as(2, None, true).await;
+    let mut roster = KeptRoster::default();
+    match writer.next().await {
+        host_frame::Kind::Roster(snapshot) => {
+            assert!(snapshot.reset, "{snapshot:?}");
+            roster.apply(snapshot);
+        }
+        other => panic!("expected the roster, got {other:?}"),
+    }
+    assert_eq!(roster.users(), [("ann", None)]);
+    // A join through it: the roster first, then the answer naming what the
+    // welcome says besides its users, and the history after it.
+    let join = Join { conn: 5, user_id: "bob".into(), ..Join::default() };
+    cluster.frame(&writer, gateway_frame::Kind::Join(join)).await;
+    let direct = loop {
+        match roster.follow(&mut writer).await {
+            host_frame::Kind::Direct(direct) if direct.conn == 5 => break direct,
+            host_frame::Kind::Broadcast(b) if b.except_conn == 5 => {}
+            other => panic!("expected bob's answer, got {other:?}"),
+        }
+    };
+    assert_eq!(roster.users(), [("ann", None), ("bob", None)]);
+    let welcome = direct.welcome.expect("the gateway writes the welcome");
+    assert_eq!(welcome.seq, 0);
+    assert!(matches!(parse(&direct.frames)[..], [ServerFrame::History { .. }]), "no welcome sent");
+    // The other gateway is told of bob as a client would be, and nothing more.
+    assert!(matches!(&legacy.broadcast().await.0[..], [ServerFrame::Join { .. }]));
+    // A rename and a departure reach the roster as the room makes them.
+    let rename = SetName { conn: 5, name: "Bobby".into() };
+    cluster.frame(&writer, gateway_frame::Kind::SetName(rename)).await;
+    assert!(matches!(roster.follow(&mut writer).await, host_frame::Kind::Broadcast(_)));
+    cluster.frame(&legacy, gateway_frame::Kind::Leave(Leave { conn: 1 })).await;
+    assert!(matches!(roster.follow(&mut writer).await, host_frame::Kind::Broadcast(_)));
+    assert_eq!(roster.users(), [("bob", Some("Bobby"))]);
+    // A gateway that does not write it gets the same list, whole.
+    legacy.broadcast().await; // the rename
+    legacy.broadcast().await; // ann's leave
+    let joined = cluster.join(&mut legacy, 2, "cy").await;
+    let ServerFrame::Welcome { users, epoch, .. } = &joined[0] else { panic!("{joined:?}") };
+    let mut listed: Vec<_> = users.iter().map(|u| (u.user_id.as_str(), u.name.as_str())).collect();
+    listed.sort();
+    assert_eq!(listed, [("bob", "Bobby"), ("cy", "cy")]);
+    assert_eq!(*epoch, welcome.epoch);
+    assert!(matches!(roster.follow(&mut writer).await, host_frame::Kind::Broadcast(_)));
+    assert_eq!(roster.users(), [("bob", Some("Bobby")), ("cy", None)]);
 }
