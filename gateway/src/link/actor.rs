@@ -327,6 +327,9 @@ impl Link {
         match message.kind {
             Some(host_frame::Kind::Broadcast(broadcast)) => {
                 self.bounces = 0;
+                if let Some(roster) = broadcast.roster {
+                    self.roster.apply(roster);
+                }
                 for tag in broadcast.tags {
                     if let Some(received) = self.unanswered.answered(tag) {
                         metrics.e2e_seconds.observe(received.elapsed().as_secs_f64());

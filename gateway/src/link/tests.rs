@@ -293,9 +293,15 @@ async fn the_link_writes_each_welcome_from_the_roster_as_the_stream_left_it() {
     stream.send(host_frame::Kind::Roster(absent), 4).await;
     let carol = gateway.join(2, "carol").await;
     stream.take(1).await;
-    stream.send(host_frame::Kind::Roster(present("carol")), 4).await;
+    // Her arrival: the others' `join` carries the roster's change.
+    let frames = vec![Bytes::from_static(b"join-carol")];
+    let roster = Some(present("carol"));
+    let arrival =
+        Broadcast { frames, except_conn: 2, presence: true, roster, ..Broadcast::default() };
+    stream.send(host_frame::Kind::Broadcast(arrival), 4).await;
     stream.send(welcome_to(2, 4, "history-c"), 4).await;
     let got = carol.wait_for(2).await;
     assert_eq!(welcomed(&got[0]), (vec!["alice".into(), "carol".into()], 4));
-    assert!(alice.received().is_empty(), "the roster itself reaches no socket");
+    assert_eq!(got[1], "history-c");
+    assert_eq!(alice.wait_for(1).await, ["join-carol"], "the roster itself reaches no socket");
 }

@@ -224,18 +224,17 @@ impl Room {
         let count = self.presence.entry(Arc::clone(&user)).or_default();
         *count += 1;
         let arrived = *count == 1;
-        if arrived {
-            self.roster_present(&user);
-        }
         if join.rejoin {
             // Back after a move: it already has everything up to the gateway's
             // resume point, and the others already know it is here.
+            if arrived {
+                self.roster_present(&user);
+            }
             return;
         }
         if arrived {
-            let frame = server::join(&user, self.display_name(&user));
-            self.staged.outputs.push(Output::Except { gateway, conn: join.conn, frame });
-            self.emit();
+            self.emit(); // a replaced connection's `leave` goes first
+            self.arrival(gateway, join.conn, &user);
         }
         let history = self.join_history(join.since, &join.epoch).await;
         self.welcome(gateway, join.conn, &user, history);

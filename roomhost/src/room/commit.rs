@@ -12,7 +12,7 @@ pub(super) enum Output {
     All(Bytes),
     /// Presence for everyone (`leave`).
     Presence(Bytes),
-    /// Presence for everyone but one connection (`join`, `typing`).
+    /// Presence for everyone but one connection (`typing`).
     Except { gateway: GatewayId, conn: ConnId, frame: Bytes },
 }
 

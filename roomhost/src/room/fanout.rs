@@ -21,10 +21,10 @@ impl Room {
                 Output::Presence(frame) => (frame, None),
                 Output::Except { gateway, conn, frame } => (frame, Some((gateway, conn))),
             };
-            self.broadcast(std::mem::take(&mut run), None, &[], false);
-            self.broadcast(vec![frame], except, &[], true);
+            self.broadcast(std::mem::take(&mut run), None, &[], false, None);
+            self.broadcast(vec![frame], except, &[], true, None);
         }
-        self.broadcast(run, None, &origins, false);
+        self.broadcast(run, None, &origins, false, None);
         let metrics = self.metrics();
         for origin in &origins {
             metrics.event_seconds.observe(origin.received.elapsed().as_secs_f64());
@@ -33,26 +33,29 @@ impl Room {
 
     /// Sends `frames` to every gateway; each also gets the tags of the chats
     /// it sent among them. `presence`: the frames are presence only.
+    /// `roster`: a change of the roster, for the gateways that keep it.
     pub(super) fn broadcast(
         &mut self,
         frames: Vec<Bytes>,
         except: Option<(GatewayId, ConnId)>,
         origins: &[Origin],
         presence: bool,
+        roster: Option<&Roster>,
     ) {
         if frames.is_empty() {
             return;
         }
         self.metrics().broadcasts.inc();
         let mut dead = Vec::new();
-        for (id, GatewayStream { tx, .. }) in &self.gateways {
+        for (id, GatewayStream { tx, writes_welcome }) in &self.gateways {
             let except_conn = match except {
                 Some((gateway, conn)) if gateway == *id => conn,
                 _ => 0,
             };
             let tags =
                 origins.iter().filter(|o| o.gateway == *id && o.tag != 0).map(|o| o.tag).collect();
-            let frame = Broadcast { frames: frames.clone(), except_conn, tags, presence };
+            let roster = roster.filter(|_| *writes_welcome).cloned();
+            let frame = Broadcast { frames: frames.clone(), except_conn, tags, presence, roster };
             let msg =
                 HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)), room_seq: self.seq };
             if tx.try_send(Box::new(msg)).is_err() {

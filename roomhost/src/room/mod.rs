@@ -18,12 +18,13 @@
 //! what was still queued goes back to the registry as [`Ended`] says.
 //!
 //! Layout: this file holds the room's state and the types around it;
-//! `lifecycle` the turn loop, lease and moves; `renewer` the lease's own
-//! task; `commands` one handler per command and client frame; `log` seqs,
-//! names, welcome and history; `commit` group commit and the output gate;
-//! `fanout` sending to gateways; `roster` the present users as gateways that
-//! write `welcome` themselves keep them. Each submodule adds methods to [`Room`]
-//! and sees its state; `tests` drives whole rooms over the memory store.
+//! `lifecycle` the turn loop, lease and moves (renewed by the roomhost's
+//! `leases` task); `commands` one handler per command and client frame;
+//! `log` seqs, names and history; `roster` `welcome`, and the present users
+//! as gateways that write it themselves keep them; `commit` group commit and
+//! the output gate; `fanout` sending to gateways. Each submodule adds
+//! methods to [`Room`] and sees its state; `tests` drives whole rooms over
+//! the memory store.
 
 mod commands;
 mod commit;
@@ -44,7 +45,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use rooms_proto::client::{ErrorCode, validate_name, validate_text};
 use rooms_proto::host::{
-    Attached, Broadcast, CloseConn, Direct, HandshakeReply, HostFrame, Moved, Moving,
+    Attached, Broadcast, CloseConn, Direct, HandshakeReply, HostFrame, Moved, Moving, Roster,
     gateway_frame, host_frame,
 };
 use rooms_proto::server::{self, UserEntry, close_code};

@@ -6,14 +6,14 @@
 //! once): bytes the roomhost encodes and its allocator keeps long after.
 //! A gateway that says it writes `welcome` itself (`Open.writes_welcome`)
 //! is instead kept up to date with the roster: a snapshot when it attaches,
-//! then every arrival, departure and rename as the room makes it, on the
-//! same stream as the `welcome`s it is asked to write. Each `welcome` it
+//! then every arrival (on the others' `join`), departure and rename as the
+//! room makes it, on the same stream as the `welcome`s it is asked to write. Each `welcome` it
 //! writes therefore lists the users the room had when it sent the join's
 //! answer, exactly as if the roomhost had written it; and a join costs the
 //! roomhost O(1) bytes per gateway. Other gateways get the `welcome` whole.
 
 use super::*;
-use rooms_proto::host::{Roster, RosterUser, Welcome};
+use rooms_proto::host::{RosterUser, Welcome};
 use rooms_proto::server::MAX_WELCOME_USERS;
 
 /// Users per frame of a roster snapshot.
@@ -59,7 +59,16 @@ impl Room {
         RosterUser { user_id: user.to_owned(), name: (name != user).then(|| name.to_owned()) }
     }
 
-    /// `user` arrived, or its display name changed.
+    /// `user` arrived with connection `conn`: `join` for everyone else,
+    /// carrying the roster's change in the same frame.
+    pub(super) fn arrival(&mut self, gateway: GatewayId, conn: ConnId, user: &str) {
+        let frame = server::join(user, self.display_name(user));
+        let roster = Roster { present: vec![self.roster_user(user)], ..Roster::default() };
+        self.broadcast(vec![frame], Some((gateway, conn)), &[], true, Some(&roster));
+    }
+
+    /// `user` arrived silently (back after a move), or its display name
+    /// changed.
     pub(super) fn roster_present(&mut self, user: &str) {
         let present = vec![self.roster_user(user)];
         self.roster_change(Roster { reset: false, present, absent: Vec::new() });

@@ -397,11 +397,18 @@ impl KeptRoster {
         self.0.extend(roster.present.into_iter().map(|u| (u.user_id, u.name)));
     }
 
-    /// Takes frames up to the next one that is not a roster change.
+    /// Takes frames up to the next one that is not a roster change alone,
+    /// applying the changes (also those a broadcast carries).
     async fn follow(&mut self, gateway: &mut Gateway) -> host_frame::Kind {
         loop {
             match gateway.next().await {
                 host_frame::Kind::Roster(roster) => self.apply(roster),
+                host_frame::Kind::Broadcast(mut b) => {
+                    if let Some(roster) = b.roster.take() {
+                        self.apply(roster);
+                    }
+                    return host_frame::Kind::Broadcast(b);
+                }
                 other => return other,
             }
         }
@@ -433,13 +440,15 @@ async fn a_gateway_writing_welcome_is_kept_up_to_date_and_the_others_get_it_whol
     // welcome says besides its users, and the history after it.
     let join = Join { conn: 5, user_id: "bob".into(), ..Join::default() };
     cluster.frame(&writer, gateway_frame::Kind::Join(join)).await;
-    let direct = loop {
-        match roster.follow(&mut writer).await {
-            host_frame::Kind::Direct(direct) if direct.conn == 5 => break direct,
-            host_frame::Kind::Broadcast(b) if b.except_conn == 5 => {}
-            other => panic!("expected bob's answer, got {other:?}"),
-        }
+    // Bob's arrival rides on the others' `join`.
+    match roster.follow(&mut writer).await {
+        host_frame::Kind::Broadcast(b) => assert_eq!((b.except_conn, b.presence), (5, true)),
+        other => panic!("expected bob's join, got {other:?}"),
+    }
+    let host_frame::Kind::Direct(direct) = roster.follow(&mut writer).await else {
+        panic!("expected bob's answer")
     };
+    assert_eq!(direct.conn, 5);
     assert_eq!(roster.users(), [("ann", None), ("bob", None)]);
     let welcome = direct.welcome.expect("the gateway writes the welcome");
     assert_eq!(welcome.seq, 0);
