@@ -414,6 +414,17 @@ impl KeptRoster {
         }
     }
 
+    /// Takes the next frame, which must be a whole roster.
+    async fn snapshot(&mut self, gateway: &mut Gateway) {
+        match gateway.next().await {
+            host_frame::Kind::Roster(snapshot) => {
+                assert!(snapshot.reset, "{snapshot:?}");
+                self.apply(snapshot);
+            }
+            other => panic!("expected the whole roster, got {other:?}"),
+        }
+    }
+
     fn users(&self) -> Vec<(&str, Option<&str>)> {
         self.0.iter().map(|(u, n)| (u.as_str(), n.as_deref())).collect()
     }
@@ -428,13 +439,7 @@ async fn a_gateway_writing_welcome_is_kept_up_to_date_and_the_others_get_it_whol
     // Attaching: a snapshot of who is here, resetting what it knew.
     let (mut writer, _) = cluster.attach_as(2, None, true).await;
     let mut roster = KeptRoster::default();
-    match writer.next().await {
-        host_frame::Kind::Roster(snapshot) => {
-            assert!(snapshot.reset, "{snapshot:?}");
-            roster.apply(snapshot);
-        }
-        other => panic!("expected the roster, got {other:?}"),
-    }
+    roster.snapshot(&mut writer).await;
     assert_eq!(roster.users(), [("ann", None)]);
     // A join through it: the roster first, then the answer naming what the
     // welcome says besides its users, and the history after it.
@@ -473,4 +478,27 @@ async fn a_gateway_writing_welcome_is_kept_up_to_date_and_the_others_get_it_whol
     assert_eq!(*epoch, welcome.epoch);
     assert!(matches!(roster.follow(&mut writer).await, host_frame::Kind::Broadcast(_)));
     assert_eq!(roster.users(), [("bob", Some("Bobby")), ("cy", None)]);
+}
+
+#[tokio::test]
+async fn a_rename_whose_commit_failed_is_taken_back_from_the_roster() {
+    use rooms_proto::host::SetName;
+    let cluster = Cluster::new();
+    let (mut gw, _) = cluster.attach_as(1, None, true).await;
+    let mut roster = KeptRoster::default();
+    let join = Join { conn: 5, user_id: "bob".into(), ..Join::default() };
+    cluster.frame(&gw, gateway_frame::Kind::Join(join)).await;
+    let answered = |kind| matches!(kind, host_frame::Kind::Direct(Direct { conn: 5, .. }));
+    assert!(matches!(roster.follow(&mut gw).await, host_frame::Kind::Broadcast(_)), "the join");
+    assert!(answered(roster.follow(&mut gw).await), "the welcome's answer");
+    assert_eq!(roster.users(), [("bob", None)]);
+    // The rename is shown as soon as it is staged, as a `welcome` written
+    // by the roomhost would show it; its commit fails, and so does the name.
+    cluster.store.refuse_commits(true);
+    let rename = SetName { conn: 5, name: "Bobby".into() };
+    cluster.frame(&gw, gateway_frame::Kind::SetName(rename)).await;
+    assert!(answered(roster.follow(&mut gw).await), "the refusal");
+    assert_eq!(roster.users(), [("bob", Some("Bobby"))]);
+    roster.snapshot(&mut gw).await;
+    assert_eq!(roster.users(), [("bob", None)]);
 }
