@@ -207,11 +207,24 @@ impl Cluster {
         }
     }
 
+    /// `GET /rooms/{room}` on the first gateway (null if it did not answer).
+    pub async fn room_info(&self, room: &str) -> serde_json::Value {
+        let (_, body) = client::get(&self.gateways[0].http, &format!("/rooms/{room}")).await;
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("{}")).unwrap_or_default()
+    }
+
+    /// Waits until the room's owner counts `connections` in it.
+    pub async fn await_connections(&self, room: &str, connections: usize) {
+        eventually(&format!("{room} to count {connections} connections"), || async {
+            (self.room_info(room).await["connections"] == serde_json::json!(connections))
+                .then_some(())
+        })
+        .await;
+    }
+
     /// The roomhost that owns `room` now, per `GET /rooms/{room}`.
     pub async fn owner_of(&self, room: &str) -> usize {
-        let (_, body) = client::get(&self.gateways[0].http, &format!("/rooms/{room}")).await;
-        let json: serde_json::Value =
-            serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("{}")).unwrap_or_default();
+        let json = self.room_info(room).await;
         let owner = json["owner"].as_str().unwrap_or_default().to_owned();
         self.roomhosts
             .iter()

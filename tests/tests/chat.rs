@@ -306,17 +306,7 @@ async fn in_a_join_storm_every_client_is_told_exactly_who_is_present() {
     futures_util::future::join_all(leaving.into_iter().map(|(_, client, _)| client.close())).await;
     // Once the room has processed every join and leave, a chat ends each view.
     let expected: Vec<String> = clients.iter().map(|(user, ..)| user.clone()).collect();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, body) = rooms_tests::client::get(&cluster.gateways[0].http, "/rooms/storm").await;
-        let body = body.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let info: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        if info["connections"] == json!(expected.len()) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "room never settled: {info}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    cluster.await_connections("storm", expected.len()).await;
     clients[0].1.chat("end", "").await;
     for (user, client, welcome) in &mut clients {
         assert_eq!(presence_view(client, user, welcome).await, expected, "{user}'s view");

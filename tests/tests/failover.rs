@@ -493,3 +493,39 @@ async fn a_message_in_flight_to_a_crashed_owner_is_stored_once_all_the_same() {
         assert_eq!(texts[0].0.map(|s| s + 1), texts[1].0, "stored once each, in a row");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_move_a_welcome_lists_everyone_still_there_with_their_names() {
+    // Gateways write `welcome` from the roster the room's owner keeps them
+    // up to date with: the new owner's must be whole once both gateways
+    // followed the room, names included.
+    let room = "roster";
+    let cluster = cluster(2).await;
+    let (mut ann, _, _) = Client::join(&cluster.gateways[0].ws_url(room, "user=ann")).await;
+    ann.send_json(serde_json::json!({"type": "name", "name": "Ann B"})).await;
+    ann.until(|f| matches!(f, ServerFrame::Name { .. })).await;
+    let (_bob, _, _) = Client::join(&cluster.gateways[1].ws_url(room, "user=bob")).await;
+    let owner = cluster.owner_of(room).await;
+    // The owner leaves the ring: it hands the room over to the other one,
+    // whose count of the room's connections is 2 once both gateways followed.
+    cluster.set_members(&[cluster.roomhosts[1 - owner].addr.clone()]).await;
+    cluster.await_connections(room, 2).await;
+    assert_eq!(cluster.owner_of(room).await, 1 - owner, "the room moved");
+    let mut joined = Vec::new();
+    for (gateway, user) in [(0, "cy"), (1, "dee")] {
+        let url = cluster.gateways[gateway].ws_url(room, &format!("user={user}"));
+        let (client, welcome, _) = Client::join(&url).await;
+        joined.push(client);
+        let ServerFrame::Welcome { users, .. } = welcome else { panic!("{welcome:?}") };
+        let mut listed: Vec<_> = users.into_iter().map(|u| (u.user_id, u.name)).collect();
+        listed.sort();
+        let mut expected = vec![("ann", "Ann B"), ("bob", "bob"), (user, user)];
+        if user == "dee" {
+            expected.push(("cy", "cy"));
+        }
+        expected.sort();
+        let expected: Vec<_> =
+            expected.iter().map(|(u, n)| (u.to_string(), n.to_string())).collect();
+        assert_eq!(listed, expected, "{user}'s welcome on gateway {gateway}");
+    }
+}
