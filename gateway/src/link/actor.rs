@@ -35,6 +35,8 @@ pub(super) struct Local {
     /// cover them: they are not delivered (nor presence gathered before
     /// it), and nothing reaches a client before its `welcome`.
     pub(super) welcomed: Option<Mark>,
+    /// The link's stream its welcome came on (see [`Link::streams`]).
+    pub(super) stream: u32,
     /// The resume point it asked for, for a join re-sent after a move.
     pub(super) since: Option<u64>,
     pub(super) epoch: String,
@@ -52,6 +54,8 @@ pub(super) struct Link {
     pub(super) last_seq: Option<u64>,
     /// Redirects followed without any frame delivered in between.
     pub(super) bounces: u32,
+    /// Streams opened so far: the current one's number.
+    pub(super) streams: u32,
     unanswered: Unanswered,
     pub(super) class: ClassSide,
     presence: Presence,
@@ -103,6 +107,7 @@ pub(super) async fn run(links: Arc<Links>, slot: LinkSlot, mut rx: Inbox<LinkCmd
         phase: Phase::new(),
         last_seq: None,
         bounces: 0,
+        streams: 0,
         unanswered: Unanswered::default(),
         class: ClassSide::default(),
         presence: Presence::default(),
@@ -194,6 +199,7 @@ impl Link {
                     handle,
                     user: user.clone(),
                     welcomed: None,
+                    stream: 0,
                     since,
                     epoch: epoch.clone(),
                 };
@@ -277,12 +283,16 @@ impl Link {
         }
     }
 
-    /// Delivers `frames` to every welcomed connection but `except`, sharing them.
-    fn fan_out(&self, frames: &Frames, except: ConnId) {
+    /// Delivers `frames` to every welcomed connection but `except`, sharing
+    /// them; `newcomers`: only to those welcomed on the current stream.
+    fn fan_out(&self, frames: &Frames, except: ConnId, newcomers: bool) {
         let metrics = &self.links.metrics;
         let started = Instant::now();
         for (conn, local) in &self.conns {
             if *conn == except || local.welcomed.is_none() {
+                continue;
+            }
+            if newcomers && local.stream != self.streams {
                 continue;
             }
             count(metrics, frames.len(), local.handle.deliver(Arc::clone(frames)));
@@ -313,7 +323,11 @@ impl Link {
         // more presence, the roster, and a connection's welcome (not for it
         // anyway).
         let keeps_order = match &message.kind {
-            Some(host_frame::Kind::Broadcast(broadcast)) => broadcast.presence,
+            // A rejoined user's `join` is never gathered: it is for some
+            // connections only.
+            Some(host_frame::Kind::Broadcast(broadcast)) => {
+                broadcast.presence && !broadcast.rejoined
+            }
             Some(host_frame::Kind::Roster(_)) => true,
             Some(host_frame::Kind::Direct(direct)) => {
                 self.conns.get(&direct.conn).is_some_and(|local| local.welcomed.is_none())
@@ -339,14 +353,15 @@ impl Link {
                 if frames.is_empty() {
                     return None;
                 }
-                if broadcast.presence {
-                    match self.presence.arrive(frames, broadcast.except_conn, Instant::now()) {
-                        Arrival::Deliver(frames) => self.fan_out(&frames, broadcast.except_conn),
+                let except = broadcast.except_conn;
+                if broadcast.presence && !broadcast.rejoined {
+                    match self.presence.arrive(frames, except, Instant::now()) {
+                        Arrival::Deliver(frames) => self.fan_out(&frames, except, false),
                         Arrival::Gathered => {}
                         Arrival::Full => self.deliver_gathered(),
                     }
                 } else {
-                    self.fan_out(&frames, broadcast.except_conn);
+                    self.fan_out(&frames, except, broadcast.rejoined);
                 }
             }
             Some(host_frame::Kind::Direct(direct)) => {
@@ -359,7 +374,10 @@ impl Link {
                 }
                 let mark = self.presence.welcome_mark();
                 let local = self.conns.get_mut(&direct.conn)?;
-                local.welcomed.get_or_insert(mark);
+                if local.welcomed.is_none() {
+                    local.welcomed = Some(mark);
+                    local.stream = self.streams;
+                }
                 let welcome = direct
                     .welcome
                     .map(|w| self.roster.welcome(self.room.as_str(), local.user.as_str(), &w));

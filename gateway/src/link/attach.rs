@@ -158,6 +158,7 @@ impl Link {
             .map_err(|_| OpenError::Timeout)?
             .map_err(|status| OpenError::Refused(status.message().to_owned()))?;
         self.last_seq.get_or_insert(0);
+        self.streams = self.streams.wrapping_add(1);
         self.phase.opened(Stream { up, address: address.to_owned() });
         Ok(response.into_inner())
     }

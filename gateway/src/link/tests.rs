@@ -305,3 +305,32 @@ async fn the_link_writes_each_welcome_from_the_roster_as_the_stream_left_it() {
     assert_eq!(got[1], "history-c");
     assert_eq!(alice.wait_for(1).await, ["join-carol"], "the roster itself reaches no socket");
 }
+
+#[tokio::test]
+async fn a_user_back_after_a_move_is_announced_only_to_connections_welcomed_since() {
+    let (mut first, mut second) =
+        (Host::start(Behaviour::Answer).await, Host::start(Behaviour::Answer).await);
+    let gateway = Gateway::new(&[&first.address], "lobby");
+    let alice = gateway.join(1, "alice").await;
+    let mut stream = first.accept().await;
+    stream.take(1).await;
+    stream.send(host_frame::Kind::Attached(Attached {}), 0).await;
+    stream.send(direct(1, "welcome-a"), 0).await;
+    alice.wait_for(1).await;
+    stream.send(host_frame::Kind::Moved(Moved::to(second.address.clone())), 0).await;
+    let mut next = second.accept().await;
+    assert!(join_of(&next.take(1).await[0]).rejoin);
+    next.send(host_frame::Kind::Attached(Attached {}), 0).await;
+    // Carol is welcomed by the new owner; then Bob's connection, on another
+    // gateway, follows the room there.
+    let carol = gateway.join(2, "carol").await;
+    next.take(1).await;
+    next.send(direct(2, "welcome-c"), 0).await;
+    carol.wait_for(1).await;
+    let frames = vec![Bytes::from_static(b"join-bob")];
+    let rejoined = Broadcast { frames, presence: true, rejoined: true, ..Broadcast::default() };
+    next.send(host_frame::Kind::Broadcast(rejoined), 0).await;
+    next.send(broadcast("after"), 1).await;
+    assert_eq!(carol.wait_for(2).await, ["join-bob", "after"]);
+    assert_eq!(alice.wait_for(1).await, ["after"], "alice was in the room with bob");
+}

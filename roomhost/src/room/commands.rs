@@ -224,17 +224,16 @@ impl Room {
         let count = self.presence.entry(Arc::clone(&user)).or_default();
         *count += 1;
         let arrived = *count == 1;
-        if join.rejoin {
-            // Back after a move: it already has everything up to the gateway's
-            // resume point, and the others already know it is here.
-            if arrived {
-                self.roster_present(&user);
-            }
-            return;
-        }
         if arrived {
             self.emit(); // a replaced connection's `leave` goes first
-            self.arrival(gateway, join.conn, &user);
+            self.arrival(gateway, join.conn, &user, join.rejoin);
+        }
+        if join.rejoin {
+            // Back after a move: it already has everything up to the gateway's
+            // resume point, and those who were in the room with it know it
+            // is here (those welcomed here before it came back were told
+            // just now).
+            return;
         }
         let history = self.join_history(join.since, &join.epoch).await;
         self.welcome(gateway, join.conn, &user, history);

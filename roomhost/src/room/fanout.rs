@@ -33,14 +33,15 @@ impl Room {
 
     /// Sends `frames` to every gateway; each also gets the tags of the chats
     /// it sent among them. `presence`: the frames are presence only.
-    /// `roster`: a change of the roster, for the gateways that keep it.
+    /// `arrival`: the roster's change for the gateways that keep it, and
+    /// whether the user came with a move (`Broadcast.rejoined`).
     pub(super) fn broadcast(
         &mut self,
         frames: Vec<Bytes>,
         except: Option<(GatewayId, ConnId)>,
         origins: &[Origin],
         presence: bool,
-        roster: Option<&Roster>,
+        arrival: Option<(&Roster, bool)>,
     ) {
         if frames.is_empty() {
             return;
@@ -54,8 +55,15 @@ impl Room {
             };
             let tags =
                 origins.iter().filter(|o| o.gateway == *id && o.tag != 0).map(|o| o.tag).collect();
-            let roster = roster.filter(|_| *writes_welcome).cloned();
-            let frame = Broadcast { frames: frames.clone(), except_conn, tags, presence, roster };
+            let rejoined = arrival.is_some_and(|(_, rejoined)| rejoined);
+            if rejoined && !*writes_welcome {
+                // An older gateway would tell every connection, not only
+                // those that did not know the user: it is told nothing.
+                continue;
+            }
+            let roster = arrival.filter(|_| *writes_welcome).map(|(roster, _)| roster.clone());
+            let frames = frames.clone();
+            let frame = Broadcast { frames, except_conn, tags, presence, roster, rejoined };
             let msg =
                 HostFrame { kind: Some(host_frame::Kind::Broadcast(frame)), room_seq: self.seq };
             if tx.try_send(Box::new(msg)).is_err() {

@@ -60,15 +60,17 @@ impl Room {
     }
 
     /// `user` arrived with connection `conn`: `join` for everyone else,
-    /// carrying the roster's change in the same frame.
-    pub(super) fn arrival(&mut self, gateway: GatewayId, conn: ConnId, user: &str) {
+    /// carrying the roster's change in the same frame. `rejoined`: the
+    /// connection followed the room here, and only the connections welcomed
+    /// here since are to be told.
+    pub(super) fn arrival(&mut self, gateway: GatewayId, conn: ConnId, user: &str, rejoined: bool) {
         let frame = server::join(user, self.display_name(user));
         let roster = Roster { present: vec![self.roster_user(user)], ..Roster::default() };
-        self.broadcast(vec![frame], Some((gateway, conn)), &[], true, Some(&roster));
+        let arrival = Some((&roster, rejoined));
+        self.broadcast(vec![frame], Some((gateway, conn)), &[], true, arrival);
     }
 
-    /// `user` arrived silently (back after a move), or its display name
-    /// changed.
+    /// `user`'s display name changed.
     pub(super) fn roster_present(&mut self, user: &str) {
         let present = vec![self.roster_user(user)];
         self.roster_change(Roster { reset: false, present, absent: Vec::new() });

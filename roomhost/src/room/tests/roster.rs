@@ -123,3 +123,38 @@ async fn a_rename_whose_commit_failed_is_taken_back_from_the_roster() {
     roster.snapshot(&mut gw).await;
     assert_eq!(roster.users(), [("bob", None)]);
 }
+
+#[tokio::test]
+async fn a_user_back_after_a_move_is_announced_for_those_welcomed_here_before_it() {
+    let cluster = Cluster::new();
+    let (mut first, _) = cluster.attach_as(1, None, true).await;
+    let mut roster = KeptRoster::default();
+    let join = Join { conn: 1, user_id: "cy".into(), ..Join::default() };
+    cluster.frame(&first, gateway_frame::Kind::Join(join)).await;
+    assert!(matches!(roster.follow(&mut first).await, host_frame::Kind::Broadcast(_)));
+    assert!(matches!(roster.follow(&mut first).await, host_frame::Kind::Direct(_)));
+    let (mut legacy, _) = cluster.attach(3, None).await;
+    // Bob's gateway follows the room here: his connection rejoins silently,
+    // but Cy, welcomed here before, never heard of him.
+    let (mut second, _) = cluster.attach_as(2, None, true).await;
+    let mut other = KeptRoster::default();
+    let rejoin = Join { conn: 9, user_id: "bob".into(), rejoin: true, ..Join::default() };
+    cluster.frame(&second, gateway_frame::Kind::Join(rejoin.clone())).await;
+    for (gateway, kept) in [(&mut first, &mut roster), (&mut second, &mut other)] {
+        let host_frame::Kind::Broadcast(b) = kept.follow(gateway).await else {
+            panic!("expected bob's join")
+        };
+        assert!(b.rejoined && b.presence, "{b:?}");
+        assert!(
+            matches!(&parse(&b.frames)[..], [ServerFrame::Join { user_id, .. }] if user_id == "bob")
+        );
+        assert_eq!(kept.users(), [("bob", None), ("cy", None)]);
+    }
+    // A second connection of his adds nothing; an older gateway would tell
+    // everyone, so it is told nothing.
+    let again = Join { conn: 10, ..rejoin };
+    cluster.frame(&second, gateway_frame::Kind::Join(again)).await;
+    second.quiet().await;
+    first.quiet().await;
+    legacy.quiet().await;
+}
