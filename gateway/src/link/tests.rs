@@ -11,7 +11,7 @@ use rooms_proto::host::{Attached, Broadcast, Chat, Direct, Moved, Moving, host_f
 use rooms_server::Stop;
 use tonic::Status;
 
-use super::scripted::{Behaviour, Host, WAIT};
+use super::scripted::{Accepted, Behaviour, Host, WAIT};
 use super::*;
 use crate::conn::{CloseSignal, ConnHandle, Outbox, Outgoing};
 use crate::router::Router;
@@ -74,6 +74,18 @@ impl Gateway {
         let join = LinkCmd::Join { conn, user, since: None, epoch: String::new(), handle };
         self.links.dispatch(&self.room, join).await.unwrap();
         Client { conn, outbox, close }
+    }
+
+    /// Alice (connection 1) joins; `host` opens the room's stream, attaches
+    /// it and welcomes her with the room at `seq`.
+    async fn welcome_alice(&self, host: &mut Host, seq: u64) -> (Client, Accepted) {
+        let alice = self.join(1, "alice").await;
+        let mut stream = host.accept().await;
+        stream.take(1).await;
+        stream.send(host_frame::Kind::Attached(Attached {}), seq).await;
+        stream.send(direct(1, "welcome"), seq).await;
+        alice.wait_for(1).await;
+        (alice, stream)
     }
 
     async fn chat(&self, client: &Client, id: &str) {
@@ -156,12 +168,7 @@ async fn a_move_drains_holds_frames_and_follows_the_redirect_resuming_after_the_
     let (mut first, mut second) =
         (Host::start(Behaviour::Answer).await, Host::start(Behaviour::Answer).await);
     let gateway = Gateway::new(&[&first.address], "lobby");
-    let alice = gateway.join(1, "alice").await;
-    let mut stream = first.accept().await;
-    stream.take(1).await;
-    stream.send(host_frame::Kind::Attached(Attached {}), 0).await;
-    stream.send(direct(1, "welcome"), 7).await;
-    alice.wait_for(1).await;
+    let (alice, mut stream) = gateway.welcome_alice(&mut first, 7).await;
     // Moving: the link answers Drained and sends nothing more there.
     stream.send(host_frame::Kind::Moving(Moving {}), 7).await;
     assert!(matches!(stream.next().await, gateway_frame::Kind::Drained(_)));
@@ -311,12 +318,7 @@ async fn a_user_back_after_a_move_is_announced_only_to_connections_welcomed_sinc
     let (mut first, mut second) =
         (Host::start(Behaviour::Answer).await, Host::start(Behaviour::Answer).await);
     let gateway = Gateway::new(&[&first.address], "lobby");
-    let alice = gateway.join(1, "alice").await;
-    let mut stream = first.accept().await;
-    stream.take(1).await;
-    stream.send(host_frame::Kind::Attached(Attached {}), 0).await;
-    stream.send(direct(1, "welcome-a"), 0).await;
-    alice.wait_for(1).await;
+    let (alice, stream) = gateway.welcome_alice(&mut first, 0).await;
     stream.send(host_frame::Kind::Moved(Moved::to(second.address.clone())), 0).await;
     let mut next = second.accept().await;
     assert!(join_of(&next.take(1).await[0]).rejoin);

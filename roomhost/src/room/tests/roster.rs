@@ -46,6 +46,27 @@ impl KeptRoster {
         }
     }
 
+    /// `user` joins as `conn` through `gateway`, which writes `welcome`:
+    /// its arrival on the `join`, then the answer, which is returned.
+    async fn join(
+        &mut self,
+        cluster: &Cluster,
+        gateway: &mut Gateway,
+        conn: ConnId,
+        user: &str,
+    ) -> Direct {
+        let join = Join { conn, user_id: user.into(), ..Join::default() };
+        cluster.frame(gateway, gateway_frame::Kind::Join(join)).await;
+        match self.follow(gateway).await {
+            host_frame::Kind::Broadcast(b) => assert_eq!((b.except_conn, b.presence), (conn, true)),
+            other => panic!("expected {user}'s join, got {other:?}"),
+        }
+        match self.follow(gateway).await {
+            host_frame::Kind::Direct(direct) if direct.conn == conn => direct,
+            other => panic!("expected {user}'s answer, got {other:?}"),
+        }
+    }
+
     fn users(&self) -> Vec<(&str, Option<&str>)> {
         self.0.iter().map(|(u, n)| (u.as_str(), n.as_deref())).collect()
     }
@@ -64,17 +85,8 @@ async fn a_gateway_writing_welcome_is_kept_up_to_date_and_the_others_get_it_whol
     assert_eq!(roster.users(), [("ann", None)]);
     // A join through it: the roster first, then the answer naming what the
     // welcome says besides its users, and the history after it.
-    let join = Join { conn: 5, user_id: "bob".into(), ..Join::default() };
-    cluster.frame(&writer, gateway_frame::Kind::Join(join)).await;
     // Bob's arrival rides on the others' `join`.
-    match roster.follow(&mut writer).await {
-        host_frame::Kind::Broadcast(b) => assert_eq!((b.except_conn, b.presence), (5, true)),
-        other => panic!("expected bob's join, got {other:?}"),
-    }
-    let host_frame::Kind::Direct(direct) = roster.follow(&mut writer).await else {
-        panic!("expected bob's answer")
-    };
-    assert_eq!(direct.conn, 5);
+    let direct = roster.join(&cluster, &mut writer, 5, "bob").await;
     assert_eq!(roster.users(), [("ann", None), ("bob", None)]);
     let welcome = direct.welcome.expect("the gateway writes the welcome");
     assert_eq!(welcome.seq, 0);
@@ -107,12 +119,9 @@ async fn a_rename_whose_commit_failed_is_taken_back_from_the_roster() {
     let cluster = Cluster::new();
     let (mut gw, _) = cluster.attach_as(1, None, true).await;
     let mut roster = KeptRoster::default();
-    let join = Join { conn: 5, user_id: "bob".into(), ..Join::default() };
-    cluster.frame(&gw, gateway_frame::Kind::Join(join)).await;
-    let answered = |kind| matches!(kind, host_frame::Kind::Direct(Direct { conn: 5, .. }));
-    assert!(matches!(roster.follow(&mut gw).await, host_frame::Kind::Broadcast(_)), "the join");
-    assert!(answered(roster.follow(&mut gw).await), "the welcome's answer");
+    roster.join(&cluster, &mut gw, 5, "bob").await;
     assert_eq!(roster.users(), [("bob", None)]);
+    let answered = |kind| matches!(kind, host_frame::Kind::Direct(Direct { conn: 5, .. }));
     // The rename is shown as soon as it is staged, as a `welcome` written
     // by the roomhost would show it; its commit fails, and so does the name.
     cluster.store.refuse_commits(true);
@@ -129,10 +138,7 @@ async fn a_user_back_after_a_move_is_announced_for_those_welcomed_here_before_it
     let cluster = Cluster::new();
     let (mut first, _) = cluster.attach_as(1, None, true).await;
     let mut roster = KeptRoster::default();
-    let join = Join { conn: 1, user_id: "cy".into(), ..Join::default() };
-    cluster.frame(&first, gateway_frame::Kind::Join(join)).await;
-    assert!(matches!(roster.follow(&mut first).await, host_frame::Kind::Broadcast(_)));
-    assert!(matches!(roster.follow(&mut first).await, host_frame::Kind::Direct(_)));
+    roster.join(&cluster, &mut first, 1, "cy").await;
     let (mut legacy, _) = cluster.attach(3, None).await;
     // Bob's gateway follows the room here: his connection rejoins silently,
     // but Cy, welcomed here before, never heard of him.
