@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rooms_proto::host::{Drained, GatewayFrame, HostFrame, Join, Leave, gateway_frame, host_frame};
+use rooms_proto::host::{
+    Broadcast, Drained, GatewayFrame, HostFrame, Join, Leave, gateway_frame, host_frame,
+};
 use rooms_proto::{RoomId, UserId, client::ErrorCode};
 use rooms_server::Inbox;
 use tokio::sync::mpsc;
@@ -77,6 +79,12 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Presence any connection may get late, together with more: a rejoined
+/// user's `join` is not, being for some connections only.
+fn gatherable(broadcast: &Broadcast) -> bool {
+    broadcast.presence && !broadcast.rejoined
 }
 
 pub(super) fn frame(kind: gateway_frame::Kind) -> GatewayFrame {
@@ -323,11 +331,7 @@ impl Link {
         // more presence, the roster, and a connection's welcome (not for it
         // anyway).
         let keeps_order = match &message.kind {
-            // A rejoined user's `join` is never gathered: it is for some
-            // connections only.
-            Some(host_frame::Kind::Broadcast(broadcast)) => {
-                broadcast.presence && !broadcast.rejoined
-            }
+            Some(host_frame::Kind::Broadcast(broadcast)) => gatherable(broadcast),
             Some(host_frame::Kind::Roster(_)) => true,
             Some(host_frame::Kind::Direct(direct)) => {
                 self.conns.get(&direct.conn).is_some_and(|local| local.welcomed.is_none())
@@ -341,6 +345,7 @@ impl Link {
         match message.kind {
             Some(host_frame::Kind::Broadcast(broadcast)) => {
                 self.bounces = 0;
+                let gather = gatherable(&broadcast);
                 if let Some(roster) = broadcast.roster {
                     self.roster.apply(roster);
                 }
@@ -354,7 +359,7 @@ impl Link {
                     return None;
                 }
                 let except = broadcast.except_conn;
-                if broadcast.presence && !broadcast.rejoined {
+                if gather {
                     match self.presence.arrive(frames, except, Instant::now()) {
                         Arrival::Deliver(frames) => self.fan_out(&frames, except, false),
                         Arrival::Gathered => {}

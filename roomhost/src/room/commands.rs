@@ -178,7 +178,7 @@ impl Room {
                 let time = server::timestamp(SystemTime::now());
                 self.stage(Event { seq, frame: server::name(seq, &user, &name, &time) });
                 self.staged.commit.names.push((user.to_string(), name));
-                self.roster_present(&user);
+                self.roster_renamed(&user);
                 self.staged.writers.push(Writer { gateway, conn: set.conn, write: Write::Name });
             }
             Kind::Typing(typing) => {

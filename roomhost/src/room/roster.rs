@@ -71,7 +71,7 @@ impl Room {
     }
 
     /// `user`'s display name changed.
-    pub(super) fn roster_present(&mut self, user: &str) {
+    pub(super) fn roster_renamed(&mut self, user: &str) {
         let present = vec![self.roster_user(user)];
         self.roster_change(Roster { reset: false, present, absent: Vec::new() });
     }
