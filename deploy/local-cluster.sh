@@ -52,12 +52,24 @@ http_ok() {  # port path: is the answer 200? (bash only, no curl needed)
   [ "$status" = "200" ]
 }
 
-wait_http() {  # port path
+log_end() {  # log: its error (a process's last words), else its last lines
+  grep -m1 -A3 -E '^Error:|panicked at' "$1" || tail -n 5 "$1"
+}
+
+wait_http() {  # port path name: ready within 30 s, or say why not
+  local log="$DIR/$3.log" pid
+  pid=$(cat "$DIR/$3.pid")
   for _ in $(seq 1 300); do
     http_ok "$1" "$2" && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$3 exited before 127.0.0.1:$1$2 answered; the end of $log:" >&2
+      log_end "$log" >&2
+      return 1
+    fi
     sleep 0.1
   done
-  echo "timed out waiting for 127.0.0.1:$1$2" >&2
+  echo "timed out waiting for 127.0.0.1:$1$2 ($3); the end of $log:" >&2
+  log_end "$log" >&2
   return 1
 }
 
@@ -111,8 +123,12 @@ up() {
       --ping-interval=30s --shutdown-grace=10s --log-format=text --worker-threads="$GATEWAY_WORKERS" \
       "${GATEWAY_EXTRA[@]}"
   done
-  for p in "${METRICS_PORTS[@]}"; do wait_http "$p" /readyz; done
-  for p in "${GATEWAY_PORTS[@]}"; do wait_http "$p" /readyz; done
+  local ready=1
+  for i in "${!METRICS_PORTS[@]}"; do wait_http "${METRICS_PORTS[$i]}" /readyz "roomhost-$i" || { ready=0; break; }; done
+  if [ "$ready" -eq 1 ]; then
+    for i in "${!GATEWAY_PORTS[@]}"; do wait_http "${GATEWAY_PORTS[$i]}" /readyz "gateway-$i" || { ready=0; break; }; done
+  fi
+  [ "$ready" -eq 1 ] || { down >/dev/null; exit 1; }
   # Something else may have answered on those ports: every process must be ours and alive.
   local dead=0
   while read -r name pid; do

@@ -47,6 +47,26 @@ impl LocalCluster {
         Self { dir, env, gateways, metrics }
     }
 
+    /// A cluster that is up. The ports were free when picked, but another
+    /// test's client may take one as its source port before the script binds
+    /// it; only that failure is retried, on fresh ports.
+    fn up() -> Self {
+        for _ in 0..4 {
+            let cluster = Self::new();
+            let up = cluster.script("up");
+            let stderr = String::from_utf8_lossy(&up.stderr);
+            if up.status.success() {
+                return cluster;
+            }
+            assert!(
+                stderr.contains("Address already in use"),
+                "local-cluster.sh up failed:\n{}{stderr}",
+                String::from_utf8_lossy(&up.stdout)
+            );
+        }
+        panic!("local-cluster.sh up found a port taken four times running");
+    }
+
     fn script(&self, verb: &str) -> std::process::Output {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-cluster.sh");
         Command::new("bash")
@@ -81,14 +101,7 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_script_starts_a_cluster_that_chats() {
-    let cluster = LocalCluster::new();
-    let up = cluster.script("up");
-    assert!(
-        up.status.success(),
-        "local-cluster.sh up failed:\n{}{}",
-        String::from_utf8_lossy(&up.stdout),
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let cluster = LocalCluster::up();
     let pids = cluster.pids();
     assert_eq!(pids.len(), 6, "2 gateways + 3 roomhosts + redis: {pids:?}");
     assert!(pids.iter().all(|p| alive(*p)));
