@@ -69,22 +69,33 @@ pub(super) struct Origin {
 impl Room {
     /// Writes staged events (one round trip), then emits every staged output.
     pub(super) async fn flush(&mut self) {
+        let mut claimed = None;
         if !self.staged.commit.is_empty() {
             let started = Instant::now();
-            let result = self
-                .store
-                .commit(&self.id, &self.settings.owner, self.lease, &self.staged.commit)
-                .await;
+            let held = (&self.settings.owner, self.lease);
+            let ttl = self.settings.lease_ttl;
+            let result = self.store.commit(&self.id, held, &self.staged.commit, ttl).await;
             let metrics = self.metrics();
             metrics.redis_write_seconds.observe(started.elapsed().as_secs_f64());
             metrics.redis_batch_events.observe(self.staged.commit.events.len() as f64);
             let staged = std::mem::take(&mut self.staged);
             match result {
-                Ok(()) => self.committed(staged),
+                Ok(renewal) => {
+                    self.renewer.renewed(self.lease, started);
+                    if let Renewal::Claimed(by) = renewal {
+                        claimed = Some(by);
+                    }
+                    self.committed(staged);
+                }
                 Err(error) => self.commit_failed(staged, error),
             }
         }
         self.emit();
+        // What was stored goes out first; then the handoff a claim asks for.
+        if let Some(by) = claimed {
+            tracing::info!(room.id = %self.id, claimant = %by.0, "a gateway could not reach this roomhost; handing the room to the roomhost it reached");
+            self.begin_move(Moved::to(by.address()), Drain::Gateways);
+        }
     }
 
     pub(super) fn committed(&mut self, staged: Staged) {

@@ -59,7 +59,7 @@ use crate::dedup::Dedup;
 use crate::leases::Renewer;
 use crate::metrics::Metrics;
 use crate::store::{
-    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Store, StoreError,
+    Acquired, Commit, Event, Lease, LoadedRoom, Owner, RECENT_EVENTS, Renewal, Store, StoreError,
 };
 
 /// Most commands handled in one turn (one group commit).

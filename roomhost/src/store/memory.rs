@@ -49,6 +49,17 @@ impl MemRoom {
     fn holds(&self, me: &Owner, lease: Lease) -> bool {
         self.holder().is_some_and(|(owner, fence, _)| *owner == me.0 && *fence == lease.fence)
     }
+
+    /// Extends a lease `me` holds by `ttl`; says whether another claimed it.
+    fn renew(&mut self, me: &Owner, lease: Lease, ttl: Duration) -> Renewal {
+        self.lease = Some((me.0.clone(), lease.fence, Instant::now() + ttl));
+        match &self.claim {
+            Some((by, until)) if *until > Instant::now() && *by != me.0 => {
+                Renewal::Claimed(Owner(by.clone()))
+            }
+            _ => Renewal::Ours,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -215,13 +226,7 @@ impl MemoryStore {
             if !r.holds(me, lease) {
                 return Renewal::Lost;
             }
-            r.lease = Some((me.0.clone(), lease.fence, Instant::now() + ttl));
-            match &r.claim {
-                Some((by, until)) if *until > Instant::now() && *by != me.0 => {
-                    Renewal::Claimed(Owner(by.clone()))
-                }
-                _ => Renewal::Ours,
-            }
+            r.renew(me, lease, ttl)
         })
     }
 
@@ -236,10 +241,10 @@ impl MemoryStore {
     pub fn commit(
         &self,
         room: &RoomId,
-        me: &Owner,
-        lease: Lease,
+        (me, lease): (&Owner, Lease),
         commit: &Commit,
-    ) -> Result<(), StoreError> {
+        ttl: Duration,
+    ) -> Result<Renewal, StoreError> {
         let limit = self.history_limit;
         #[cfg(test)]
         if self.refuse_commits.load(std::sync::atomic::Ordering::Relaxed) {
@@ -259,7 +264,7 @@ impl MemoryStore {
             for (user, name) in &commit.names {
                 r.names.insert(user.clone(), name.clone());
             }
-            Ok(())
+            Ok(r.renew(me, lease, ttl))
         })
     }
 

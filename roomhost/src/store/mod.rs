@@ -157,17 +157,19 @@ impl Store {
     }
 
     /// Appends events and name changes atomically, if `lease` is still
-    /// `me`'s; trims history.
+    /// `me`'s; trims history. The commit renews the lease for `ttl` as a
+    /// renewal would, and answers what a renewal would (never `Lost`: a
+    /// lease no longer ours is [`StoreError::LeaseLost`]).
     pub async fn commit(
         &self,
         room: &RoomId,
-        me: &Owner,
-        lease: Lease,
+        (me, lease): (&Owner, Lease),
         commit: &Commit,
-    ) -> Result<(), StoreError> {
+        ttl: Duration,
+    ) -> Result<Renewal, StoreError> {
         match self {
-            Self::Memory(s) => s.commit(room, me, lease, commit),
-            Self::Redis(s) => s.commit(room, me, lease, commit).await,
+            Self::Memory(s) => s.commit(room, (me, lease), commit, ttl),
+            Self::Redis(s) => s.commit(room, (me, lease), commit, ttl).await,
         }
     }
 

@@ -107,15 +107,17 @@ impl Scripts {
                 return 0
                 ",
             ),
-            // KEYS: lease, history, names, meta.
-            // ARGV: me, fence, history_limit, last_seq, n, n x (id, frame), (user, name)...
+            // KEYS: lease, history, names, meta, claim.
+            // ARGV: me, fence, history_limit, last_seq, n, ttl_ms,
+            //       n x (id, frame), (user, name)...
+            // -> 0 (not ours) | 1 (ours, renewed) | claimant (ours, renewed, claimed)
             commit: Script::new(
                 r"
                 local held = redis.call('HMGET', KEYS[1], 'owner', 'fence')
                 if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] then
                   return 0
                 end
-                local i = 6
+                local i = 7
                 for _ = 1, tonumber(ARGV[5]) do
                   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], ARGV[i], 'e', ARGV[i + 1])
                   i = i + 2
@@ -125,6 +127,9 @@ impl Scripts {
                   i = i + 2
                 end
                 redis.call('HSET', KEYS[4], 'seq', ARGV[4])
+                redis.call('PEXPIRE', KEYS[1], ARGV[6])
+                local claim = redis.call('GET', KEYS[5])
+                if claim and claim ~= ARGV[1] then return claim end
                 return 1
                 ",
             ),
@@ -215,21 +220,23 @@ impl RedisStore {
     }
 
     /// One script per group commit: checks the lease and fencing token,
-    /// then appends, renames and advances `seq`, all or nothing.
+    /// then appends, renames and advances `seq`, all or nothing, and renews
+    /// the lease (a room that commits often is never renewed otherwise).
     pub async fn commit(
         &self,
         room: &RoomId,
-        me: &Owner,
-        lease: Lease,
+        (me, lease): (&Owner, Lease),
         commit: &Commit,
-    ) -> Result<(), StoreError> {
+        ttl: Duration,
+    ) -> Result<Renewal, StoreError> {
         let Some(last) = commit.last_seq() else {
-            return Ok(());
+            return Ok(Renewal::Ours);
         };
         let keys = Keys::of(room);
         let mut call = self.scripts.commit.prepare_invoke();
-        call.key(&keys.lease).key(&keys.history).key(&keys.names).key(&keys.meta);
+        call.key(&keys.lease).key(&keys.history).key(&keys.names).key(&keys.meta).key(&keys.claim);
         call.arg(&me.0).arg(lease.fence).arg(self.history_limit).arg(last).arg(commit.events.len());
+        call.arg(ttl.as_millis() as u64);
         for event in &commit.events {
             call.arg(stream_id(event.seq)).arg(event.frame.as_ref());
         }
@@ -237,9 +244,13 @@ impl RedisStore {
             call.arg(user).arg(name);
         }
         let mut conn = self.conn.clone();
-        match call.invoke_async::<i64>(&mut conn).await? {
-            1 => Ok(()),
-            _ => Err(StoreError::LeaseLost),
+        match call.invoke_async::<Value>(&mut conn).await? {
+            Value::Int(1) => Ok(Renewal::Ours),
+            Value::Int(_) => Err(StoreError::LeaseLost),
+            Value::BulkString(claimant) => String::from_utf8(claimant)
+                .map(|claimant| Renewal::Claimed(Owner(claimant)))
+                .map_err(|_| StoreError::Corrupt("claimant".into())),
+            other => Err(StoreError::Corrupt(format!("commit answered {other:?}"))),
         }
     }
 

@@ -7,7 +7,9 @@ use rooms_proto::RoomId;
 use rooms_tests::redis::Redis;
 
 use super::redis::RedisStore;
-use crate::store::{Acquired, IfHeld, Lease, Owner, Renewal, StorageWrite, StoreError};
+use crate::store::{
+    Acquired, Commit, Event, IfHeld, Lease, Owner, Renewal, StorageWrite, StoreError,
+};
 
 #[tokio::test]
 async fn class_storage_writes_apply_in_order_only_under_the_lease() {
@@ -107,4 +109,40 @@ async fn many_leases_renew_in_one_call_each_answered_for_its_room() {
     // A stale fence renews nothing.
     let stale = [(leases[0].0.clone(), Lease { fence: leases[0].1.fence + 1 })];
     assert_eq!(store.renew_many(&stale, &me, ttl).await.unwrap(), [Renewal::Lost]);
+}
+
+#[tokio::test]
+async fn a_commit_renews_its_lease_and_answers_a_claim_as_a_renewal_would() {
+    let redis = Redis::start().await;
+    let store = RedisStore::connect(&redis.url(), 100).await.unwrap();
+    let room = RoomId::parse("chat-1").unwrap();
+    let (me, other) = (Owner::new("a:1"), Owner::new("b:1"));
+    let ttl = Duration::from_millis(500);
+    let Acquired::Ours(lease) = store.acquire(&room, &me, ttl, IfHeld::Report).await.unwrap()
+    else {
+        panic!("the lease is free");
+    };
+    let chat = |seq: u64| Commit {
+        events: vec![Event { seq, frame: format!("{{\"seq\":{seq}}}").into() }],
+        names: vec![("u1".into(), format!("U{seq}"))],
+    };
+    let minute = Duration::from_secs(60);
+    assert_eq!(store.commit(&room, (&me, lease), &chat(1), minute).await.unwrap(), Renewal::Ours);
+    // Extended for a minute: long after the first TTL, still ours.
+    tokio::time::sleep(ttl * 2).await;
+    let claimed = store.acquire(&room, &other, ttl, IfHeld::Claim).await.unwrap();
+    assert_eq!(claimed, Acquired::HeldBy(me.clone()));
+    // The claim comes back with the next commit, which is stored all the same.
+    let answer = store.commit(&room, (&me, lease), &chat(2), minute).await.unwrap();
+    assert_eq!(answer, Renewal::Claimed(other.clone()));
+    // A stale fence or another owner stores nothing.
+    let stale = Lease { fence: lease.fence + 1 };
+    let refused = store.commit(&room, (&me, stale), &chat(3), minute).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+    let refused = store.commit(&room, (&other, lease), &chat(3), minute).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+    let loaded = store.load(&room).await.unwrap();
+    assert_eq!(loaded.seq, 2);
+    assert_eq!(loaded.recent.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(loaded.names, [("u1".to_owned(), "U2".to_owned())]);
 }

@@ -383,3 +383,30 @@ async fn a_lost_lease_stops_the_room_at_once_and_refuses_queued_writes() {
     }
     assert_eq!(cluster.stored_seq().await, 0);
 }
+
+#[tokio::test]
+async fn a_claim_a_commit_finds_hands_the_room_over_without_waiting_for_a_renewal() {
+    let cluster = Cluster::new();
+    let (mut gw, _) = cluster.attach(1, None).await;
+    cluster.join(&mut gw, 1, "alice").await;
+    // Gateways that could not reach this roomhost went to there:1, which
+    // claimed the room.
+    let claimant = Owner::new("there:1");
+    let claim = cluster.store.acquire(&cluster.room, &claimant, WAIT, IfHeld::Claim);
+    assert!(matches!(claim, crate::store::Acquired::HeldBy(_)));
+    // The chat is stored and delivered; its commit renewed the lease and
+    // brought the claim back, so the room drains its gateways at once, long
+    // before its lease (5 s TTL) would be renewed on its own.
+    cluster.chat(&gw, 1, "m1", 1).await;
+    assert_eq!(seqs(&gw.broadcast().await.0), [1]);
+    let soon = tokio::time::timeout(Duration::from_millis(500), gw.next()).await;
+    assert!(matches!(soon, Ok(host_frame::Kind::Moving(_))), "{soon:?}");
+    cluster.frame(&gw, gateway_frame::Kind::Drained(Drained {})).await;
+    match gw.next().await {
+        host_frame::Kind::Moved(Moved { address }) => {
+            assert_eq!(address.as_deref(), Some("there:1"))
+        }
+        other => panic!("expected Moved, got {other:?}"),
+    }
+    assert_eq!(cluster.stored_seq().await, 1);
+}
