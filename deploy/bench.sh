@@ -22,6 +22,9 @@
 #                         class (examples/workerd-chat/worker.js) on every room;
 #          rooms-cluster  the same on a 3-master Redis Cluster (many-rooms and
 #                         cold-room scenarios only);
+#          floor          deploy/floor: 2 gateways relaying to a hub over plain
+#                         TCP, one XADD per message, nothing else — the least a
+#                         gateway/roomhost split costs (many-rooms scenario only);
 #          each peer.
 # Scenarios: idle    9,000 idle connections in 90 rooms: server memory per
 #                    connection, time to connect them (fresh process);
@@ -58,12 +61,16 @@ else
     [ -x "$start" ] && PEERS[$name]="$start"
   done
 fi
-TARGETS="${TARGETS:-rooms ${ROOMS_CLASS_TARGET-rooms-class} ${!PEERS[*]} ${ROOMS_CLUSTER_TARGET-rooms-cluster}}"
+TARGETS="${TARGETS:-rooms ${ROOMS_CLASS_TARGET-rooms-class} ${!PEERS[*]} ${ROOMS_CLUSTER_TARGET-rooms-cluster} floor}"
 
 cd "$ROOT"
 echo "==> building release binaries" >&2
 cargo build --release --bins --locked -q
 ROOMCTL="$ROOT/target/release/roomctl"
+FLOOR="$WORK/floor-target/release/rooms-floor"
+if [[ " $TARGETS " == *" floor "* ]]; then
+  cargo build --release --locked -q --manifest-path deploy/floor/Cargo.toml --target-dir "$WORK/floor-target"
+fi
 
 # ---- measuring ------------------------------------------------------------
 
@@ -153,6 +160,24 @@ start_target() {
       URLS="ws://127.0.0.1:18080,ws://127.0.0.1:18081"
       METRICS="15101 15102 15103"
       ;;
+    floor)
+      redis-server --port 16391 --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
+        --logfile "$WORK/floor-redis.log" &
+      REDIS_PIDS=("$!")
+      wait_port 16391
+      WORKERS=1 "$FLOOR" hub 127.0.0.1:15060 127.0.0.1:16391 >"$WORK/floor.log" 2>&1 &
+      ROOMHOST_PIDS=("$!")
+      wait_port 15060
+      GATEWAY_PIDS=()
+      for port in 18082 18083; do
+        WORKERS=2 "$FLOOR" gateway "127.0.0.1:$port" 127.0.0.1:15060 >>"$WORK/floor.log" 2>&1 &
+        GATEWAY_PIDS+=("$!")
+      done
+      wait_port 18082 && wait_port 18083
+      PIDS=("${GATEWAY_PIDS[@]}" "${ROOMHOST_PIDS[@]}" "${REDIS_PIDS[@]}")
+      URLS="ws://127.0.0.1:18082,ws://127.0.0.1:18083"
+      METRICS=""
+      ;;
     *)
       # A new port each start: a predecessor still closing thousands of
       # sockets may hold the last one.
@@ -202,6 +227,8 @@ applies() {  # target scenario
   case "$1:$2" in
     rooms-cluster:rooms | rooms-cluster:cold | rooms-class:cold | rooms:*) return 0 ;;
     rooms-cluster:*) return 1 ;;
+    floor:rooms) return 0 ;;
+    floor:*) return 1 ;;
     *:cold) return 1 ;;   # peers keep no history
     # workerd holds 2 descriptors per WebSocket: 10,000 clients exceed the
     # 20,000-descriptor limit of this machine.
