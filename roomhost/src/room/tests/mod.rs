@@ -120,6 +120,14 @@ impl Gateway {
         frame.kind.expect("every frame has a kind")
     }
 
+    /// The next frame, which must be `Moved`: the address it names.
+    async fn moved(&mut self) -> Option<String> {
+        match self.next().await {
+            host_frame::Kind::Moved(Moved { address }) => address,
+            other => panic!("expected Moved, got {other:?}"),
+        }
+    }
+
     /// The next broadcast: its client frames and the tags it answers.
     async fn broadcast(&mut self) -> (Vec<ServerFrame>, Vec<u64>) {
         match self.next().await {
@@ -375,12 +383,7 @@ async fn a_lost_lease_stops_the_room_at_once_and_refuses_queued_writes() {
         "{refused:?}"
     );
     // No drain: the holder is named at once.
-    match gw.next().await {
-        host_frame::Kind::Moved(Moved { address }) => {
-            assert_eq!(address.as_deref(), Some("thief:1"))
-        }
-        other => panic!("expected Moved, got {other:?}"),
-    }
+    assert_eq!(gw.moved().await.as_deref(), Some("thief:1"));
     assert_eq!(cluster.stored_seq().await, 0);
 }
 
@@ -402,11 +405,6 @@ async fn a_claim_a_commit_finds_hands_the_room_over_without_waiting_for_a_renewa
     let soon = tokio::time::timeout(Duration::from_millis(500), gw.next()).await;
     assert!(matches!(soon, Ok(host_frame::Kind::Moving(_))), "{soon:?}");
     cluster.frame(&gw, gateway_frame::Kind::Drained(Drained {})).await;
-    match gw.next().await {
-        host_frame::Kind::Moved(Moved { address }) => {
-            assert_eq!(address.as_deref(), Some("there:1"))
-        }
-        other => panic!("expected Moved, got {other:?}"),
-    }
+    assert_eq!(gw.moved().await.as_deref(), Some("there:1"));
     assert_eq!(cluster.stored_seq().await, 1);
 }
