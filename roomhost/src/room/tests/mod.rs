@@ -398,11 +398,12 @@ async fn a_claim_a_commit_finds_hands_the_room_over_without_waiting_for_a_renewa
     let claim = cluster.store.acquire(&cluster.room, &claimant, WAIT, IfHeld::Claim);
     assert!(matches!(claim, crate::store::Acquired::HeldBy(_)));
     // The chat is stored and delivered; its commit renewed the lease and
-    // brought the claim back, so the room drains its gateways at once, long
-    // before its lease (5 s TTL) would be renewed on its own.
+    // brought the claim back, so the room drains its gateways at once:
+    // before the renewal task's first look at a 5 s lease (at least 1.67 s
+    // after the room started).
     cluster.chat(&gw, 1, "m1", 1).await;
     assert_eq!(seqs(&gw.broadcast().await.0), [1]);
-    let soon = tokio::time::timeout(Duration::from_millis(500), gw.next()).await;
+    let soon = tokio::time::timeout(Duration::from_secs(1), gw.next()).await;
     assert!(matches!(soon, Ok(host_frame::Kind::Moving(_))), "{soon:?}");
     cluster.frame(&gw, gateway_frame::Kind::Drained(Drained {})).await;
     assert_eq!(gw.moved().await.as_deref(), Some("there:1"));
