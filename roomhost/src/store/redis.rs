@@ -137,29 +137,48 @@ impl Scripts {
     }
 }
 
-pub(super) struct Keys {
-    history: String,
-    names: String,
-    meta: String,
-    pub(super) lease: String,
-    claim: String,
-    pub(super) storage: String,
-    pub(super) ran: String,
-    pub(super) alarms: String,
-}
+/// A room's keys, each made when a command needs it (`rooms:{R}:…`).
+pub(super) struct Keys<'a>(&'a RoomId);
 
-impl Keys {
-    pub(super) fn of(room: &RoomId) -> Self {
-        Self {
-            history: format!("rooms:{{{room}}}:history"),
-            names: format!("rooms:{{{room}}}:names"),
-            meta: format!("rooms:{{{room}}}:meta"),
-            lease: format!("rooms:{{{room}}}:lease"),
-            claim: format!("rooms:{{{room}}}:claim"),
-            storage: format!("rooms:{{{room}}}:storage"),
-            ran: format!("rooms:{{{room}}}:ran"),
-            alarms: format!("rooms:{{{room}}}:alarms"),
-        }
+impl<'a> Keys<'a> {
+    pub(super) fn of(room: &'a RoomId) -> Self {
+        Self(room)
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("rooms:{{{}}}:{what}", self.0)
+    }
+
+    fn history(&self) -> String {
+        self.key("history")
+    }
+
+    fn names(&self) -> String {
+        self.key("names")
+    }
+
+    fn meta(&self) -> String {
+        self.key("meta")
+    }
+
+    pub(super) fn lease(&self) -> String {
+        self.key("lease")
+    }
+
+    fn claim(&self) -> String {
+        self.key("claim")
+    }
+
+    pub(super) fn storage(&self) -> String {
+        self.key("storage")
+    }
+
+    pub(super) fn ran(&self) -> String {
+        self.key("ran")
+    }
+
+    pub(super) fn alarms(&self) -> String {
+        self.key("alarms")
     }
 }
 
@@ -185,26 +204,26 @@ impl RedisStore {
             Value,
         ) = pipe()
             .cmd("HSETNX")
-            .arg(&keys.meta)
+            .arg(keys.meta())
             .arg("epoch")
             .arg(new_epoch())
             .ignore()
             .cmd("HGET")
-            .arg(&keys.meta)
+            .arg(keys.meta())
             .arg("epoch")
             .cmd("HGET")
-            .arg(&keys.meta)
+            .arg(keys.meta())
             .arg("seq")
             .cmd("HGETALL")
-            .arg(&keys.names)
+            .arg(keys.names())
             .cmd("XREVRANGE")
-            .arg(&keys.history)
+            .arg(keys.history())
             .arg("+")
             .arg("-")
             .arg("COUNT")
             .arg(RECENT_EVENTS)
             .cmd("XRANGE")
-            .arg(&keys.history)
+            .arg(keys.history())
             .arg("-")
             .arg("+")
             .arg("COUNT")
@@ -234,7 +253,11 @@ impl RedisStore {
         };
         let keys = Keys::of(room);
         let mut call = self.scripts.commit.prepare_invoke();
-        call.key(&keys.lease).key(&keys.history).key(&keys.names).key(&keys.meta).key(&keys.claim);
+        call.key(keys.lease())
+            .key(keys.history())
+            .key(keys.names())
+            .key(keys.meta())
+            .key(keys.claim());
         call.arg(&me.0).arg(lease.fence).arg(self.history_limit).arg(last).arg(commit.events.len());
         call.arg(ttl.as_millis() as u64);
         for event in &commit.events {
@@ -266,9 +289,9 @@ impl RedisStore {
         let (ours, value): (i64, String) = self
             .scripts
             .acquire
-            .key(&keys.lease)
-            .key(&keys.meta)
-            .key(&keys.claim)
+            .key(keys.lease())
+            .key(keys.meta())
+            .key(keys.claim())
             .arg(&me.0)
             .arg(ttl.as_millis() as u64)
             .arg(if if_held == IfHeld::Claim { "1" } else { "0" })
@@ -309,7 +332,7 @@ impl RedisStore {
         call.arg(&me.0).arg(ttl.as_millis() as u64);
         for (room, lease) in leases {
             let keys = Keys::of(room);
-            call.key(&keys.lease).key(&keys.claim).arg(lease.fence);
+            call.key(keys.lease()).key(keys.claim()).arg(lease.fence);
         }
         let mut conn = self.conn.clone();
         let answers: Vec<(i64, String)> = call.invoke_async(&mut conn).await?;
@@ -332,7 +355,7 @@ impl RedisStore {
         let _: i64 = self
             .scripts
             .release
-            .key(&keys.lease)
+            .key(keys.lease())
             .arg(&me.0)
             .arg(lease.fence)
             .invoke_async(&mut conn)
@@ -349,7 +372,7 @@ impl RedisStore {
         let keys = Keys::of(room);
         let mut conn = self.conn.clone();
         let value: Value = cmd("XRANGE")
-            .arg(&keys.history)
+            .arg(keys.history())
             .arg(stream_id(after.saturating_add(1)))
             .arg("+")
             .arg("COUNT")
@@ -371,7 +394,7 @@ impl RedisStore {
         let keys = Keys::of(room);
         let mut conn = self.conn.clone();
         let value: Value = cmd("XREVRANGE")
-            .arg(&keys.history)
+            .arg(keys.history())
             .arg(stream_id(before - 1))
             .arg("-")
             .arg("COUNT")
@@ -387,7 +410,7 @@ impl RedisStore {
         let keys = Keys::of(room);
         let mut conn = self.conn.clone();
         let seq: Option<u64> =
-            cmd("HGET").arg(&keys.meta).arg("seq").query_async(&mut conn).await?;
+            cmd("HGET").arg(keys.meta()).arg("seq").query_async(&mut conn).await?;
         Ok(seq.unwrap_or(0))
     }
 }

@@ -73,17 +73,17 @@ fn commit_script() -> &'static Script {
 impl RedisStore {
     pub async fn load_storage(&self, room: &RoomId) -> Result<Vec<(String, String)>, StoreError> {
         let mut conn = self.conn.clone();
-        Ok(cmd("HGETALL").arg(Keys::of(room).storage).query_async(&mut conn).await?)
+        Ok(cmd("HGETALL").arg(Keys::of(room).storage()).query_async(&mut conn).await?)
     }
 
     pub async fn load_ran(&self, room: &RoomId) -> Result<Vec<(String, u64)>, StoreError> {
         let mut conn = self.conn.clone();
-        Ok(cmd("HGETALL").arg(Keys::of(room).ran).query_async(&mut conn).await?)
+        Ok(cmd("HGETALL").arg(Keys::of(room).ran()).query_async(&mut conn).await?)
     }
 
     pub async fn load_alarms(&self, room: &RoomId) -> Result<Vec<(String, u64)>, StoreError> {
         let mut conn = self.conn.clone();
-        Ok(cmd("HGETALL").arg(Keys::of(room).alarms).query_async(&mut conn).await?)
+        Ok(cmd("HGETALL").arg(Keys::of(room).alarms()).query_async(&mut conn).await?)
     }
 
     /// One script per group commit of a class room: checks the lease and
@@ -100,7 +100,7 @@ impl RedisStore {
         }
         let keys = Keys::of(room);
         let mut call = commit_script().prepare_invoke();
-        call.key(&keys.lease).key(&keys.storage).key(&keys.ran).key(&keys.alarms);
+        call.key(keys.lease()).key(keys.storage()).key(keys.ran()).key(keys.alarms());
         call.arg(&me.0).arg(lease.fence);
         for write in writes {
             match write {
