@@ -1,5 +1,5 @@
 //! A room actor's life: its turn loop, what it does about its lease (see
-//! [`super::renewer`]), handoffs to another owner, and hibernation.
+//! [`crate::leases`]), handoffs to another owner, and hibernation.
 
 use super::*;
 use crate::leases::LeaseCheck;
