@@ -4,6 +4,7 @@
 //! room loads, so it survives moves between roomhosts.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -12,12 +13,15 @@ use crate::store::Event;
 /// Client ids remembered per room; older ones are forgotten first.
 pub const DEDUP_WINDOW: usize = 256;
 
-type Key = (String, String);
-
+/// Per user, the seq each remembered client id was stored as; at most
+/// [`DEDUP_WINDOW`] ids in all, a user without any is removed. Users and
+/// ids are shared with the room's connections and its staged writes, so a
+/// chat costs one allocation here (its id), and a lookup none.
 #[derive(Default)]
 pub struct Dedup {
-    seen: HashMap<Key, u64>,
-    order: VecDeque<Key>,
+    seen: HashMap<Arc<str>, HashMap<Arc<str>, u64>>,
+    /// Oldest first: what to forget past the window.
+    order: VecDeque<(Arc<str>, Arc<str>)>,
 }
 
 #[derive(Deserialize)]
@@ -39,7 +43,7 @@ impl Dedup {
             if let (true, Some(seq), Some(user), Some(id)) =
                 (ids.kind == "chat", ids.seq, ids.user_id, ids.id)
             {
-                dedup.insert(user, id, seq);
+                dedup.insert(user.into(), id.into(), seq);
             }
         }
         dedup
@@ -47,27 +51,36 @@ impl Dedup {
 
     /// The seq a (user, id) was stored as, if remembered.
     pub fn get(&self, user: &str, id: &str) -> Option<u64> {
-        self.seen.get(&(user.to_owned(), id.to_owned())).copied()
+        self.seen.get(user)?.get(id).copied()
     }
 
-    pub fn insert(&mut self, user: String, id: String, seq: u64) {
-        let key = (user, id);
-        if self.seen.insert(key.clone(), seq).is_none() {
-            self.order.push_back(key);
+    pub fn insert(&mut self, user: Arc<str>, id: Arc<str>, seq: u64) {
+        let ids = self.seen.entry(Arc::clone(&user)).or_default();
+        if ids.insert(Arc::clone(&id), seq).is_none() {
+            self.order.push_back((user, id));
         }
         while self.order.len() > DEDUP_WINDOW {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
+            if let Some((user, id)) = self.order.pop_front() {
+                self.forget(&user, &id);
             }
         }
     }
 
     /// Forgets a staged message whose commit failed (it may be resent).
     pub fn remove(&mut self, user: &str, id: &str) {
-        let key = (user.to_owned(), id.to_owned());
-        if self.seen.remove(&key).is_some() {
-            self.order.retain(|k| *k != key);
+        if self.forget(user, id) {
+            self.order.retain(|(u, i)| !(**u == *user && **i == *id));
         }
+    }
+
+    /// Drops (user, id) from the map; whether it was there.
+    fn forget(&mut self, user: &str, id: &str) -> bool {
+        let Some(ids) = self.seen.get_mut(user) else { return false };
+        let removed = ids.remove(id).is_some();
+        if ids.is_empty() {
+            self.seen.remove(user);
+        }
+        removed
     }
 }
 
@@ -80,7 +93,7 @@ mod tests {
     fn remembers_a_bounded_window_and_rebuilds_from_events() {
         let mut dedup = Dedup::default();
         for i in 0..(DEDUP_WINDOW as u64 + 10) {
-            dedup.insert("u".into(), format!("m{i}"), i + 1);
+            dedup.insert("u".into(), format!("m{i}").into(), i + 1);
         }
         assert_eq!(dedup.get("u", "m0"), None, "oldest forgotten");
         assert_eq!(dedup.get("u", "m265"), Some(266));
@@ -94,5 +107,23 @@ mod tests {
             Event { seq: 8, frame: Bytes::from_static(b"{\"type\":\"name\"}") },
         ];
         assert_eq!(Dedup::from_events(&events).get("ann", "c1"), Some(7));
+    }
+
+    #[test]
+    fn users_whose_ids_were_all_forgotten_are_forgotten_too() {
+        let mut dedup = Dedup::default();
+        for i in 0..(DEDUP_WINDOW + 50) {
+            dedup.insert(format!("user{i}").into(), "m".into(), i as u64 + 1);
+        }
+        assert_eq!(dedup.seen.len(), DEDUP_WINDOW);
+        assert_eq!(dedup.get("user0", "m"), None);
+        assert_eq!(dedup.get("user50", "m"), Some(51));
+        dedup.remove("user50", "m");
+        assert_eq!((dedup.seen.len(), dedup.order.len()), (DEDUP_WINDOW - 1, DEDUP_WINDOW - 1));
+        // The same id again after a removal is remembered again, once.
+        dedup.insert("user50".into(), "m".into(), 900);
+        dedup.insert("user50".into(), "m".into(), 901);
+        assert_eq!(dedup.get("user50", "m"), Some(901));
+        assert_eq!(dedup.order.len(), DEDUP_WINDOW);
     }
 }

@@ -141,8 +141,9 @@ impl Room {
                 let (id, client_id) = if chat.id.is_empty() {
                     (format!("{}-{seq}", self.epoch), None)
                 } else {
-                    self.dedup.insert(user.to_string(), chat.id.clone(), seq);
-                    self.staged.client_ids.push((user.to_string(), chat.id.clone()));
+                    let client_id: Arc<str> = chat.id.as_str().into();
+                    self.dedup.insert(Arc::clone(&user), Arc::clone(&client_id), seq);
+                    self.staged.client_ids.push((Arc::clone(&user), client_id));
                     (chat.id, Some(self.staged.client_ids.len() - 1))
                 };
                 let time = server::timestamp(SystemTime::now());

@@ -50,7 +50,7 @@ pub(super) struct Staged {
     /// commit fails.
     pub(super) writers: Vec<Writer>,
     /// (user, client id) of staged chats: forgotten if the commit fails.
-    pub(super) client_ids: Vec<(String, String)>,
+    pub(super) client_ids: Vec<(Arc<str>, Arc<str>)>,
     pub(super) replies: Vec<(oneshot::Sender<Result<u64, RoomError>>, u64)>,
     /// Where staged chats came from: their tags go back to the sending
     /// gateway with the event, and their latency and spans end on emit.
