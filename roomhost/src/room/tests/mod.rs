@@ -44,6 +44,15 @@ impl Cluster {
         Self { registry, store, room: RoomId::parse("lobby").unwrap() }
     }
 
+    /// A room with one gateway (1) and Alice on it as connection `conn`;
+    /// what she was sent on joining.
+    async fn with_alice(conn: ConnId) -> (Self, Gateway, Vec<ServerFrame>) {
+        let cluster = Self::new();
+        let (mut gw, _) = cluster.attach(1, None).await;
+        let joined = cluster.join(&mut gw, conn, "alice").await;
+        (cluster, gw, joined)
+    }
+
     async fn send(&self, cmd: Command) {
         let room = &self.room;
         self.registry.dispatch(room, cmd, LeaseWait::Redirect).await.unwrap();
@@ -172,9 +181,7 @@ fn history(frames: &[ServerFrame]) -> (Vec<u64>, bool) {
 
 #[tokio::test]
 async fn chats_get_consecutive_seqs_in_order_and_are_stored_before_anyone_sees_them() {
-    let cluster = Cluster::new();
-    let (mut gw, _) = cluster.attach(1, None).await;
-    let joined = cluster.join(&mut gw, 7, "alice").await;
+    let (cluster, mut gw, joined) = Cluster::with_alice(7).await;
     assert!(matches!(&joined[0], ServerFrame::Welcome { seq: 0, .. }), "{joined:?}");
     for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
         cluster.chat(&gw, 7, id, 100 + i as u64).await;
@@ -203,9 +210,7 @@ async fn chats_get_consecutive_seqs_in_order_and_are_stored_before_anyone_sees_t
 
 #[tokio::test]
 async fn a_failed_commit_answers_unavailable_and_forgets_the_message_id() {
-    let cluster = Cluster::new();
-    let (mut gw, _) = cluster.attach(1, None).await;
-    cluster.join(&mut gw, 7, "alice").await;
+    let (cluster, mut gw, _) = Cluster::with_alice(7).await;
     cluster.store.refuse_commits(true);
     cluster.chat(&gw, 7, "m1", 5).await;
     let refused = match gw.next().await {
@@ -232,9 +237,7 @@ async fn a_failed_commit_answers_unavailable_and_forgets_the_message_id() {
 
 #[tokio::test]
 async fn a_resent_message_is_stored_once_and_echoed_to_its_sender_only() {
-    let cluster = Cluster::new();
-    let (mut gw, _) = cluster.attach(1, None).await;
-    cluster.join(&mut gw, 7, "alice").await;
+    let (cluster, mut gw, _) = Cluster::with_alice(7).await;
     cluster.chat(&gw, 7, "m1", 1).await;
     assert_eq!(seqs(&gw.broadcast().await.0), [1]);
     cluster.chat(&gw, 7, "m1", 2).await;
@@ -245,9 +248,7 @@ async fn a_resent_message_is_stored_once_and_echoed_to_its_sender_only() {
 
 #[tokio::test]
 async fn a_joiner_resumes_after_its_seq_and_a_wrong_epoch_gets_the_latest_with_a_gap() {
-    let cluster = Cluster::new();
-    let (mut gw, _) = cluster.attach(1, None).await;
-    let welcome = cluster.join(&mut gw, 7, "alice").await;
+    let (cluster, mut gw, welcome) = Cluster::with_alice(7).await;
     let ServerFrame::Welcome { epoch, .. } = &welcome[0] else { panic!("{welcome:?}") };
     for id in ["a", "b", "c", "d", "e"] {
         cluster.chat(&gw, 7, id, 0).await;
@@ -370,9 +371,7 @@ async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new
 
 #[tokio::test]
 async fn a_lost_lease_stops_the_room_at_once_and_refuses_queued_writes() {
-    let cluster = Cluster::new();
-    let (mut gw, _) = cluster.attach(1, None).await;
-    cluster.join(&mut gw, 1, "alice").await;
+    let (cluster, mut gw, _) = Cluster::with_alice(1).await;
     // Another roomhost takes the room (this one's lease lapsed meanwhile).
     let thief = Owner::new("thief:1");
     cluster.store.steal_lease(&cluster.room, &thief, Duration::from_secs(5));
@@ -389,9 +388,7 @@ async fn a_lost_lease_stops_the_room_at_once_and_refuses_queued_writes() {
 
 #[tokio::test]
 async fn a_claim_a_commit_finds_hands_the_room_over_without_waiting_for_a_renewal() {
-    let cluster = Cluster::new();
-    let (mut gw, _) = cluster.attach(1, None).await;
-    cluster.join(&mut gw, 1, "alice").await;
+    let (cluster, mut gw, _) = Cluster::with_alice(1).await;
     // Gateways that could not reach this roomhost went to there:1, which
     // claimed the room.
     let claimant = Owner::new("there:1");

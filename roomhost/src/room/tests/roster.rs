@@ -67,6 +67,16 @@ impl KeptRoster {
         }
     }
 
+    /// A room with one gateway (1) that writes `welcome`, and `user` on it
+    /// as `conn`; the roster that gateway keeps.
+    async fn first_member(conn: ConnId, user: &str) -> (Cluster, Gateway, Self) {
+        let cluster = Cluster::new();
+        let (mut gw, _) = cluster.attach_as(1, None, true).await;
+        let mut roster = Self::default();
+        roster.join(&cluster, &mut gw, conn, user).await;
+        (cluster, gw, roster)
+    }
+
     fn users(&self) -> Vec<(&str, Option<&str>)> {
         self.0.iter().map(|(u, n)| (u.as_str(), n.as_deref())).collect()
     }
@@ -116,10 +126,7 @@ async fn a_gateway_writing_welcome_is_kept_up_to_date_and_the_others_get_it_whol
 #[tokio::test]
 async fn a_rename_whose_commit_failed_is_taken_back_from_the_roster() {
     use rooms_proto::host::SetName;
-    let cluster = Cluster::new();
-    let (mut gw, _) = cluster.attach_as(1, None, true).await;
-    let mut roster = KeptRoster::default();
-    roster.join(&cluster, &mut gw, 5, "bob").await;
+    let (cluster, mut gw, mut roster) = KeptRoster::first_member(5, "bob").await;
     assert_eq!(roster.users(), [("bob", None)]);
     let answered = |kind| matches!(kind, host_frame::Kind::Direct(Direct { conn: 5, .. }));
     // The rename is shown as soon as it is staged, as a `welcome` written
@@ -135,10 +142,7 @@ async fn a_rename_whose_commit_failed_is_taken_back_from_the_roster() {
 
 #[tokio::test]
 async fn a_user_back_after_a_move_is_announced_for_those_welcomed_here_before_it() {
-    let cluster = Cluster::new();
-    let (mut first, _) = cluster.attach_as(1, None, true).await;
-    let mut roster = KeptRoster::default();
-    roster.join(&cluster, &mut first, 1, "cy").await;
+    let (cluster, mut first, mut roster) = KeptRoster::first_member(1, "cy").await;
     let (mut legacy, _) = cluster.attach(3, None).await;
     // Bob's gateway follows the room here: his connection rejoins silently,
     // but Cy, welcomed here before, never heard of him.
