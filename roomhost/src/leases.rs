@@ -37,6 +37,11 @@ fn due_after(extended: Instant, ttl: Duration) -> Instant {
     extended + ttl / 2
 }
 
+/// When a renewal could not be confirmed in time, how long a room waits
+/// for the store to say whether it may keep the lease before giving the
+/// room up.
+pub(crate) const LAPSE_RECHECK: Duration = Duration::from_millis(500);
+
 /// Checks waiting for a room to take them; past it, newer ones are dropped
 /// (the room acts on the ones before, and the next renewal finds the same).
 const CHECKS_QUEUED: usize = 4;
@@ -165,6 +170,15 @@ impl Renewer {
             entry.until = until;
             entry.due = due_after(Instant::now(), shared.ttl);
         }
+    }
+
+    /// Until when the lease surely holds, by this process's clock (None
+    /// once the room no longer holds it here). A room's store calls wait no
+    /// longer: past it the room cannot act on an answer — another roomhost
+    /// may hold the room — and must act on the lapse instead.
+    pub(crate) fn until(&self) -> Option<Instant> {
+        let rooms = self.leases.shared.rooms();
+        rooms.get(&self.room).filter(|e| e.id == self.id).map(|e| e.until)
     }
 
     /// A commit sent at `started` under `lease` extended it: the next

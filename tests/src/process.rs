@@ -1,5 +1,7 @@
 //! A child process whose stdout/stderr lines are kept for assertions and
-//! failure reports. Killed (SIGKILL) on drop unless already stopped.
+//! failure reports. Killed (SIGKILL) on drop unless already stopped; with
+//! `ROOMS_TEST_LOGDIR` set, its lines are also written there on drop, pass
+//! or fail (one file per process, named after it and its pid).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -141,7 +143,16 @@ impl Drop for Process {
         if std::thread::panicking() {
             eprintln!("---- logs of {} ----\n{}", self.name, self.logs().join("\n"));
         }
+        let pid = self.pid();
         self.kill();
+        if let Some(dir) = std::env::var_os("ROOMS_TEST_LOGDIR") {
+            let path = PathBuf::from(dir).join(format!("{}-{pid}.log", self.name));
+            let mut text = self.logs().join("\n");
+            text.push('\n');
+            if let Err(error) = std::fs::write(&path, text) {
+                eprintln!("writing {}: {error}", path.display());
+            }
+        }
     }
 }
 

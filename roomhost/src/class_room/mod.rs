@@ -39,7 +39,7 @@ use rooms_proto::host::{HostFrame, Moved, host_frame};
 use rooms_server::Inbox;
 use tokio::time::Instant;
 
-use crate::leases::{LeaseCheck, Renewer};
+use crate::leases::{LAPSE_RECHECK, LeaseCheck, Renewer};
 use crate::metrics::Metrics;
 use crate::room::{
     Command, ConnId, Ended, GatewayId, GatewayTx, MOVE_DRAIN, RoomSettings, RoomSlot, redirect,
@@ -213,9 +213,20 @@ impl ClassRoom {
                         LeaseCheck::Claimed(by) => self.begin_move(Moved::to(by)),
                         LeaseCheck::Suspect | LeaseCheck::Lapsed => {
                             let me = &self.settings.owner;
-                            let target = match self.store.acquire(&self.id, me, self.settings.lease_ttl, IfHeld::Report).await {
-                                Ok(Acquired::Ours(lease)) if lease == self.lease => continue,
-                                Ok(Acquired::HeldBy(holder)) => Moved::to(holder.address()),
+                            // As long as a chat room waits for the store's word.
+                            let acquire = self.store.acquire(&self.id, me, self.settings.lease_ttl, IfHeld::Report);
+                            let target = match tokio::time::timeout(LAPSE_RECHECK, acquire).await {
+                                Ok(Ok(Acquired::Ours(lease))) if lease == self.lease => continue,
+                                // Taken again after it ran out: this instance may
+                                // not have what was stored meanwhile, so the room
+                                // moves, and the new lease is not left in the way.
+                                Ok(Ok(Acquired::Ours(lease))) => {
+                                    if let Err(error) = self.store.release(&self.id, me, lease).await {
+                                        tracing::warn!(room.id = %self.id, %error, "releasing the lease failed; it will expire");
+                                    }
+                                    Moved::unknown()
+                                }
+                                Ok(Ok(Acquired::HeldBy(holder))) => Moved::to(holder.address()),
                                 _ => Moved::unknown(),
                             };
                             tracing::warn!(room.id = %self.id, "lease lost; the room moves");

@@ -74,7 +74,8 @@ impl Room {
             let started = Instant::now();
             let held = (&self.settings.owner, self.lease);
             let ttl = self.settings.lease_ttl;
-            let result = self.store.commit(&self.id, held, &self.staged.commit, ttl).await;
+            let commit = self.store.commit(&self.id, held, &self.staged.commit, ttl);
+            let result = self.within_lease(commit).await;
             let metrics = self.metrics();
             metrics.redis_write_seconds.observe(started.elapsed().as_secs_f64());
             metrics.redis_batch_events.observe(self.staged.commit.events.len() as f64);

@@ -5,9 +5,7 @@ use super::*;
 use crate::leases::LeaseCheck;
 use crate::store::IfHeld;
 
-/// When a renewal could not be confirmed in time, how long the room waits
-/// for the store to say whether it may keep the lease.
-const LAPSE_RECHECK: Duration = Duration::from_millis(500);
+use crate::leases::LAPSE_RECHECK;
 
 /// Whether a handoff first asks the gateways to stop sending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +140,23 @@ impl Room {
             self.release_lease().await;
             tracing::debug!(room.id = %self.id, "room stopped");
             Ended::Done
+        }
+    }
+
+    /// A store call of the room's turn, waited for only while the lease
+    /// surely holds: once it ran out, an answer could not be acted on
+    /// (another roomhost may hold the room now), and the room must take up
+    /// the lapse the renewals report — a partition from the store must not
+    /// keep a turn, and the room's gateways, waiting past the lease.
+    pub(super) async fn within_lease<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.renewer.until() {
+            Some(until) => {
+                tokio::time::timeout_at(until, call).await.unwrap_or(Err(StoreError::LeaseRanOut))
+            }
+            None => call.await,
         }
     }
 

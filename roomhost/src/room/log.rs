@@ -15,7 +15,8 @@ impl Room {
         let events: Vec<Bytes> = if self.recent.front().is_some_and(|e| e.seq <= after + 1) {
             self.recent.iter().filter(|e| e.seq > after).map(|e| e.frame.clone()).collect()
         } else {
-            match self.store.events_after(&self.id, after, self.settings.history_limit).await {
+            let events = self.store.events_after(&self.id, after, self.settings.history_limit);
+            match self.within_lease(events).await {
                 Ok(events) => events.into_iter().map(|e| e.frame).collect(),
                 Err(error) => {
                     tracing::warn!(room.id = %self.id, %error, "replay after a move failed; dropping the gateway");
@@ -54,7 +55,8 @@ impl Room {
             return vec![server::history(&events, Page::default())];
         }
         let gap = since + 1 < self.first_seq;
-        match self.store.events_after(&self.id, since, self.settings.history_limit).await {
+        let events = self.store.events_after(&self.id, since, self.settings.history_limit);
+        match self.within_lease(events).await {
             Ok(events) => {
                 let frames: Vec<Bytes> = events.into_iter().map(|e| e.frame).collect();
                 let mut pages: Vec<Bytes> = frames
@@ -92,7 +94,7 @@ impl Room {
                 .map(|e| (*e).clone())
                 .collect()
         } else {
-            match self.store.events_before(&self.id, before, limit).await {
+            match self.within_lease(self.store.events_before(&self.id, before, limit)).await {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(room.id = %self.id, %error, "history page failed");
@@ -114,7 +116,7 @@ impl Room {
             return None;
         }
         if self.stale {
-            match self.store.load(&self.id).await {
+            match self.within_lease(self.store.load(&self.id)).await {
                 Ok(loaded) => {
                     let (before, epoch) = (self.seq, self.epoch.clone());
                     self.apply_loaded(loaded);

@@ -22,6 +22,9 @@ pub struct MemoryStore {
     /// Tests make commits fail, as a store that does not answer would.
     #[cfg(test)]
     refuse_commits: Arc<std::sync::atomic::AtomicBool>,
+    /// Tests make every call wait, as a store behind a partition would.
+    #[cfg(test)]
+    silent: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 struct MemRoom {
@@ -70,6 +73,24 @@ impl MemoryStore {
             history_limit: history_limit.max(1),
             #[cfg(test)]
             refuse_commits: Arc::default(),
+            #[cfg(test)]
+            silent: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+
+    /// From now on, calls wait without an answer (`true`), or are answered
+    /// again, the waiting ones included.
+    #[cfg(test)]
+    pub fn silence(&self, silent: bool) {
+        self.silent.send_replace(silent);
+    }
+
+    /// Waits while a test keeps the store silent; at once otherwise.
+    pub(super) async fn answer(&self) {
+        #[cfg(test)]
+        {
+            let mut silent = self.silent.subscribe();
+            let _ = silent.wait_for(|silent| !*silent).await;
         }
     }
 

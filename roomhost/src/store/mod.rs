@@ -89,6 +89,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the room's lease is no longer ours")]
     LeaseLost,
+    /// The room's lease ran out by this process's clock before the store
+    /// answered: like a timeout, the write may or may not have landed.
+    #[error("the room's lease ran out before the store answered")]
+    LeaseRanOut,
 }
 
 /// Who holds (or wants) a room: `ADDRESS#INSTANCE`, unique per process.
@@ -151,7 +155,10 @@ impl Store {
     /// Loads a room, creating its epoch if the store has never seen it.
     pub async fn load(&self, room: &RoomId) -> Result<LoadedRoom, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.load(room)),
+            Self::Memory(s) => {
+                s.answer().await;
+                Ok(s.load(room))
+            }
             Self::Redis(s) => s.load(room).await,
         }
     }
@@ -168,7 +175,10 @@ impl Store {
         ttl: Duration,
     ) -> Result<Renewal, StoreError> {
         match self {
-            Self::Memory(s) => s.commit(room, (me, lease), commit, ttl),
+            Self::Memory(s) => {
+                s.answer().await;
+                s.commit(room, (me, lease), commit, ttl)
+            }
             Self::Redis(s) => s.commit(room, (me, lease), commit, ttl).await,
         }
     }
@@ -262,7 +272,10 @@ impl Store {
         if_held: IfHeld,
     ) -> Result<Acquired, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.acquire(room, me, ttl, if_held)),
+            Self::Memory(s) => {
+                s.answer().await;
+                Ok(s.acquire(room, me, ttl, if_held))
+            }
             Self::Redis(s) => s.acquire(room, me, ttl, if_held).await,
         }
     }
@@ -279,6 +292,7 @@ impl Store {
     ) -> Result<Vec<Renewal>, StoreError> {
         match self {
             Self::Memory(s) => {
+                s.answer().await;
                 Ok(leases.iter().map(|(room, lease)| s.renew(room, me, *lease, ttl)).collect())
             }
             Self::Redis(s) => s.renew_many(leases, me, ttl).await,
@@ -289,6 +303,7 @@ impl Store {
     pub async fn release(&self, room: &RoomId, me: &Owner, lease: Lease) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
+                s.answer().await;
                 s.release(room, me, lease);
                 Ok(())
             }
@@ -304,7 +319,10 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.events_after(room, after, limit)),
+            Self::Memory(s) => {
+                s.answer().await;
+                Ok(s.events_after(room, after, limit))
+            }
             Self::Redis(s) => s.events_after(room, after, limit).await,
         }
     }
@@ -317,7 +335,10 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.events_before(room, before, limit)),
+            Self::Memory(s) => {
+                s.answer().await;
+                Ok(s.events_before(room, before, limit))
+            }
             Self::Redis(s) => s.events_before(room, before, limit).await,
         }
     }

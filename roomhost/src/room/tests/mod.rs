@@ -31,11 +31,15 @@ struct Gateway {
 
 impl Cluster {
     fn new() -> Self {
+        Self::with_ttl(Duration::from_secs(5))
+    }
+
+    fn with_ttl(lease_ttl: Duration) -> Self {
         let store = MemoryStore::new(1000);
         let settings = RoomSettings {
             idle_timeout: Duration::from_secs(60),
             history_limit: 1000,
-            lease_ttl: Duration::from_secs(5),
+            lease_ttl,
             owner: Owner::new("here:1"),
         };
         let metrics = Arc::new(Metrics::new());
@@ -405,4 +409,45 @@ async fn a_claim_a_commit_finds_hands_the_room_over_without_waiting_for_a_renewa
     cluster.frame(&gw, gateway_frame::Kind::Drained(Drained {})).await;
     assert_eq!(gw.moved().await.as_deref(), Some("there:1"));
     assert_eq!(cluster.stored_seq().await, 1);
+}
+
+#[tokio::test]
+async fn a_store_that_stops_answering_gives_the_room_up_when_its_lease_runs_out() {
+    let ttl = Duration::from_secs(1);
+    let cluster = Cluster::with_ttl(ttl);
+    let (mut gw, _) = cluster.attach(1, None).await;
+    cluster.join(&mut gw, 1, "alice").await;
+    // The store goes behind a partition: nothing it is asked is answered.
+    // The lease was last extended before this, so it runs out within a TTL.
+    cluster.store.silence(true);
+    let cut = tokio::time::Instant::now();
+    cluster.chat(&gw, 1, "m1", 1).await;
+    cluster.chat(&gw, 1, "m2", 2).await;
+    // Both chats are refused, and the room is given up ("not here") once
+    // the lease ran out and the store stayed silent for the re-check: the
+    // commit in flight and the reload after it keep no turn waiting longer.
+    let mut refused = Vec::new();
+    let address = loop {
+        match gw.next().await {
+            host_frame::Kind::Direct(d) => {
+                for frame in parse(&d.frames) {
+                    match frame {
+                        ServerFrame::Error { code, id: Some(id), .. } if code == "unavailable" => {
+                            refused.push(id);
+                        }
+                        other => panic!("expected a refusal, got {other:?}"),
+                    }
+                }
+            }
+            host_frame::Kind::Moved(Moved { address }) => break address,
+            other => panic!("expected refusals, then Moved, got {other:?}"),
+        }
+    };
+    let given_up = cut.elapsed();
+    assert_eq!(address, None);
+    assert_eq!(refused, ["m1", "m2"]);
+    // A renewal tick and scheduling on top of the lease and the re-check.
+    let bound = ttl + crate::leases::LAPSE_RECHECK + Duration::from_millis(400);
+    assert!(given_up <= bound, "given up after {given_up:?}, bound {bound:?}");
+    cluster.store.silence(false);
 }
