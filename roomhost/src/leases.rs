@@ -24,7 +24,7 @@ use rooms_proto::RoomId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::store::{Lease, Owner, Renewal, Store};
+use crate::store::{Lease, Owner, Renewal, Store, StoreError};
 
 /// Leases renewed by one store call at most.
 pub const BATCH: usize = 16;
@@ -173,12 +173,28 @@ impl Renewer {
     }
 
     /// Until when the lease surely holds, by this process's clock (None
-    /// once the room no longer holds it here). A room's store calls wait no
-    /// longer: past it the room cannot act on an answer — another roomhost
-    /// may hold the room — and must act on the lapse instead.
+    /// once the room no longer holds it here).
     pub(crate) fn until(&self) -> Option<Instant> {
         let rooms = self.leases.shared.rooms();
         rooms.get(&self.room).filter(|e| e.id == self.id).map(|e| e.until)
+    }
+
+    /// A store call the room waits for, waited for only while the lease
+    /// surely holds: past that an answer could not be acted on (another
+    /// roomhost may hold the room now), and the room must take up the
+    /// lapse its renewals report — a partition from the store must not
+    /// keep the room, and its gateways, waiting past the lease. Past it
+    /// the call fails as a timeout would: what it wrote may have landed.
+    pub(crate) async fn within_lease<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.until() {
+            Some(until) => {
+                tokio::time::timeout_at(until, call).await.unwrap_or(Err(StoreError::LeaseRanOut))
+            }
+            None => call.await,
+        }
     }
 
     /// A commit sent at `started` under `lease` extended it: the next

@@ -70,7 +70,10 @@ impl ClassRoom {
             Command::Wake => {
                 if self.load_book().await
                     && self.alarms.next().is_none_or(|at| at > super::alarms::now_ms())
-                    && let Err(error) = self.store.index_alarm(&self.id, self.alarms.next()).await
+                    && let Err(error) = self
+                        .renewer
+                        .within_lease(self.store.index_alarm(&self.id, self.alarms.next()))
+                        .await
                 {
                     tracing::debug!(room.id = %self.id, %error, "correcting the alarm index failed");
                 }
@@ -301,7 +304,7 @@ impl ClassRoom {
             if !self.load_book().await {
                 return None;
             }
-            let storage = match self.store.load_storage(&self.id).await {
+            let storage = match self.renewer.within_lease(self.store.load_storage(&self.id)).await {
                 Ok(storage) => storage,
                 Err(error) => {
                     tracing::warn!(room.id = %self.id, %error, "loading the class room's storage failed");

@@ -291,7 +291,16 @@ impl ClassRoom {
     /// Gives the room up: the lease released (if still ours), every gateway
     /// and queued command sent to `target`.
     async fn finish_move(mut self, mut rx: Inbox<Command>, target: Moved, release: bool) -> Ended {
-        self.flush().await;
+        // What is in flight is waited for while the lease holds: past it no
+        // answer could be acted on, and the gateways wait for `Moved`.
+        match self.renewer.until() {
+            Some(until) => {
+                if tokio::time::timeout_at(until, self.flush()).await.is_err() {
+                    tracing::warn!(room.id = %self.id, "the lease ran out before the last commit was answered; its outputs are dropped");
+                }
+            }
+            None => self.flush().await,
+        }
         self.instance = None;
         if release {
             self.release_lease().await;
@@ -392,7 +401,7 @@ impl ClassRoom {
     /// runs the class).
     pub(super) async fn load_book(&mut self) -> bool {
         if !self.book.is_loaded() {
-            match self.store.load_ran(&self.id).await {
+            match self.renewer.within_lease(self.store.load_ran(&self.id)).await {
                 Ok(ran) => self.book.loaded(ran),
                 Err(error) => {
                     tracing::warn!(room.id = %self.id, %error, "loading the class room's gateways failed");
@@ -401,7 +410,7 @@ impl ClassRoom {
             }
         }
         if !self.alarms.is_loaded() {
-            match self.store.load_alarms(&self.id).await {
+            match self.renewer.within_lease(self.store.load_alarms(&self.id)).await {
                 Ok(alarms) => {
                     tracing::debug!(room.id = %self.id, alarms = alarms.len(), "class room alarms loaded");
                     self.alarms.loaded(alarms);

@@ -36,6 +36,10 @@ impl Cluster {
     }
 
     fn on(store: MemoryStore, owner: &str) -> Self {
+        Self::with_ttl(store, owner, Duration::from_secs(5))
+    }
+
+    fn with_ttl(store: MemoryStore, owner: &str, lease_ttl: Duration) -> Self {
         let owner = Owner::new(owner);
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/workerd-chat/worker.js");
         let spec: ClassSpec = format!("chat-*={path}#ChatRoom").parse().unwrap();
@@ -47,7 +51,7 @@ impl Cluster {
         let settings = RoomSettings {
             idle_timeout: Duration::from_secs(60),
             history_limit: 1000,
-            lease_ttl: Duration::from_secs(5),
+            lease_ttl,
             owner: owner.clone(),
         };
         let registry =
@@ -344,4 +348,32 @@ async fn a_room_woken_with_nothing_due_corrects_the_alarm_index() {
     cluster.send(Command::Wake).await;
     cluster.processed().await;
     assert!(cluster.store.due_alarms(u64::MAX, 10).is_empty(), "the room said it has none");
+}
+
+#[tokio::test]
+async fn a_class_room_whose_store_stops_answering_is_given_up_when_its_lease_runs_out() {
+    let ttl = Duration::from_secs(1);
+    let cluster = Cluster::with_ttl(MemoryStore::new(1000), "here:1", ttl);
+    let mut gw = cluster.attach(1).await;
+    cluster.handshake(1, 10, "alice").await;
+    while !matches!(next(&mut gw).await, host_frame::Kind::HandshakeReply(_)) {}
+    // The store goes behind a partition while a write of the class's is
+    // in flight: the re-check of the lapsed lease and the flush before the
+    // move wait no longer than the lease, and what the write would have
+    // sent never leaves.
+    cluster.store.silence(true);
+    let cut = tokio::time::Instant::now();
+    cluster.text(1, 10, r#"{"type":"name","name":"Ann"}"#).await;
+    let address = loop {
+        match next(&mut gw).await {
+            host_frame::Kind::Moved(Moved { address }) => break address,
+            host_frame::Kind::SocketSend(send) => panic!("sent unstored: {send:?}"),
+            _ => {}
+        }
+    };
+    let given_up = cut.elapsed();
+    assert_eq!(address, None);
+    let bound = ttl + crate::leases::LAPSE_RECHECK + Duration::from_millis(400);
+    assert!(given_up <= bound, "given up after {given_up:?}, bound {bound:?}");
+    cluster.store.silence(false);
 }

@@ -75,7 +75,7 @@ impl Room {
             let held = (&self.settings.owner, self.lease);
             let ttl = self.settings.lease_ttl;
             let commit = self.store.commit(&self.id, held, &self.staged.commit, ttl);
-            let result = self.within_lease(commit).await;
+            let result = self.renewer.within_lease(commit).await;
             let metrics = self.metrics();
             metrics.redis_write_seconds.observe(started.elapsed().as_secs_f64());
             metrics.redis_batch_events.observe(self.staged.commit.events.len() as f64);

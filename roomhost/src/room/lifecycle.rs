@@ -143,23 +143,6 @@ impl Room {
         }
     }
 
-    /// A store call of the room's turn, waited for only while the lease
-    /// surely holds: once it ran out, an answer could not be acted on
-    /// (another roomhost may hold the room now), and the room must take up
-    /// the lapse the renewals report — a partition from the store must not
-    /// keep a turn, and the room's gateways, waiting past the lease.
-    pub(super) async fn within_lease<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        match self.renewer.until() {
-            Some(until) => {
-                tokio::time::timeout_at(until, call).await.unwrap_or(Err(StoreError::LeaseRanOut))
-            }
-            None => call.await,
-        }
-    }
-
     /// The lease looked lost: take it again if nobody else did (our state
     /// is then reloaded), else hand the room to its holder.
     pub(super) async fn recheck_lease(&mut self) -> Recheck {

@@ -16,7 +16,7 @@ impl Room {
             self.recent.iter().filter(|e| e.seq > after).map(|e| e.frame.clone()).collect()
         } else {
             let events = self.store.events_after(&self.id, after, self.settings.history_limit);
-            match self.within_lease(events).await {
+            match self.renewer.within_lease(events).await {
                 Ok(events) => events.into_iter().map(|e| e.frame).collect(),
                 Err(error) => {
                     tracing::warn!(room.id = %self.id, %error, "replay after a move failed; dropping the gateway");
@@ -56,7 +56,7 @@ impl Room {
         }
         let gap = since + 1 < self.first_seq;
         let events = self.store.events_after(&self.id, since, self.settings.history_limit);
-        match self.within_lease(events).await {
+        match self.renewer.within_lease(events).await {
             Ok(events) => {
                 let frames: Vec<Bytes> = events.into_iter().map(|e| e.frame).collect();
                 let mut pages: Vec<Bytes> = frames
@@ -94,7 +94,8 @@ impl Room {
                 .map(|e| (*e).clone())
                 .collect()
         } else {
-            match self.within_lease(self.store.events_before(&self.id, before, limit)).await {
+            match self.renewer.within_lease(self.store.events_before(&self.id, before, limit)).await
+            {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(room.id = %self.id, %error, "history page failed");
@@ -116,7 +117,7 @@ impl Room {
             return None;
         }
         if self.stale {
-            match self.within_lease(self.store.load(&self.id)).await {
+            match self.renewer.within_lease(self.store.load(&self.id)).await {
                 Ok(loaded) => {
                     let (before, epoch) = (self.seq, self.epoch.clone());
                     self.apply_loaded(loaded);

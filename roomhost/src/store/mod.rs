@@ -186,7 +186,10 @@ impl Store {
     /// A room class's stored keys and values, all of them.
     pub async fn load_storage(&self, room: &RoomId) -> Result<Vec<(String, String)>, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.load_storage(room)),
+            Self::Memory(s) => {
+                s.answer().await;
+                Ok(s.load_storage(room))
+            }
             Self::Redis(s) => s.load_storage(room).await,
         }
     }
@@ -194,7 +197,10 @@ impl Store {
     /// The last tag a class room ran per gateway ([`StorageWrite::Ran`]).
     pub async fn load_ran(&self, room: &RoomId) -> Result<Vec<(String, u64)>, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.load_ran(room)),
+            Self::Memory(s) => {
+                s.answer().await;
+                Ok(s.load_ran(room))
+            }
             Self::Redis(s) => s.load_ran(room).await,
         }
     }
@@ -202,7 +208,10 @@ impl Store {
     /// A class room's alarm and timers: name -> when (ms since the epoch).
     pub async fn load_alarms(&self, room: &RoomId) -> Result<Vec<(String, u64)>, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.load_alarms(room)),
+            Self::Memory(s) => {
+                s.answer().await;
+                Ok(s.load_alarms(room))
+            }
             Self::Redis(s) => s.load_alarms(room).await,
         }
     }
@@ -211,6 +220,7 @@ impl Store {
     pub async fn index_alarm(&self, room: &RoomId, at: Option<u64>) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
+                s.answer().await;
                 s.index_alarm(room, at);
                 Ok(())
             }
@@ -222,6 +232,7 @@ impl Store {
     pub async fn lower_alarm(&self, room: &RoomId, at: u64) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
+                s.answer().await;
                 s.lower_alarm(room, at);
                 Ok(())
             }
@@ -237,7 +248,10 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(RoomId, u64)>, StoreError> {
         let due = match self {
-            Self::Memory(s) => s.due_alarms(now, limit),
+            Self::Memory(s) => {
+                s.answer().await;
+                s.due_alarms(now, limit)
+            }
             Self::Redis(s) => s.due_alarms(now, limit).await?,
         };
         Ok(due
@@ -256,7 +270,10 @@ impl Store {
         writes: &[StorageWrite],
     ) -> Result<(), StoreError> {
         match self {
-            Self::Memory(s) => s.commit_storage(room, me, lease, writes),
+            Self::Memory(s) => {
+                s.answer().await;
+                s.commit_storage(room, me, lease, writes)
+            }
             Self::Redis(s) => s.commit_storage(room, me, lease, writes).await,
         }
     }
@@ -346,7 +363,10 @@ impl Store {
     /// Latest seq of a room without loading it (0 if unknown).
     pub async fn latest_seq(&self, room: &RoomId) -> Result<u64, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.latest_seq(room)),
+            Self::Memory(s) => {
+                s.answer().await;
+                Ok(s.latest_seq(room))
+            }
             Self::Redis(s) => s.latest_seq(room).await,
         }
     }
