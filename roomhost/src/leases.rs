@@ -73,6 +73,8 @@ struct Shared {
     /// roomhost may hold, `--max-rooms`).
     rooms: Mutex<HashMap<RoomId, Entry>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// What each room's `until` is counted from, in its [`Checks`].
+    epoch: Instant,
 }
 
 struct Entry {
@@ -86,16 +88,37 @@ struct Entry {
     checks: Arc<Checks>,
 }
 
-/// A room's findings, waiting for it to act on them: at most
-/// [`CHECKS_QUEUED`]. A queue and a wake-up rather than a channel, whose
-/// first block alone (32 slots) would cost every active room 800 bytes.
+impl Entry {
+    /// The lease surely holds until `until`, and is renewed at `due`.
+    fn extend(&mut self, epoch: Instant, until: Instant, due: Instant) {
+        (self.until, self.due) = (until, due);
+        self.checks.hold_until(epoch, until);
+    }
+}
+
+/// What the renewals tell a room: its findings, waiting for it to act on
+/// them (at most [`CHECKS_QUEUED`]), and until when its lease surely holds,
+/// which every store call of the room reads without the map's lock. A
+/// queue and a wake-up rather than a channel, whose first block alone (32
+/// slots) would cost every active room 800 bytes.
 #[derive(Default)]
 struct Checks {
     queue: Mutex<VecDeque<LeaseCheck>>,
     ready: Notify,
+    /// [`Entry::until`], in nanoseconds after [`Shared::epoch`].
+    until: std::sync::atomic::AtomicU64,
 }
 
 impl Checks {
+    fn hold_until(&self, epoch: Instant, until: Instant) {
+        let nanos = u64::try_from(until.saturating_duration_since(epoch).as_nanos());
+        self.until.store(nanos.unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn until(&self, epoch: Instant) -> Instant {
+        epoch + Duration::from_nanos(self.until.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Past the limit the newer finding is dropped: the room acts on the
     /// ones before, and the next renewal finds the same.
     fn push(&self, check: LeaseCheck) {
@@ -120,6 +143,7 @@ impl Leases {
             ttl,
             rooms: Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            epoch: Instant::now(),
         });
         let task = tokio::spawn(renew(Arc::clone(&shared)));
         Arc::new(Self { shared, task })
@@ -133,6 +157,7 @@ impl Leases {
     ) -> Renewer {
         let id = self.shared.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let checks = Arc::new(Checks::default());
+        checks.hold_until(self.shared.epoch, until);
         let due = due_after(Instant::now(), self.shared.ttl);
         let entry = Entry { id, lease, until, due, checks: Arc::clone(&checks) };
         self.shared.rooms().insert(room.clone(), entry);
@@ -167,16 +192,13 @@ impl Renewer {
         let shared = &self.leases.shared;
         if let Some(entry) = shared.rooms().get_mut(&self.room).filter(|e| e.id == self.id) {
             entry.lease = lease;
-            entry.until = until;
-            entry.due = due_after(Instant::now(), shared.ttl);
+            entry.extend(shared.epoch, until, due_after(Instant::now(), shared.ttl));
         }
     }
 
-    /// Until when the lease surely holds, by this process's clock (None
-    /// once the room no longer holds it here).
-    pub(crate) fn until(&self) -> Option<Instant> {
-        let rooms = self.leases.shared.rooms();
-        rooms.get(&self.room).filter(|e| e.id == self.id).map(|e| e.until)
+    /// Until when the lease surely holds, by this process's clock.
+    pub(crate) fn until(&self) -> Instant {
+        self.checks.until(self.leases.shared.epoch)
     }
 
     /// A store call the room waits for, waited for only while the lease
@@ -189,22 +211,19 @@ impl Renewer {
         &self,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match self.until() {
-            Some(until) => {
-                tokio::time::timeout_at(until, call).await.unwrap_or(Err(StoreError::LeaseRanOut))
-            }
-            None => call.await,
-        }
+        let until = self.until();
+        tokio::time::timeout_at(until, call).await.unwrap_or(Err(StoreError::LeaseRanOut))
     }
 
     /// A commit sent at `started` under `lease` extended it: the next
     /// renewal waits. (A claim the commit found, the room acts on itself.)
     pub(crate) fn renewed(&self, lease: Lease, started: Instant) {
-        let ttl = self.leases.shared.ttl;
-        let mut rooms = self.leases.shared.rooms();
+        let shared = &self.leases.shared;
+        let ttl = shared.ttl;
+        let mut rooms = shared.rooms();
         let entry = rooms.get_mut(&self.room).filter(|e| e.id == self.id && e.lease == lease);
         if let Some(entry) = entry.filter(|e| e.until < started + ttl) {
-            (entry.until, entry.due) = (started + ttl, due_after(started, ttl));
+            entry.extend(shared.epoch, started + ttl, due_after(started, ttl));
         }
     }
 
@@ -281,11 +300,11 @@ async fn renew_batch(shared: &Shared, leases: &[(RoomId, Lease)], holders: &[Hol
         };
         let check = match answers.as_ref().map(|a| &a[i]) {
             Some(Renewal::Ours) => {
-                (entry.until, entry.due) = (started + shared.ttl, due_after(started, shared.ttl));
+                entry.extend(shared.epoch, started + shared.ttl, due_after(started, shared.ttl));
                 continue;
             }
             Some(Renewal::Claimed(by)) => {
-                (entry.until, entry.due) = (started + shared.ttl, due_after(started, shared.ttl));
+                entry.extend(shared.epoch, started + shared.ttl, due_after(started, shared.ttl));
                 tracing::info!(room.id = %room, claimant = %by.0, "a gateway could not reach this roomhost; handing the room to the roomhost it reached");
                 LeaseCheck::Claimed(by.address().to_owned())
             }
@@ -393,6 +412,8 @@ mod tests {
         let started = Instant::now();
         renewer.renewed(lease, started);
         assert_eq!(entry(), (started + ttl, started + ttl / 2));
+        // The room's store calls see the same bound.
+        assert_eq!(renewer.until(), started + ttl);
         // An older commit's answer, or one under a lease taken since, changes nothing.
         renewer.renewed(lease, started - ttl / 4);
         renewer.renewed(Lease { fence: lease.fence + 1 }, started + ttl / 4);

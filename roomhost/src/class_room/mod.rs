@@ -293,13 +293,8 @@ impl ClassRoom {
     async fn finish_move(mut self, mut rx: Inbox<Command>, target: Moved, release: bool) -> Ended {
         // What is in flight is waited for while the lease holds: past it no
         // answer could be acted on, and the gateways wait for `Moved`.
-        match self.renewer.until() {
-            Some(until) => {
-                if tokio::time::timeout_at(until, self.flush()).await.is_err() {
-                    tracing::warn!(room.id = %self.id, "the lease ran out before the last commit was answered; its outputs are dropped");
-                }
-            }
-            None => self.flush().await,
+        if tokio::time::timeout_at(self.renewer.until(), self.flush()).await.is_err() {
+            tracing::warn!(room.id = %self.id, "the lease ran out before the last commit was answered; its outputs are dropped");
         }
         self.instance = None;
         if release {

@@ -11,6 +11,7 @@
 mod memory;
 mod redis;
 mod redis_class;
+mod redis_cmd;
 mod redis_conn;
 #[cfg(test)]
 mod redis_tests;

@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::{Script, Value, cmd, pipe};
+
+use super::redis_cmd::{Keys, ScriptCall, StreamId};
 use rooms_proto::RoomId;
 
 use super::redis_conn::Conn;
@@ -137,55 +139,6 @@ impl Scripts {
     }
 }
 
-/// A room's keys, each made when a command needs it (`rooms:{R}:…`).
-pub(super) struct Keys<'a>(&'a RoomId);
-
-impl<'a> Keys<'a> {
-    pub(super) fn of(room: &'a RoomId) -> Self {
-        Self(room)
-    }
-
-    fn key(&self, what: &str) -> String {
-        format!("rooms:{{{}}}:{what}", self.0)
-    }
-
-    fn history(&self) -> String {
-        self.key("history")
-    }
-
-    fn names(&self) -> String {
-        self.key("names")
-    }
-
-    fn meta(&self) -> String {
-        self.key("meta")
-    }
-
-    pub(super) fn lease(&self) -> String {
-        self.key("lease")
-    }
-
-    fn claim(&self) -> String {
-        self.key("claim")
-    }
-
-    pub(super) fn storage(&self) -> String {
-        self.key("storage")
-    }
-
-    pub(super) fn ran(&self) -> String {
-        self.key("ran")
-    }
-
-    pub(super) fn alarms(&self) -> String {
-        self.key("alarms")
-    }
-}
-
-fn stream_id(seq: u64) -> String {
-    format!("{seq}-0")
-}
-
 impl RedisStore {
     /// Connects (and keeps reconnecting in the background when the link drops).
     pub async fn connect(url: &str, history_limit: usize) -> Result<Self, StoreError> {
@@ -252,22 +205,18 @@ impl RedisStore {
             return Ok(Renewal::Ours);
         };
         let keys = Keys::of(room);
-        let mut call = self.scripts.commit.prepare_invoke();
-        call.key(keys.lease())
-            .key(keys.history())
-            .key(keys.names())
-            .key(keys.meta())
-            .key(keys.claim());
+        let keys = [keys.lease(), keys.history(), keys.names(), keys.meta(), keys.claim()];
+        let mut call = ScriptCall::new(&self.scripts.commit, &keys);
         call.arg(&me.0).arg(lease.fence).arg(self.history_limit).arg(last).arg(commit.events.len());
         call.arg(ttl.as_millis() as u64);
         for event in &commit.events {
-            call.arg(stream_id(event.seq)).arg(event.frame.as_ref());
+            call.arg(StreamId(event.seq)).arg(event.frame.as_ref());
         }
         for (user, name) in &commit.names {
             call.arg(user).arg(name);
         }
         let mut conn = self.conn.clone();
-        match call.invoke_async::<Value>(&mut conn).await? {
+        match call.invoke::<Value>(&mut conn).await? {
             Value::Int(1) => Ok(Renewal::Ours),
             Value::Int(_) => Err(StoreError::LeaseLost),
             Value::BulkString(claimant) => String::from_utf8(claimant)
@@ -285,18 +234,12 @@ impl RedisStore {
         if_held: IfHeld,
     ) -> Result<Acquired, StoreError> {
         let keys = Keys::of(room);
+        let mut call =
+            ScriptCall::new(&self.scripts.acquire, &[keys.lease(), keys.meta(), keys.claim()]);
+        call.arg(&me.0).arg(ttl.as_millis() as u64);
+        call.arg(if if_held == IfHeld::Claim { "1" } else { "0" });
         let mut conn = self.conn.clone();
-        let (ours, value): (i64, String) = self
-            .scripts
-            .acquire
-            .key(keys.lease())
-            .key(keys.meta())
-            .key(keys.claim())
-            .arg(&me.0)
-            .arg(ttl.as_millis() as u64)
-            .arg(if if_held == IfHeld::Claim { "1" } else { "0" })
-            .invoke_async(&mut conn)
-            .await?;
+        let (ours, value): (i64, String) = call.invoke(&mut conn).await?;
         if ours == 1 {
             let fence = value.parse().map_err(|_| StoreError::Corrupt("lease fence".into()))?;
             Ok(Acquired::Ours(Lease { fence }))
@@ -328,14 +271,17 @@ impl RedisStore {
         me: &Owner,
         ttl: Duration,
     ) -> Result<Vec<Renewal>, StoreError> {
-        let mut call = self.scripts.renew.prepare_invoke();
+        let keys: Vec<_> = leases
+            .iter()
+            .flat_map(|(room, _)| [Keys::of(room).lease(), Keys::of(room).claim()])
+            .collect();
+        let mut call = ScriptCall::new(&self.scripts.renew, &keys);
         call.arg(&me.0).arg(ttl.as_millis() as u64);
-        for (room, lease) in leases {
-            let keys = Keys::of(room);
-            call.key(keys.lease()).key(keys.claim()).arg(lease.fence);
+        for (_, lease) in leases {
+            call.arg(lease.fence);
         }
         let mut conn = self.conn.clone();
-        let answers: Vec<(i64, String)> = call.invoke_async(&mut conn).await?;
+        let answers: Vec<(i64, String)> = call.invoke(&mut conn).await?;
         if answers.len() != leases.len() {
             return Err(StoreError::Corrupt("renewals answered".into()));
         }
@@ -350,16 +296,10 @@ impl RedisStore {
     }
 
     pub async fn release(&self, room: &RoomId, me: &Owner, lease: Lease) -> Result<(), StoreError> {
-        let keys = Keys::of(room);
+        let mut call = ScriptCall::new(&self.scripts.release, &[Keys::of(room).lease()]);
+        call.arg(&me.0).arg(lease.fence);
         let mut conn = self.conn.clone();
-        let _: i64 = self
-            .scripts
-            .release
-            .key(keys.lease())
-            .arg(&me.0)
-            .arg(lease.fence)
-            .invoke_async(&mut conn)
-            .await?;
+        let _: i64 = call.invoke(&mut conn).await?;
         Ok(())
     }
 
@@ -373,7 +313,7 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let value: Value = cmd("XRANGE")
             .arg(keys.history())
-            .arg(stream_id(after.saturating_add(1)))
+            .arg(StreamId(after.saturating_add(1)))
             .arg("+")
             .arg("COUNT")
             .arg(limit)
@@ -395,7 +335,7 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let value: Value = cmd("XREVRANGE")
             .arg(keys.history())
-            .arg(stream_id(before - 1))
+            .arg(StreamId(before - 1))
             .arg("-")
             .arg("COUNT")
             .arg(limit)

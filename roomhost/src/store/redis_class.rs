@@ -20,7 +20,8 @@ use std::sync::OnceLock;
 use redis::{Script, cmd};
 use rooms_proto::RoomId;
 
-use super::redis::{Keys, RedisStore};
+use super::redis::RedisStore;
+use super::redis_cmd::{Keys, ScriptCall};
 use super::{Lease, Owner, StorageWrite, StoreError};
 
 /// The sorted set of rooms by their earliest alarm.
@@ -99,8 +100,8 @@ impl RedisStore {
             return Ok(());
         }
         let keys = Keys::of(room);
-        let mut call = commit_script().prepare_invoke();
-        call.key(keys.lease()).key(keys.storage()).key(keys.ran()).key(keys.alarms());
+        let keys = [keys.lease(), keys.storage(), keys.ran(), keys.alarms()];
+        let mut call = ScriptCall::new(commit_script(), &keys);
         call.arg(&me.0).arg(lease.fence);
         for write in writes {
             match write {
@@ -114,7 +115,7 @@ impl RedisStore {
             };
         }
         let mut conn = self.conn.clone();
-        match call.invoke_async::<i64>(&mut conn).await? {
+        match call.invoke::<i64>(&mut conn).await? {
             1 => Ok(()),
             _ => Err(StoreError::LeaseLost),
         }
