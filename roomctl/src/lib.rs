@@ -1,5 +1,5 @@
 //! `roomctl`: the operator CLI over the Admin API ([`admin`]), the load
-//! generator ([`bench`], with [`cold`] for rooms loaded from Redis) and a dev
+//! generator ([`bench`](mod@bench), with [`cold`] for rooms loaded from Redis) and a dev
 //! token minter ([`token`]); [`cli`] is its command line.
 #![forbid(unsafe_code)]
 

@@ -22,6 +22,10 @@ pub const DEFAULT_LEASE_TTL: &str = "5s";
 /// A rooms roomhost: owns rooms, persists them to Redis, serves gateways over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "roomhost", version, args_override_self = true)]
+#[allow(
+    rustdoc::broken_intra_doc_links,
+    reason = "the fields' docs are `--help` in a terminal: `[:PASSWORD@]` is a URL's syntax there"
+)]
 pub struct Args {
     /// gRPC listen address.
     #[arg(long, env = "ROOMHOST_LISTEN", default_value = DEFAULT_LISTEN)]
