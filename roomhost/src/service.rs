@@ -143,6 +143,7 @@ impl RoomHost for RoomHostService {
             tx,
             resume_after: open.resume_after,
             writes_welcome: open.writes_welcome,
+            known_users: open.known_users,
         };
         let mut handle = self.registry.dispatch(&room, attach, wait).instrument(span).await?;
         tracing::debug!(room.id = %room, gateway, gateway.name = %open.gateway_id, "room stream attached");

@@ -529,3 +529,27 @@ async fn after_a_move_a_welcome_lists_everyone_still_there_with_their_names() {
         assert_eq!(listed, expected, "{user}'s welcome on gateway {gateway}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_whose_gateway_went_down_with_the_owner_is_seen_leaving() {
+    // Ann is on gateway 0, Bob on gateway 1. Gateway 0 freezes, then the
+    // room's owner and gateway 0 are SIGKILLed: the old owner never learns
+    // that Ann's connection is gone, and nobody brings Ann to the new
+    // owner. Gateway 1 tells it whom its clients know; once the new owner
+    // has waited for them, Bob is told that Ann left.
+    let room = "gone";
+    let mut cluster = cluster(2).await;
+    let (mut bob, _, _) = Client::join(&cluster.gateways[1].ws_url(room, "user=bob")).await;
+    let (_ann, _, _) = Client::join(&cluster.gateways[0].ws_url(room, "user=ann")).await;
+    bob.until(|f| matches!(f, ServerFrame::Join { user_id, .. } if user_id == "ann")).await;
+    let owner = cluster.owner_of(room).await;
+    let killed_at = Instant::now();
+    cluster.gateways[0].process.freeze();
+    cluster.roomhosts[owner].process.kill();
+    cluster.gateways[0].process.kill();
+    bob.until(|f| matches!(f, ServerFrame::Leave { user_id, .. } if user_id == "ann")).await;
+    eprintln!("Bob saw Ann leave {:?} after the kill", killed_at.elapsed());
+    // Bob is still served, by the new owner.
+    bob.chat("still here", "m1").await;
+    bob.until(|f| matches!(f, ServerFrame::Chat { id, .. } if id.as_deref() == Some("m1"))).await;
+}

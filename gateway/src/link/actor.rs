@@ -61,7 +61,9 @@ pub(super) struct Link {
     unanswered: Unanswered,
     pub(super) class: ClassSide,
     presence: Presence,
-    roster: Roster,
+    /// The room's users as the stream last told them; a new owner learns
+    /// them from it (`Open.known_users`).
+    pub(super) roster: Roster,
 }
 
 /// Counts a delivery of `frames` frames in the gateway's metrics.

@@ -119,6 +119,9 @@ impl Link {
             fallback,
             rejoins: u32::try_from(rejoins.len()).unwrap_or(u32::MAX),
             writes_welcome: true,
+            // Who our clients were told is present: those nobody brings
+            // back to the room's new owner are told gone.
+            known_users: self.roster.user_ids().map(str::to_owned).collect(),
         };
         let mut first = vec![frame(gateway_frame::Kind::Open(open))];
         for (conn, local) in &self.conns {

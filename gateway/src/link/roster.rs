@@ -38,6 +38,11 @@ impl Roster {
         }
     }
 
+    /// The present users' ids.
+    pub(super) fn user_ids(&self) -> impl Iterator<Item = &str> {
+        self.users.keys().map(|user| &**user)
+    }
+
     /// `user`'s `welcome` to `room`, listing the roster as it stands.
     pub(super) fn welcome(&self, room: &str, user: &str, welcome: &Welcome) -> Bytes {
         let users: Vec<UserEntry<'_>> = self

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rooms_cluster::{MembershipWatch, Ring};
-use rooms_proto::host::{Attached, Broadcast, Chat, Direct, Moved, Moving, host_frame};
+use rooms_proto::host::{
+    Attached, Broadcast, Chat, Direct, Moved, Moving, Roster, RosterUser, host_frame,
+};
 use rooms_server::Stop;
 use tonic::Status;
 
@@ -169,6 +171,10 @@ async fn a_move_drains_holds_frames_and_follows_the_redirect_resuming_after_the_
         (Host::start(Behaviour::Answer).await, Host::start(Behaviour::Answer).await);
     let gateway = Gateway::new(&[&first.address], "lobby");
     let (alice, mut stream) = gateway.welcome_alice(&mut first, 7).await;
+    // The room's users, as this stream tells them.
+    let users = ["alice", "bob"].map(|u| RosterUser { user_id: u.into(), name: None });
+    let roster = Roster { reset: true, present: users.to_vec(), absent: Vec::new() };
+    stream.send(host_frame::Kind::Roster(roster), 7).await;
     // Moving: the link answers Drained and sends nothing more there.
     stream.send(host_frame::Kind::Moving(Moving {}), 7).await;
     assert!(matches!(stream.next().await, gateway_frame::Kind::Drained(_)));
@@ -179,6 +185,10 @@ async fn a_move_drains_holds_frames_and_follows_the_redirect_resuming_after_the_
     // what was held.
     let mut next = second.accept().await;
     assert_eq!((next.open.resume_after, next.open.fallback), (Some(7), true));
+    // It learns who the clients here were told is present.
+    let mut known = next.open.known_users.clone();
+    known.sort();
+    assert_eq!(known, ["alice", "bob"]);
     let sent = next.take(2).await;
     assert!(join_of(&sent[0]).rejoin, "a welcomed connection rejoins silently");
     assert_eq!(chats(&sent[1..]), [("while-moving".to_owned(), false)]);

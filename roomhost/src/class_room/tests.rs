@@ -90,6 +90,7 @@ impl Cluster {
             tx,
             resume_after: None,
             writes_welcome: false,
+            known_users: Vec::new(),
         })
         .await;
         for (conn, user) in sockets {
@@ -315,6 +316,7 @@ async fn a_gateway_whose_stream_broke_gets_its_sockets_back_with_what_was_sent_m
             tx,
             resume_after: None,
             writes_welcome: false,
+            known_users: Vec::new(),
         })
         .await;
     let socket = ClassSocket { tags: vec![], attachment: None, hibernatable: true };

@@ -7,7 +7,7 @@ use super::*;
 impl Room {
     pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Attach { gateway, tx, resume_after, writes_welcome, .. } => {
+            Command::Attach { gateway, tx, resume_after, writes_welcome, known_users, .. } => {
                 if let Some(moving) = &mut self.moving {
                     moving.deferred.push(tx);
                     return;
@@ -23,6 +23,7 @@ impl Room {
                 if writes_welcome {
                     self.send_roster(gateway);
                 }
+                self.expect_back(known_users);
             }
             Command::Detach { gateway } => {
                 if let Some(moving) = &mut self.moving {
@@ -227,7 +228,10 @@ impl Room {
         let arrived = *count == 1;
         if arrived {
             self.emit(); // a replaced connection's `leave` goes first
-            self.arrival(gateway, join.conn, &user, join.rejoin);
+            // Back after everyone was told it left: everyone is told.
+            let rejoined = join.rejoin && !self.came_back(&user);
+            self.accounted_for(&user);
+            self.arrival(gateway, join.conn, &user, rejoined);
         }
         if join.rejoin {
             // Back after a move: it already has everything up to the gateway's
@@ -260,6 +264,7 @@ impl Room {
             if self.moving.is_some() {
                 return;
             }
+            self.accounted_for(user);
             let frame = server::leave(user, self.display_name(user));
             self.staged.outputs.push(Output::Presence(frame));
         }

@@ -56,6 +56,9 @@ impl Room {
             let mut empty_since = Some(Instant::now());
             loop {
                 let idle_at = empty_since.map(|since| since + self.settings.idle_timeout);
+                // One timer for both: each one a room holds costs it memory.
+                let settle_at = self.absentees_due();
+                let wake_at = [idle_at, settle_at].into_iter().flatten().min();
                 let move_at = self.moving.as_ref().map(|m| m.deadline);
                 let first = tokio::select! {
                     // The lease first: a busy room must not outlive it.
@@ -89,8 +92,13 @@ impl Room {
                         Some(cmd) => Some(cmd),
                         None => break,
                     },
-                    () = sleep_until(idle_at), if idle_at.is_some() && self.moving.is_none() => {
-                        return Box::pin(self.hibernate(rx)).await;
+                    () = sleep_until(wake_at), if wake_at.is_some() && self.moving.is_none() => {
+                        if settle_at.is_some_and(|at| at <= Instant::now()) {
+                            self.settle_absentees();
+                            None
+                        } else {
+                            return Box::pin(self.hibernate(rx)).await;
+                        }
                     }
                     () = sleep_until(move_at), if move_at.is_some() => {
                         tracing::warn!(room.id = %self.id, "gateways did not drain in time; moving anyway");

@@ -21,11 +21,13 @@
 //! `lifecycle` the turn loop, lease and moves (renewed by the roomhost's
 //! `leases` task); `commands` one handler per command and client frame;
 //! `log` seqs, names and history; `roster` `welcome`, and the present users
-//! as gateways that write it themselves keep them; `commit` group commit and
-//! the output gate; `fanout` sending to gateways. Each submodule adds
+//! as gateways that write it themselves keep them; `absentees` users no
+//! gateway brought back after a move; `commit` group commit and the output
+//! gate; `fanout` sending to gateways. Each submodule adds
 //! methods to [`Room`] and sees its state; `tests` drives whole rooms over
 //! the memory store.
 
+mod absentees;
 mod commands;
 mod commit;
 mod fanout;
@@ -111,6 +113,9 @@ pub enum Command {
         /// The gateway writes its connections' `welcome` itself, from the
         /// room's roster (`Open.writes_welcome`).
         writes_welcome: bool,
+        /// Users the gateway's clients were told are present
+        /// (`Open.known_users`).
+        known_users: Vec<String>,
     },
     /// The gateway's stream ended: its connections left.
     Detach {
@@ -236,6 +241,11 @@ pub(crate) struct Room {
     reported: (i64, i64),
     /// The last commit was large: the next turn lingers for more.
     busy: bool,
+    /// When the room started here.
+    started: Instant,
+    /// Users a re-attaching gateway knew, while they are awaited after a
+    /// move (and those told gone); None almost always.
+    absentees: Option<Box<absentees::Absentees>>,
 }
 
 impl Room {
@@ -272,6 +282,8 @@ impl Room {
             moving: None,
             reported: (0, 0),
             busy: false,
+            started: Instant::now(),
+            absentees: None,
         };
         room.apply_loaded(loaded);
         room

@@ -11,6 +11,7 @@ use super::*;
 use crate::registry::{LeaseWait, Registry};
 use crate::store::{IfHeld, MemoryStore};
 
+mod absentees;
 mod roster;
 
 /// Longest wait for one frame; the store answers at once, so only a broken
@@ -75,6 +76,18 @@ impl Cluster {
         resume_after: Option<u64>,
         writes_welcome: bool,
     ) -> (Gateway, Vec<Bytes>) {
+        self.attach_knowing(id, resume_after, writes_welcome, Vec::new()).await
+    }
+
+    /// As [`Self::attach_as`], for a gateway back after a move whose
+    /// clients were told these users are present.
+    async fn attach_knowing(
+        &self,
+        id: GatewayId,
+        resume_after: Option<u64>,
+        writes_welcome: bool,
+        known_users: Vec<String>,
+    ) -> (Gateway, Vec<Bytes>) {
         let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
         let name = "gw".into();
         self.send(Command::Attach {
@@ -84,6 +97,7 @@ impl Cluster {
             tx,
             resume_after,
             writes_welcome,
+            known_users,
         })
         .await;
         let mut gateway = Gateway { id, rx };
@@ -340,6 +354,7 @@ async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new
             tx,
             resume_after: None,
             writes_welcome: false,
+            known_users: Vec::new(),
         })
         .await;
     one.quiet().await;
@@ -367,6 +382,7 @@ async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new
             tx,
             resume_after: None,
             writes_welcome: false,
+            known_users: Vec::new(),
         })
         .await;
     let frame = tokio::time::timeout(WAIT, again.recv()).await.unwrap().unwrap();
