@@ -15,8 +15,9 @@
 //! that arrived after it left.
 //!
 //! Bounded: at most [`MAX_CONNS_PER_ROOM`] users expected and as many told
-//! `leave`; the whole state exists only for a room that moved here with
-//! users, and the expected ones only until the window ends.
+//! `leave`. The whole state exists only for a room that moved here with
+//! users: the expected ones until the window ends, those told `leave`
+//! until they come back or the room stops.
 
 use std::collections::HashSet;
 
@@ -65,6 +66,9 @@ impl Room {
     pub(super) fn accounted_for(&mut self, user: &str) {
         if let Some(absentees) = &mut self.absentees {
             absentees.expected.remove(user);
+            if absentees.expected.is_empty() && absentees.declared.is_empty() {
+                self.absentees = None;
+            }
         }
     }
 
