@@ -79,6 +79,29 @@ impl Cluster {
         self.attach_knowing(id, resume_after, writes_welcome, Vec::new()).await
     }
 
+    /// Opens gateway `id`'s stream; what the room sends on it, whatever it is.
+    async fn open(
+        &self,
+        id: GatewayId,
+        resume_after: Option<u64>,
+        writes_welcome: bool,
+        known_users: Vec<String>,
+    ) -> mpsc::Receiver<Box<HostFrame>> {
+        let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
+        let (name, rejoins) = ("gw".into(), 0);
+        let attach = Command::Attach {
+            gateway: id,
+            name,
+            rejoins,
+            tx,
+            resume_after,
+            writes_welcome,
+            known_users,
+        };
+        self.send(attach).await;
+        rx
+    }
+
     /// As [`Self::attach_as`], for a gateway back after a move whose
     /// clients were told these users are present.
     async fn attach_knowing(
@@ -88,18 +111,7 @@ impl Cluster {
         writes_welcome: bool,
         known_users: Vec<String>,
     ) -> (Gateway, Vec<Bytes>) {
-        let (tx, rx) = mpsc::channel(GATEWAY_QUEUE);
-        let name = "gw".into();
-        self.send(Command::Attach {
-            gateway: id,
-            name,
-            rejoins: 0,
-            tx,
-            resume_after,
-            writes_welcome,
-            known_users,
-        })
-        .await;
+        let rx = self.open(id, resume_after, writes_welcome, known_users).await;
         let mut gateway = Gateway { id, rx };
         let mut replayed = Vec::new();
         loop {
@@ -345,18 +357,7 @@ async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new
     assert_eq!(seqs(&one.broadcast().await.0), [1]);
     assert_eq!(seqs(&two.broadcast().await.0), [1]);
     // A gateway arriving mid-move is sent on with the others.
-    let (tx, mut late) = mpsc::channel(GATEWAY_QUEUE);
-    cluster
-        .send(Command::Attach {
-            gateway: 3,
-            name: "gw3".into(),
-            rejoins: 0,
-            tx,
-            resume_after: None,
-            writes_welcome: false,
-            known_users: Vec::new(),
-        })
-        .await;
+    let mut late = cluster.open(3, None, false, Vec::new()).await;
     one.quiet().await;
     cluster.frame(&two, gateway_frame::Kind::Drained(Drained {})).await;
     let moved = |kind| matches!(kind, host_frame::Kind::Moved(Moved { address: Some(a) }) if a == "there:1");
@@ -373,18 +374,7 @@ async fn a_handoff_drains_every_gateway_stores_what_they_sent_then_names_the_new
     assert_eq!(cluster.stored_seq().await, 1);
     // The room is gone from this roomhost: what comes now starts it again,
     // and the store (the new owner holds the lease) sends it there.
-    let (tx, mut again) = mpsc::channel(GATEWAY_QUEUE);
-    cluster
-        .send(Command::Attach {
-            gateway: 4,
-            name: "gw4".into(),
-            rejoins: 0,
-            tx,
-            resume_after: None,
-            writes_welcome: false,
-            known_users: Vec::new(),
-        })
-        .await;
+    let mut again = cluster.open(4, None, false, Vec::new()).await;
     let frame = tokio::time::timeout(WAIT, again.recv()).await.unwrap().unwrap();
     assert!(moved(frame.kind.unwrap()));
 }
