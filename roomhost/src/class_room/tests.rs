@@ -375,7 +375,8 @@ async fn a_class_room_whose_store_stops_answering_is_given_up_when_its_lease_run
     };
     let given_up = cut.elapsed();
     assert_eq!(address, None);
-    let bound = ttl + crate::leases::LAPSE_RECHECK + Duration::from_millis(400);
+    // Real time (the class runs on its own thread): room for a loaded machine.
+    let bound = ttl + crate::leases::LAPSE_RECHECK + Duration::from_secs(1);
     assert!(given_up <= bound, "given up after {given_up:?}, bound {bound:?}");
     cluster.store.silence(false);
 }
