@@ -85,13 +85,14 @@ impl MemoryStore {
         self.silent.send_replace(silent);
     }
 
-    /// Waits while a test keeps the store silent; at once otherwise.
-    pub(super) async fn answer(&self) {
+    /// Itself, once it answers: after a test's silence, at once otherwise.
+    pub(super) async fn answered(&self) -> &Self {
         #[cfg(test)]
         {
             let mut silent = self.silent.subscribe();
             let _ = silent.wait_for(|silent| !*silent).await;
         }
+        self
     }
 
     /// From now on, commits fail (`true`) or work again.

@@ -156,10 +156,7 @@ impl Store {
     /// Loads a room, creating its epoch if the store has never seen it.
     pub async fn load(&self, room: &RoomId) -> Result<LoadedRoom, StoreError> {
         match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                Ok(s.load(room))
-            }
+            Self::Memory(s) => Ok(s.answered().await.load(room)),
             Self::Redis(s) => s.load(room).await,
         }
     }
@@ -176,10 +173,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<Renewal, StoreError> {
         match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                s.commit(room, (me, lease), commit, ttl)
-            }
+            Self::Memory(s) => s.answered().await.commit(room, (me, lease), commit, ttl),
             Self::Redis(s) => s.commit(room, (me, lease), commit, ttl).await,
         }
     }
@@ -187,10 +181,7 @@ impl Store {
     /// A room class's stored keys and values, all of them.
     pub async fn load_storage(&self, room: &RoomId) -> Result<Vec<(String, String)>, StoreError> {
         match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                Ok(s.load_storage(room))
-            }
+            Self::Memory(s) => Ok(s.answered().await.load_storage(room)),
             Self::Redis(s) => s.load_storage(room).await,
         }
     }
@@ -198,10 +189,7 @@ impl Store {
     /// The last tag a class room ran per gateway ([`StorageWrite::Ran`]).
     pub async fn load_ran(&self, room: &RoomId) -> Result<Vec<(String, u64)>, StoreError> {
         match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                Ok(s.load_ran(room))
-            }
+            Self::Memory(s) => Ok(s.answered().await.load_ran(room)),
             Self::Redis(s) => s.load_ran(room).await,
         }
     }
@@ -209,10 +197,7 @@ impl Store {
     /// A class room's alarm and timers: name -> when (ms since the epoch).
     pub async fn load_alarms(&self, room: &RoomId) -> Result<Vec<(String, u64)>, StoreError> {
         match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                Ok(s.load_alarms(room))
-            }
+            Self::Memory(s) => Ok(s.answered().await.load_alarms(room)),
             Self::Redis(s) => s.load_alarms(room).await,
         }
     }
@@ -221,8 +206,7 @@ impl Store {
     pub async fn index_alarm(&self, room: &RoomId, at: Option<u64>) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
-                s.answer().await;
-                s.index_alarm(room, at);
+                s.answered().await.index_alarm(room, at);
                 Ok(())
             }
             Self::Redis(s) => s.index_alarm(room, at).await,
@@ -233,8 +217,7 @@ impl Store {
     pub async fn lower_alarm(&self, room: &RoomId, at: u64) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
-                s.answer().await;
-                s.lower_alarm(room, at);
+                s.answered().await.lower_alarm(room, at);
                 Ok(())
             }
             Self::Redis(s) => s.lower_alarm(room, at).await,
@@ -249,10 +232,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(RoomId, u64)>, StoreError> {
         let due = match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                s.due_alarms(now, limit)
-            }
+            Self::Memory(s) => s.answered().await.due_alarms(now, limit),
             Self::Redis(s) => s.due_alarms(now, limit).await?,
         };
         Ok(due
@@ -271,10 +251,7 @@ impl Store {
         writes: &[StorageWrite],
     ) -> Result<(), StoreError> {
         match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                s.commit_storage(room, me, lease, writes)
-            }
+            Self::Memory(s) => s.answered().await.commit_storage(room, me, lease, writes),
             Self::Redis(s) => s.commit_storage(room, me, lease, writes).await,
         }
     }
@@ -290,10 +267,7 @@ impl Store {
         if_held: IfHeld,
     ) -> Result<Acquired, StoreError> {
         match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                Ok(s.acquire(room, me, ttl, if_held))
-            }
+            Self::Memory(s) => Ok(s.answered().await.acquire(room, me, ttl, if_held)),
             Self::Redis(s) => s.acquire(room, me, ttl, if_held).await,
         }
     }
@@ -310,7 +284,7 @@ impl Store {
     ) -> Result<Vec<Renewal>, StoreError> {
         match self {
             Self::Memory(s) => {
-                s.answer().await;
+                let s = s.answered().await;
                 Ok(leases.iter().map(|(room, lease)| s.renew(room, me, *lease, ttl)).collect())
             }
             Self::Redis(s) => s.renew_many(leases, me, ttl).await,
@@ -321,8 +295,7 @@ impl Store {
     pub async fn release(&self, room: &RoomId, me: &Owner, lease: Lease) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
-                s.answer().await;
-                s.release(room, me, lease);
+                s.answered().await.release(room, me, lease);
                 Ok(())
             }
             Self::Redis(s) => s.release(room, me, lease).await,
@@ -337,10 +310,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                Ok(s.events_after(room, after, limit))
-            }
+            Self::Memory(s) => Ok(s.answered().await.events_after(room, after, limit)),
             Self::Redis(s) => s.events_after(room, after, limit).await,
         }
     }
@@ -353,10 +323,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                Ok(s.events_before(room, before, limit))
-            }
+            Self::Memory(s) => Ok(s.answered().await.events_before(room, before, limit)),
             Self::Redis(s) => s.events_before(room, before, limit).await,
         }
     }
@@ -364,10 +331,7 @@ impl Store {
     /// Latest seq of a room without loading it (0 if unknown).
     pub async fn latest_seq(&self, room: &RoomId) -> Result<u64, StoreError> {
         match self {
-            Self::Memory(s) => {
-                s.answer().await;
-                Ok(s.latest_seq(room))
-            }
+            Self::Memory(s) => Ok(s.answered().await.latest_seq(room)),
             Self::Redis(s) => s.latest_seq(room).await,
         }
     }

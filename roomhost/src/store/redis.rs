@@ -28,10 +28,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::{Script, Value, cmd, pipe};
-
-use super::redis_cmd::{Keys, ScriptCall, StreamId};
 use rooms_proto::RoomId;
 
+use super::redis_cmd::{Keys, ScriptCall, StreamId};
 use super::redis_conn::Conn;
 pub use super::redis_conn::cluster_seeds;
 
