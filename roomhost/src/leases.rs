@@ -81,18 +81,21 @@ struct Entry {
     /// Which renewer registered it (a room started again gets a new one).
     id: u64,
     lease: Lease,
-    /// Until when the lease surely holds, by this process's clock.
-    until: Instant,
     /// When it is to be renewed next.
     due: Instant,
+    /// Also until when the lease surely holds, by this process's clock.
     checks: Arc<Checks>,
 }
 
 impl Entry {
     /// The lease surely holds until `until`, and is renewed at `due`.
     fn extend(&mut self, epoch: Instant, until: Instant, due: Instant) {
-        (self.until, self.due) = (until, due);
+        self.due = due;
         self.checks.hold_until(epoch, until);
+    }
+
+    fn until(&self, epoch: Instant) -> Instant {
+        self.checks.until(epoch)
     }
 }
 
@@ -105,7 +108,8 @@ impl Entry {
 struct Checks {
     queue: Mutex<VecDeque<LeaseCheck>>,
     ready: Notify,
-    /// [`Entry::until`], in nanoseconds after [`Shared::epoch`].
+    /// Until when the lease surely holds, in nanoseconds after
+    /// [`Shared::epoch`].
     until: std::sync::atomic::AtomicU64,
 }
 
@@ -159,7 +163,7 @@ impl Leases {
         let checks = Arc::new(Checks::default());
         checks.hold_until(self.shared.epoch, until);
         let due = due_after(Instant::now(), self.shared.ttl);
-        let entry = Entry { id, lease, until, due, checks: Arc::clone(&checks) };
+        let entry = Entry { id, lease, due, checks: Arc::clone(&checks) };
         self.shared.rooms().insert(room.clone(), entry);
         Renewer { leases: Arc::clone(self), room, id, checks }
     }
@@ -222,7 +226,7 @@ impl Renewer {
         let ttl = shared.ttl;
         let mut rooms = shared.rooms();
         let entry = rooms.get_mut(&self.room).filter(|e| e.id == self.id && e.lease == lease);
-        if let Some(entry) = entry.filter(|e| e.until < started + ttl) {
+        if let Some(entry) = entry.filter(|e| e.until(shared.epoch) < started + ttl) {
             entry.extend(shared.epoch, started + ttl, due_after(started, ttl));
         }
     }
@@ -264,7 +268,7 @@ async fn renew(shared: Arc<Shared>) {
             .rooms()
             .iter()
             .filter(|(_, e)| e.due <= horizon)
-            .map(|(room, e)| ((room.clone(), e.lease), (e.id, e.until)))
+            .map(|(room, e)| ((room.clone(), e.lease), (e.id, e.until(shared.epoch))))
             .unzip();
         for (leases, holders) in leases.chunks(BATCH).zip(holders.chunks(BATCH)) {
             renew_batch(&shared, leases, holders).await;
@@ -312,7 +316,7 @@ async fn renew_batch(shared: &Shared, leases: &[(RoomId, Lease)], holders: &[Hol
                 entry.due = started + shared.ttl / 3;
                 LeaseCheck::Suspect
             }
-            None if now < entry.until => {
+            None if now < entry.until(shared.epoch) => {
                 entry.due = now + TICK;
                 continue;
             }
@@ -408,7 +412,8 @@ mod tests {
         let room = RoomId::parse("r").unwrap();
         let (lease, until) = held(&store, &room, &me).await;
         let renewer = leases.watch(room.clone(), (lease, until));
-        let entry = || leases.shared.rooms().get(&room).map(|e| (e.until, e.due)).unwrap();
+        let epoch = leases.shared.epoch;
+        let entry = || leases.shared.rooms().get(&room).map(|e| (e.until(epoch), e.due)).unwrap();
         let started = Instant::now();
         renewer.renewed(lease, started);
         assert_eq!(entry(), (started + ttl, started + ttl / 2));
