@@ -27,9 +27,8 @@ use super::*;
 /// knew are waited for (as long as a class room waits for its gateways).
 pub(super) const ABSENT_AFTER: Duration = Duration::from_secs(5);
 
+#[derive(Default)]
 pub(super) struct Absentees {
-    /// When the window ends.
-    until: Instant,
     /// Users some gateway's clients were told are present, not yet back.
     expected: HashSet<Arc<str>>,
     /// Users everyone was told `leave` for at the window's end.
@@ -37,16 +36,18 @@ pub(super) struct Absentees {
 }
 
 impl Room {
+    /// When the window after the room started here ends.
+    fn absent_after(&self) -> Instant {
+        self.started + ABSENT_AFTER
+    }
+
     /// A gateway re-attached knowing these users: while the room has just
     /// started here, they are expected back.
     pub(super) fn expect_back(&mut self, known: Vec<String>) {
-        let until = self.started + ABSENT_AFTER;
-        if known.is_empty() || Instant::now() >= until {
+        if known.is_empty() || Instant::now() >= self.absent_after() {
             return;
         }
-        let absentees = self.absentees.get_or_insert_with(|| {
-            Box::new(Absentees { until, expected: HashSet::new(), declared: HashSet::new() })
-        });
+        let absentees = self.absentees.get_or_insert_default();
         for user in known {
             if absentees.expected.len() >= MAX_CONNS_PER_ROOM {
                 break;
@@ -59,16 +60,15 @@ impl Room {
 
     /// When the window ends, if users are still expected.
     pub(super) fn absentees_due(&self) -> Option<Instant> {
-        self.absentees.as_ref().filter(|a| !a.expected.is_empty()).map(|a| a.until)
+        let expecting = self.absentees.as_ref().is_some_and(|a| !a.expected.is_empty());
+        expecting.then(|| self.absent_after())
     }
 
     /// `user` came back, or everyone saw them leave: nothing to tell.
     pub(super) fn accounted_for(&mut self, user: &str) {
         if let Some(absentees) = &mut self.absentees {
             absentees.expected.remove(user);
-            if absentees.expected.is_empty() && absentees.declared.is_empty() {
-                self.absentees = None;
-            }
+            self.forget_absentees_if_done();
         }
     }
 
@@ -78,15 +78,13 @@ impl Room {
             return false;
         };
         let declared = absentees.declared.remove(user);
-        if absentees.expected.is_empty() && absentees.declared.is_empty() {
-            self.absentees = None;
-        }
+        self.forget_absentees_if_done();
         declared
     }
 
     /// The window ended: `leave` for everyone expected who is not back.
     pub(super) fn settle_absentees(&mut self) {
-        let Some(absentees) = &mut self.absentees else {
+        let Some(mut absentees) = self.absentees.take() else {
             return;
         };
         let gone: Vec<Arc<str>> =
@@ -97,15 +95,19 @@ impl Room {
         for user in gone {
             let frame = server::leave(&user, self.display_name(&user));
             self.staged.outputs.push(Output::Presence(frame));
-            if let Some(absentees) = &mut self.absentees
-                && absentees.declared.len() < MAX_CONNS_PER_ROOM
-            {
+            if absentees.declared.len() < MAX_CONNS_PER_ROOM {
                 absentees.declared.insert(user);
             }
         }
-        if self.absentees.as_ref().is_some_and(|a| a.declared.is_empty()) {
+        self.absentees = Some(absentees);
+        self.forget_absentees_if_done();
+        self.emit();
+    }
+
+    /// Nobody left to expect or to welcome back: the state goes.
+    fn forget_absentees_if_done(&mut self) {
+        if self.absentees.as_ref().is_some_and(|a| a.expected.is_empty() && a.declared.is_empty()) {
             self.absentees = None;
         }
-        self.emit();
     }
 }
